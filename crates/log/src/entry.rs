@@ -1,0 +1,239 @@
+use std::collections::BTreeMap;
+
+use sha2::{Digest, Sha256};
+use uuid::Uuid;
+
+/// A SHA-256 digest.
+pub type Hash = [u8; 32];
+
+/// The `prev_hash` of the first entry.
+pub const GENESIS: Hash = [0; 32];
+
+/// Delivery headers kept with an entry (lowercase name -> value), in a stable order so that
+/// their JSON text, which the hash covers, is canonical.
+pub type Headers = BTreeMap<String, String>;
+
+/// An event to append. The writer assigns `seq`, `event_id`, `recorded_at` and the hashes.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The webhook source name, or [`crate::INTERNAL_SOURCE`].
+    pub source: String,
+    /// The event type, e.g. `idv:session_finished`.
+    pub event_type: String,
+    /// The version of the event's shape (internal events are upcast by it).
+    pub event_version: u32,
+    /// Unique per source: a second event with the same key is a duplicate.
+    pub dedupe_key: String,
+    /// The sender's event time in unix milliseconds, when the payload has one.
+    pub vendor_time: Option<i64>,
+    /// The delivery headers an auditor needs.
+    pub headers: Headers,
+    /// The raw body bytes exactly as received.
+    pub body: Vec<u8>,
+    /// SHA-256 of `body`; computed by the caller so the single writer thread does not have to.
+    pub body_sha256: Hash,
+}
+
+impl NewEvent {
+    /// An event of version 1 with no vendor time and no headers; computes the body hash.
+    pub fn new(
+        source: impl Into<String>,
+        event_type: impl Into<String>,
+        dedupe_key: impl Into<String>,
+        body: Vec<u8>,
+    ) -> Self {
+        let body_sha256 = sha256(&body);
+        Self {
+            source: source.into(),
+            event_type: event_type.into(),
+            event_version: 1,
+            dedupe_key: dedupe_key.into(),
+            vendor_time: None,
+            headers: Headers::new(),
+            body,
+            body_sha256,
+        }
+    }
+}
+
+/// One entry of the log, as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// Position in the log: 1, 2, 3... without gaps.
+    pub seq: u64,
+    /// A UUIDv7 assigned by the writer.
+    pub event_id: Uuid,
+    /// The webhook source name, or [`crate::INTERNAL_SOURCE`].
+    pub source: String,
+    /// The event type.
+    pub event_type: String,
+    /// The version of the event's shape.
+    pub event_version: u32,
+    /// Unique per source.
+    pub dedupe_key: String,
+    /// Unix milliseconds at which the writer committed the entry.
+    pub recorded_at: i64,
+    /// The sender's event time in unix milliseconds, when the payload has one.
+    pub vendor_time: Option<i64>,
+    /// The JSON text of the stored delivery headers (an object), exactly as hashed.
+    pub headers_json: String,
+    /// The raw body bytes.
+    pub body: Vec<u8>,
+    /// SHA-256 of the body as received.
+    pub body_sha256: Hash,
+    /// The previous entry's hash ([`GENESIS`] for seq 1).
+    pub prev_hash: Hash,
+    /// This entry's hash: see [`entry_hash`].
+    pub hash: Hash,
+}
+
+impl Entry {
+    /// The stored headers, parsed (an unparseable header text yields an empty map).
+    pub fn headers(&self) -> Headers {
+        serde_json::from_str(&self.headers_json).unwrap_or_default()
+    }
+
+    /// The hash this entry should have, recomputed from its fields.
+    pub fn expected_hash(&self) -> Hash {
+        entry_hash(&HashInput {
+            prev_hash: &self.prev_hash,
+            seq: self.seq,
+            event_id: &self.event_id,
+            source: &self.source,
+            event_type: &self.event_type,
+            event_version: self.event_version,
+            dedupe_key: &self.dedupe_key,
+            recorded_at: self.recorded_at,
+            vendor_time: self.vendor_time,
+            headers_json: &self.headers_json,
+            body_sha256: &self.body_sha256,
+        })
+    }
+}
+
+/// Everything an entry's hash covers.
+#[derive(Debug, Clone, Copy)]
+pub struct HashInput<'a> {
+    /// The previous entry's hash.
+    pub prev_hash: &'a Hash,
+    /// The entry's seq.
+    pub seq: u64,
+    /// The entry's event id.
+    pub event_id: &'a Uuid,
+    /// Source name.
+    pub source: &'a str,
+    /// Event type.
+    pub event_type: &'a str,
+    /// Event version.
+    pub event_version: u32,
+    /// Dedupe key.
+    pub dedupe_key: &'a str,
+    /// Unix ms.
+    pub recorded_at: i64,
+    /// Unix ms.
+    pub vendor_time: Option<i64>,
+    /// Header JSON text.
+    pub headers_json: &'a str,
+    /// SHA-256 of the body.
+    pub body_sha256: &'a Hash,
+}
+
+const DOMAIN: &[u8] = b"verdict-log-v1\0";
+
+/// The chain hash of one entry: SHA-256 over a domain tag, the previous hash, the seq and every
+/// field, variable-length fields prefixed by their length (u32, big-endian), integers big-endian.
+/// The body enters through its SHA-256, so erasing a body later keeps the chain verifiable.
+pub fn entry_hash(i: &HashInput<'_>) -> Hash {
+    fn field(h: &mut Sha256, bytes: &[u8]) {
+        // Lengths beyond u32 cannot occur: bodies are capped far below 4 GiB.
+        h.update(u32::try_from(bytes.len()).unwrap_or(u32::MAX).to_be_bytes());
+        h.update(bytes);
+    }
+    let mut h = Sha256::new();
+    h.update(DOMAIN);
+    h.update(i.prev_hash);
+    h.update(i.seq.to_be_bytes());
+    h.update(i.event_id.as_bytes());
+    field(&mut h, i.source.as_bytes());
+    field(&mut h, i.event_type.as_bytes());
+    h.update(i.event_version.to_be_bytes());
+    field(&mut h, i.dedupe_key.as_bytes());
+    h.update(i.recorded_at.to_be_bytes());
+    match i.vendor_time {
+        Some(t) => {
+            h.update([1]);
+            h.update(t.to_be_bytes());
+        }
+        None => h.update([0]),
+    }
+    field(&mut h, i.headers_json.as_bytes());
+    h.update(i.body_sha256);
+    h.finalize().into()
+}
+
+/// SHA-256 of some bytes.
+pub fn sha256(bytes: &[u8]) -> Hash {
+    Sha256::digest(bytes).into()
+}
+
+/// The current time in unix milliseconds.
+pub fn now_ms() -> i64 {
+    let now = time::OffsetDateTime::now_utc();
+    i64::try_from(now.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn input<'a>(prev: &'a Hash, id: &'a Uuid, body: &'a Hash) -> HashInput<'a> {
+        HashInput {
+            prev_hash: prev,
+            seq: 1,
+            event_id: id,
+            source: "seon-idv",
+            event_type: "idv:session_finished",
+            event_version: 1,
+            dedupe_key: "request-id:1",
+            recorded_at: 1_700_000_000_000,
+            vendor_time: Some(1_700_000_000_000),
+            headers_json: "{}",
+            body_sha256: body,
+        }
+    }
+
+    #[test]
+    fn every_field_changes_the_hash() {
+        let id = Uuid::from_u128(7);
+        let body = sha256(b"{}");
+        let base = entry_hash(&input(&GENESIS, &id, &body));
+        let other_prev = [1; 32];
+        let other_id = Uuid::from_u128(8);
+        let other_body = sha256(b"{ }");
+        let variants = [
+            entry_hash(&input(&other_prev, &id, &body)),
+            entry_hash(&input(&GENESIS, &other_id, &body)),
+            entry_hash(&input(&GENESIS, &id, &other_body)),
+            entry_hash(&HashInput { seq: 2, ..input(&GENESIS, &id, &body) }),
+            entry_hash(&HashInput { source: "seon-id", ..input(&GENESIS, &id, &body) }),
+            entry_hash(&HashInput { event_type: "x", ..input(&GENESIS, &id, &body) }),
+            entry_hash(&HashInput { event_version: 2, ..input(&GENESIS, &id, &body) }),
+            entry_hash(&HashInput { dedupe_key: "k", ..input(&GENESIS, &id, &body) }),
+            entry_hash(&HashInput { recorded_at: 1, ..input(&GENESIS, &id, &body) }),
+            entry_hash(&HashInput { vendor_time: None, ..input(&GENESIS, &id, &body) }),
+            entry_hash(&HashInput { headers_json: "{ }", ..input(&GENESIS, &id, &body) }),
+        ];
+        for (i, v) in variants.iter().enumerate() {
+            assert_ne!(*v, base, "variant {i} did not change the hash");
+        }
+    }
+
+    #[test]
+    fn length_prefixes_separate_adjacent_fields() {
+        let id = Uuid::from_u128(7);
+        let body = sha256(b"");
+        let a = entry_hash(&HashInput { source: "ab", event_type: "c", ..input(&GENESIS, &id, &body) });
+        let b = entry_hash(&HashInput { source: "a", event_type: "bc", ..input(&GENESIS, &id, &body) });
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,268 @@
+use std::path::Path;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
+use uuid::Uuid;
+
+use crate::entry::HashInput;
+use crate::{
+    Appended, Entry, EventStore, GENESIS, Hash, Head, NewEvent, StoreError, entry_hash, migrate,
+    now_ms,
+};
+
+/// One connection to the SQLite log file.
+///
+/// Opened read-write ([`SqliteLog::open`]) it sets WAL with `synchronous=FULL` and brings the
+/// schema up to date; opened read-only ([`SqliteLog::open_read_only`]) it only reads. Several
+/// processes may hold connections: appends take SQLite's write lock (`BEGIN IMMEDIATE`) and read
+/// the chain head inside that transaction.
+#[derive(Debug)]
+pub struct SqliteLog {
+    conn: Connection,
+}
+
+const COLUMNS: &str = "seq, event_id, source, type, event_version, dedupe_key, recorded_at, \
+                       vendor_time, headers, body, body_sha256, prev_hash, hash";
+
+impl SqliteLog {
+    /// Opens (creating if needed) the log at `path` for reading and writing, and migrates it.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let path = path.as_ref();
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            // A missing directory is created; failing that, SQLite's own error names the problem.
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let mut conn = Connection::open(path)?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.set_prepared_statement_cache_capacity(64);
+        migrate(&mut conn)?;
+        Ok(Self { conn })
+    }
+
+    /// Opens an existing log read-only. Fails if the file does not exist.
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        Ok(Self { conn })
+    }
+
+    /// The underlying connection, for tables that live beside the log (projections).
+    pub fn connection(&self) -> &Connection {
+        &self.conn
+    }
+
+    /// The underlying connection, mutably (transactions).
+    pub fn connection_mut(&mut self) -> &mut Connection {
+        &mut self.conn
+    }
+
+    /// Runs `f` on every entry in seq order, starting after `after`, streaming from one query.
+    pub fn for_each_after(
+        &self,
+        after: u64,
+        mut f: impl FnMut(Entry) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare(&format!("SELECT {COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq"))?;
+        let mut rows = stmt.query([to_i64(after)])?;
+        while let Some(row) = rows.next()? {
+            f(entry_from_row(row)?)?;
+        }
+        Ok(())
+    }
+
+    /// The names of the append-only triggers present on the `events` table.
+    pub fn triggers(&self) -> Result<Vec<String>, StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events' \
+             ORDER BY name",
+        )?;
+        let names = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
+    /// Runs a passive WAL checkpoint (never blocks writers or readers).
+    pub fn checkpoint_passive(&self) -> Result<(), StoreError> {
+        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        Ok(())
+    }
+}
+
+impl EventStore for SqliteLog {
+    fn append_batch(&mut self, events: &[&NewEvent]) -> Result<Vec<Appended>, StoreError> {
+        let recorded_at = now_ms();
+        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(events.len());
+        {
+            let (mut seq, mut prev) = read_head(&tx)?.map_or((0, GENESIS), |h| (h.seq, h.hash));
+            let mut insert = tx.prepare_cached(
+                "INSERT INTO events (seq, event_id, source, type, event_version, dedupe_key, \
+                 recorded_at, vendor_time, headers, body, body_sha256, prev_hash, hash) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13) \
+                 ON CONFLICT (source, dedupe_key) DO NOTHING",
+            )?;
+            for ev in events {
+                let next = seq + 1;
+                let event_id = Uuid::now_v7();
+                let headers_json = headers_json(ev);
+                let hash = entry_hash(&HashInput {
+                    prev_hash: &prev,
+                    seq: next,
+                    event_id: &event_id,
+                    source: &ev.source,
+                    event_type: &ev.event_type,
+                    event_version: ev.event_version,
+                    dedupe_key: &ev.dedupe_key,
+                    recorded_at,
+                    vendor_time: ev.vendor_time,
+                    headers_json: &headers_json,
+                    body_sha256: &ev.body_sha256,
+                });
+                let inserted = insert.execute(params![
+                    to_i64(next),
+                    event_id.as_hyphenated().encode_lower(&mut Uuid::encode_buffer()) as &str,
+                    ev.source,
+                    ev.event_type,
+                    ev.event_version,
+                    ev.dedupe_key,
+                    recorded_at,
+                    ev.vendor_time,
+                    headers_json,
+                    ev.body,
+                    &ev.body_sha256[..],
+                    &prev[..],
+                    &hash[..],
+                ])?;
+                if inserted == 1 {
+                    seq = next;
+                    prev = hash;
+                    out.push(Appended::New { seq, event_id });
+                } else {
+                    let original = find_in(&tx, &ev.source, &ev.dedupe_key)?.ok_or_else(|| {
+                        StoreError::Corrupt { seq: next, what: "conflict without a row".into() }
+                    })?;
+                    tx.prepare_cached(
+                        "INSERT INTO delivery_repeats (seq, count, last_seen_at) VALUES (?1, 1, ?2) \
+                         ON CONFLICT (seq) DO UPDATE SET count = count + 1, \
+                         last_seen_at = excluded.last_seen_at",
+                    )?
+                    .execute(params![to_i64(original), recorded_at])?;
+                    out.push(Appended::Duplicate { seq: original });
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    fn head(&self) -> Result<Option<Head>, StoreError> {
+        read_head(&self.conn)
+    }
+
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(&format!(
+            "SELECT {COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
+        ))?;
+        let mut rows = stmt.query(params![to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX)])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(entry_from_row(row)?);
+        }
+        Ok(out)
+    }
+
+    fn get(&self, seq: u64) -> Result<Option<Entry>, StoreError> {
+        let mut stmt =
+            self.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE seq = ?1"))?;
+        let mut rows = stmt.query([to_i64(seq)])?;
+        rows.next()?.map(entry_from_row).transpose()
+    }
+
+    fn find(&self, source: &str, dedupe_key: &str) -> Result<Option<u64>, StoreError> {
+        find_in(&self.conn, source, dedupe_key)
+    }
+
+    fn repeats(&self, seq: u64) -> Result<u64, StoreError> {
+        let n: Option<i64> = self
+            .conn
+            .prepare_cached("SELECT count FROM delivery_repeats WHERE seq = ?1")?
+            .query_row([to_i64(seq)], |r| r.get(0))
+            .optional()?;
+        Ok(n.map_or(0, to_u64))
+    }
+}
+
+fn headers_json(ev: &NewEvent) -> String {
+    if ev.headers.is_empty() {
+        return "{}".to_owned();
+    }
+    // Serialising a map of strings cannot fail.
+    serde_json::to_string(&ev.headers).unwrap_or_else(|_| "{}".to_owned())
+}
+
+fn read_head(conn: &Connection) -> Result<Option<Head>, StoreError> {
+    let row: Option<(i64, Vec<u8>)> = conn
+        .prepare_cached("SELECT seq, hash FROM events ORDER BY seq DESC LIMIT 1")?
+        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    row.map(|(seq, hash)| {
+        let seq = to_u64(seq);
+        Ok(Head { seq, hash: to_hash(seq, "hash", &hash)? })
+    })
+    .transpose()
+}
+
+fn find_in(conn: &Connection, source: &str, dedupe_key: &str) -> Result<Option<u64>, StoreError> {
+    let seq: Option<i64> = conn
+        .prepare_cached("SELECT seq FROM events WHERE source = ?1 AND dedupe_key = ?2")?
+        .query_row([source, dedupe_key], |r| r.get(0))
+        .optional()?;
+    Ok(seq.map(to_u64))
+}
+
+fn entry_from_row(row: &Row<'_>) -> Result<Entry, StoreError> {
+    let seq = to_u64(row.get(0)?);
+    let event_id: String = row.get(1)?;
+    let event_id = Uuid::parse_str(&event_id)
+        .map_err(|e| StoreError::Corrupt { seq, what: format!("event_id: {e}") })?;
+    let body_sha256: Vec<u8> = row.get(10)?;
+    let prev_hash: Vec<u8> = row.get(11)?;
+    let hash: Vec<u8> = row.get(12)?;
+    Ok(Entry {
+        seq,
+        event_id,
+        source: row.get(2)?,
+        event_type: row.get(3)?,
+        event_version: row.get(4)?,
+        dedupe_key: row.get(5)?,
+        recorded_at: row.get(6)?,
+        vendor_time: row.get(7)?,
+        headers_json: row.get(8)?,
+        body: row.get(9)?,
+        body_sha256: to_hash(seq, "body_sha256", &body_sha256)?,
+        prev_hash: to_hash(seq, "prev_hash", &prev_hash)?,
+        hash: to_hash(seq, "hash", &hash)?,
+    })
+}
+
+fn to_hash(seq: u64, column: &str, bytes: &[u8]) -> Result<Hash, StoreError> {
+    Hash::try_from(bytes).map_err(|_| StoreError::Corrupt {
+        seq,
+        what: format!("{column} has {} bytes, expected 32", bytes.len()),
+    })
+}
+
+/// Seqs are stored as SQLite integers (i64); they never approach i64::MAX.
+pub(crate) fn to_i64(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+pub(crate) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}

@@ -1,0 +1,245 @@
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::{AppendError, Appended, EventStore, NewEvent, SqliteLog, StoreError};
+
+/// One committed batch, for metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct WriterStats {
+    /// Events in the batch (duplicates included).
+    pub events: usize,
+    /// Time from `BEGIN` to the end of `COMMIT` (the fsync included).
+    pub elapsed: Duration,
+    /// Whether the transaction committed.
+    pub ok: bool,
+}
+
+/// Settings of the writer thread.
+#[derive(Clone)]
+pub struct WriterConfig {
+    /// Appends that may wait in the channel; callers beyond it wait for room (back-pressure).
+    pub queue_capacity: usize,
+    /// Most events committed in one transaction.
+    pub max_batch: usize,
+    /// Called after every batch, on the writer thread (keep it cheap).
+    pub on_batch: Option<Arc<dyn Fn(WriterStats) + Send + Sync>>,
+}
+
+impl Default for WriterConfig {
+    fn default() -> Self {
+        Self { queue_capacity: 8192, max_batch: 1024, on_batch: None }
+    }
+}
+
+impl fmt::Debug for WriterConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriterConfig")
+            .field("queue_capacity", &self.queue_capacity)
+            .field("max_batch", &self.max_batch)
+            .field("on_batch", &self.on_batch.is_some())
+            .finish()
+    }
+}
+
+struct Job {
+    events: Vec<NewEvent>,
+    reply: oneshot::Sender<Result<Vec<Appended>, AppendError>>,
+}
+
+enum Msg {
+    Append(Job),
+    Stop(oneshot::Sender<()>),
+}
+
+/// A cloneable handle to the single writer thread of a log.
+///
+/// The thread owns the write connection. It takes everything queued in the channel (up to
+/// `max_batch`), appends it in one transaction, commits (one fsync for the whole batch) and only
+/// then answers each caller: an `Ok` from [`LogWriter::append`] means durable.
+#[derive(Clone)]
+pub struct LogWriter {
+    tx: mpsc::Sender<Msg>,
+    committed: watch::Receiver<u64>,
+    healthy: Arc<AtomicBool>,
+}
+
+impl fmt::Debug for LogWriter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LogWriter")
+            .field("committed", &*self.committed.borrow())
+            .field("healthy", &self.is_healthy())
+            .finish()
+    }
+}
+
+impl LogWriter {
+    /// Opens the SQLite log at `path` (creating and migrating it) and starts its writer thread.
+    pub fn open(path: impl AsRef<Path>, config: WriterConfig) -> Result<Self, StoreError> {
+        Self::spawn(SqliteLog::open(path)?, config)
+    }
+
+    /// Starts a writer thread that owns `store`.
+    pub fn spawn<S: EventStore + 'static>(
+        store: S,
+        config: WriterConfig,
+    ) -> Result<Self, StoreError> {
+        let head = store.head()?.map_or(0, |h| h.seq);
+        let (tx, rx) = mpsc::channel(config.queue_capacity.max(1));
+        let (committed_tx, committed) = watch::channel(head);
+        let healthy = Arc::new(AtomicBool::new(true));
+        let thread_healthy = Arc::clone(&healthy);
+        std::thread::Builder::new()
+            .name("verdict-log-writer".into())
+            .spawn(move || run(store, rx, &committed_tx, &thread_healthy, &config))
+            .map_err(|e| {
+                StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
+            })?;
+        Ok(Self { tx, committed, healthy })
+    }
+
+    /// Appends one event; resolves once it is durable (or known to be a duplicate).
+    pub async fn append(&self, event: NewEvent) -> Result<Appended, AppendError> {
+        let mut out = self.append_all(vec![event]).await?;
+        out.pop().ok_or_else(|| AppendError::Unavailable("empty result".into()))
+    }
+
+    /// Appends several events atomically, in order, in the same transaction.
+    pub async fn append_all(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Append(Job { events, reply }))
+            .await
+            .map_err(|_| AppendError::Closed)?;
+        rx.await.map_err(|_| AppendError::Closed)?
+    }
+
+    /// Like [`LogWriter::append_all`], for threads outside the async runtime.
+    pub fn append_all_blocking(
+        &self,
+        events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>, AppendError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Msg::Append(Job { events, reply }))
+            .map_err(|_| AppendError::Closed)?;
+        rx.blocking_recv().map_err(|_| AppendError::Closed)?
+    }
+
+    /// The seq of the newest committed entry; changes after every commit that stored something.
+    /// Readers (projector, long polls) await `changed()` on it instead of polling.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.committed.clone()
+    }
+
+    /// Whether the last transaction committed (false after a failed write until one succeeds).
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
+    }
+
+    /// Commits everything queued before this call, then stops the thread. Appends sent after
+    /// it are answered [`AppendError::Closed`].
+    pub async fn close(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.tx.send(Msg::Stop(ack)).await.is_ok() {
+            let _ = done.await;
+        }
+    }
+}
+
+fn run<S: EventStore>(
+    mut store: S,
+    mut rx: mpsc::Receiver<Msg>,
+    committed: &watch::Sender<u64>,
+    healthy: &AtomicBool,
+    config: &WriterConfig,
+) {
+    let max_batch = config.max_batch.max(1);
+    let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    while let Some(first) = rx.blocking_recv() {
+        let mut stop = None;
+        match first {
+            Msg::Append(job) => jobs.push(job),
+            Msg::Stop(ack) => stop = Some(ack),
+        }
+        let mut queued = jobs.iter().map(|j| j.events.len()).sum::<usize>();
+        while stop.is_none() && queued < max_batch {
+            match rx.try_recv() {
+                Ok(Msg::Append(job)) => {
+                    queued += job.events.len();
+                    jobs.push(job);
+                }
+                Ok(Msg::Stop(ack)) => stop = Some(ack),
+                Err(_) => break,
+            }
+        }
+        if !jobs.is_empty() {
+            commit(&mut store, &mut jobs, committed, healthy, config);
+        }
+        if let Some(ack) = stop {
+            rx.close();
+            while let Ok(msg) = rx.try_recv() {
+                if let Msg::Append(job) = msg {
+                    let _ = job.reply.send(Err(AppendError::Closed));
+                }
+            }
+            let _ = ack.send(());
+            return;
+        }
+    }
+}
+
+fn commit<S: EventStore>(
+    store: &mut S,
+    jobs: &mut Vec<Job>,
+    committed: &watch::Sender<u64>,
+    healthy: &AtomicBool,
+    config: &WriterConfig,
+) {
+    let events: Vec<&NewEvent> = jobs.iter().flat_map(|j| j.events.iter()).collect();
+    let n = events.len();
+    let started = Instant::now();
+    let result = store.append_batch(&events);
+    let elapsed = started.elapsed();
+    if let Some(cb) = &config.on_batch {
+        cb(WriterStats { events: n, elapsed, ok: result.is_ok() });
+    }
+    match result {
+        Ok(results) => {
+            healthy.store(true, Ordering::Relaxed);
+            let newest = results
+                .iter()
+                .filter_map(|a| match a {
+                    Appended::New { seq, .. } => Some(*seq),
+                    Appended::Duplicate { .. } => None,
+                })
+                .max();
+            let mut results = results.into_iter();
+            for job in jobs.drain(..) {
+                let mine: Vec<Appended> = results.by_ref().take(job.events.len()).collect();
+                let _ = job.reply.send(Ok(mine));
+            }
+            if let Some(newest) = newest {
+                committed.send_if_modified(|v| {
+                    let changed = newest > *v;
+                    if changed {
+                        *v = newest;
+                    }
+                    changed
+                });
+            }
+        }
+        Err(e) => {
+            healthy.store(false, Ordering::Relaxed);
+            tracing::error!(error = %e, events = n, "append transaction failed; nothing of the batch was stored");
+            let msg = e.to_string();
+            for job in jobs.drain(..) {
+                let _ = job.reply.send(Err(AppendError::Unavailable(msg.clone())));
+            }
+        }
+    }
+}
