@@ -15,11 +15,20 @@ fn main() {
         })
         .unwrap_or_default();
     files.sort();
-    let mut out = String::from("/// Every migration, in order; index + 1 is its `user_version`.\npub(crate) const MIGRATIONS: &[(&str, &str)] = &[\n");
+    let mut out = String::from(
+        "/// Every migration, in order; index + 1 is its `user_version`.\npub(crate) const MIGRATIONS: &[(&str, &str)] = &[\n",
+    );
     for f in &files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let path = f.canonicalize().unwrap_or_else(|_| f.clone());
-        let _ = writeln!(out, "    ({name:?}, include_str!({:?})),", path.display().to_string());
+        let _ = writeln!(
+            out,
+            "    ({name:?}, include_str!({:?})),",
+            path.display().to_string()
+        );
         println!("cargo:rerun-if-changed={}", f.display());
     }
     out.push_str("];\n");

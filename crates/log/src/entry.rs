@@ -29,7 +29,7 @@ pub struct NewEvent {
     /// The delivery headers an auditor needs.
     pub headers: Headers,
     /// The raw body bytes exactly as received.
-    pub body: Vec<u8>,
+    pub body: bytes::Bytes,
     /// SHA-256 of `body`; computed by the caller so the single writer thread does not have to.
     pub body_sha256: Hash,
 }
@@ -40,8 +40,9 @@ impl NewEvent {
         source: impl Into<String>,
         event_type: impl Into<String>,
         dedupe_key: impl Into<String>,
-        body: Vec<u8>,
+        body: impl Into<bytes::Bytes>,
     ) -> Self {
+        let body = body.into();
         let body_sha256 = sha256(&body);
         Self {
             source: source.into(),
@@ -214,14 +215,38 @@ mod tests {
             entry_hash(&input(&other_prev, &id, &body)),
             entry_hash(&input(&GENESIS, &other_id, &body)),
             entry_hash(&input(&GENESIS, &id, &other_body)),
-            entry_hash(&HashInput { seq: 2, ..input(&GENESIS, &id, &body) }),
-            entry_hash(&HashInput { source: "seon-id", ..input(&GENESIS, &id, &body) }),
-            entry_hash(&HashInput { event_type: "x", ..input(&GENESIS, &id, &body) }),
-            entry_hash(&HashInput { event_version: 2, ..input(&GENESIS, &id, &body) }),
-            entry_hash(&HashInput { dedupe_key: "k", ..input(&GENESIS, &id, &body) }),
-            entry_hash(&HashInput { recorded_at: 1, ..input(&GENESIS, &id, &body) }),
-            entry_hash(&HashInput { vendor_time: None, ..input(&GENESIS, &id, &body) }),
-            entry_hash(&HashInput { headers_json: "{ }", ..input(&GENESIS, &id, &body) }),
+            entry_hash(&HashInput {
+                seq: 2,
+                ..input(&GENESIS, &id, &body)
+            }),
+            entry_hash(&HashInput {
+                source: "seon-id",
+                ..input(&GENESIS, &id, &body)
+            }),
+            entry_hash(&HashInput {
+                event_type: "x",
+                ..input(&GENESIS, &id, &body)
+            }),
+            entry_hash(&HashInput {
+                event_version: 2,
+                ..input(&GENESIS, &id, &body)
+            }),
+            entry_hash(&HashInput {
+                dedupe_key: "k",
+                ..input(&GENESIS, &id, &body)
+            }),
+            entry_hash(&HashInput {
+                recorded_at: 1,
+                ..input(&GENESIS, &id, &body)
+            }),
+            entry_hash(&HashInput {
+                vendor_time: None,
+                ..input(&GENESIS, &id, &body)
+            }),
+            entry_hash(&HashInput {
+                headers_json: "{ }",
+                ..input(&GENESIS, &id, &body)
+            }),
         ];
         for (i, v) in variants.iter().enumerate() {
             assert_ne!(*v, base, "variant {i} did not change the hash");
@@ -232,8 +257,16 @@ mod tests {
     fn length_prefixes_separate_adjacent_fields() {
         let id = Uuid::from_u128(7);
         let body = sha256(b"");
-        let a = entry_hash(&HashInput { source: "ab", event_type: "c", ..input(&GENESIS, &id, &body) });
-        let b = entry_hash(&HashInput { source: "a", event_type: "bc", ..input(&GENESIS, &id, &body) });
+        let a = entry_hash(&HashInput {
+            source: "ab",
+            event_type: "c",
+            ..input(&GENESIS, &id, &body)
+        });
+        let b = entry_hash(&HashInput {
+            source: "a",
+            event_type: "bc",
+            ..input(&GENESIS, &id, &body)
+        });
         assert_ne!(a, b);
     }
 }

@@ -30,6 +30,7 @@
 
 mod entry;
 mod error;
+mod export;
 mod migrate;
 mod sqlite;
 mod store;
@@ -38,9 +39,11 @@ mod writer;
 
 pub use entry::{Entry, GENESIS, Hash, Headers, NewEvent, entry_hash, now_ms, sha256};
 pub use error::{AppendError, StoreError};
+pub use export::{ExportedEntry, one_line_json, rfc3339_ms};
 pub use migrate::{SCHEMA_VERSION, migrate};
 pub use sqlite::SqliteLog;
 pub use store::{Appended, EventStore, Head};
+pub use uuid::Uuid;
 pub use verify::{Problem, VerifyReport, verify};
 pub use writer::{LogWriter, WriterConfig, WriterStats};
 

@@ -14,12 +14,19 @@ pub fn migrate(conn: &mut Connection) -> Result<u32, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let found: u32 = tx.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if found > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew { found, supported: SCHEMA_VERSION });
+        return Err(StoreError::SchemaTooNew {
+            found,
+            supported: SCHEMA_VERSION,
+        });
     }
     for (i, (name, sql)) in MIGRATIONS.iter().enumerate().skip(found as usize) {
         tracing::info!(migration = name, "applying migration");
         tx.execute_batch(sql)?;
-        tx.pragma_update(None, "user_version", i64::try_from(i + 1).unwrap_or(i64::MAX))?;
+        tx.pragma_update(
+            None,
+            "user_version",
+            i64::try_from(i + 1).unwrap_or(i64::MAX),
+        )?;
     }
     tx.commit()?;
     Ok(found)
@@ -43,7 +50,10 @@ mod tests {
     fn refuses_a_newer_schema() -> Result<(), StoreError> {
         let mut conn = Connection::open_in_memory()?;
         conn.pragma_update(None, "user_version", SCHEMA_VERSION + 1)?;
-        assert!(matches!(migrate(&mut conn), Err(StoreError::SchemaTooNew { .. })));
+        assert!(matches!(
+            migrate(&mut conn),
+            Err(StoreError::SchemaTooNew { .. })
+        ));
         Ok(())
     }
 }

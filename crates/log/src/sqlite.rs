@@ -67,9 +67,9 @@ impl SqliteLog {
         after: u64,
         mut f: impl FnMut(Entry) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        let mut stmt = self
-            .conn
-            .prepare(&format!("SELECT {COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq"))?;
+        let mut stmt = self.conn.prepare(&format!(
+            "SELECT {COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq"
+        ))?;
         let mut rows = stmt.query([to_i64(after)])?;
         while let Some(row) = rows.next()? {
             f(entry_from_row(row)?)?;
@@ -83,13 +83,16 @@ impl SqliteLog {
             "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events' \
              ORDER BY name",
         )?;
-        let names = stmt.query_map([], |r| r.get(0))?.collect::<Result<Vec<String>, _>>()?;
+        let names = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
         Ok(names)
     }
 
     /// Runs a passive WAL checkpoint (never blocks writers or readers).
     pub fn checkpoint_passive(&self) -> Result<(), StoreError> {
-        self.conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
+        self.conn
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
         Ok(())
     }
 }
@@ -97,7 +100,9 @@ impl SqliteLog {
 impl EventStore for SqliteLog {
     fn append_batch(&mut self, events: &[&NewEvent]) -> Result<Vec<Appended>, StoreError> {
         let recorded_at = now_ms();
-        let tx = self.conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let tx = self
+            .conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut out = Vec::with_capacity(events.len());
         {
             let (mut seq, mut prev) = read_head(&tx)?.map_or((0, GENESIS), |h| (h.seq, h.hash));
@@ -126,7 +131,9 @@ impl EventStore for SqliteLog {
                 });
                 let inserted = insert.execute(params![
                     to_i64(next),
-                    event_id.as_hyphenated().encode_lower(&mut Uuid::encode_buffer()) as &str,
+                    event_id
+                        .as_hyphenated()
+                        .encode_lower(&mut Uuid::encode_buffer()) as &str,
                     ev.source,
                     ev.event_type,
                     ev.event_version,
@@ -134,7 +141,7 @@ impl EventStore for SqliteLog {
                     recorded_at,
                     ev.vendor_time,
                     headers_json,
-                    ev.body,
+                    &ev.body[..],
                     &ev.body_sha256[..],
                     &prev[..],
                     &hash[..],
@@ -145,7 +152,10 @@ impl EventStore for SqliteLog {
                     out.push(Appended::New { seq, event_id });
                 } else {
                     let original = find_in(&tx, &ev.source, &ev.dedupe_key)?.ok_or_else(|| {
-                        StoreError::Corrupt { seq: next, what: "conflict without a row".into() }
+                        StoreError::Corrupt {
+                            seq: next,
+                            what: "conflict without a row".into(),
+                        }
                     })?;
                     tx.prepare_cached(
                         "INSERT INTO delivery_repeats (seq, count, last_seen_at) VALUES (?1, 1, ?2) \
@@ -169,7 +179,10 @@ impl EventStore for SqliteLog {
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT ?2"
         ))?;
-        let mut rows = stmt.query(params![to_i64(after), i64::try_from(limit).unwrap_or(i64::MAX)])?;
+        let mut rows = stmt.query(params![
+            to_i64(after),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ])?;
         let mut out = Vec::new();
         while let Some(row) = rows.next()? {
             out.push(entry_from_row(row)?);
@@ -178,8 +191,9 @@ impl EventStore for SqliteLog {
     }
 
     fn get(&self, seq: u64) -> Result<Option<Entry>, StoreError> {
-        let mut stmt =
-            self.conn.prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE seq = ?1"))?;
+        let mut stmt = self
+            .conn
+            .prepare_cached(&format!("SELECT {COLUMNS} FROM events WHERE seq = ?1"))?;
         let mut rows = stmt.query([to_i64(seq)])?;
         rows.next()?.map(entry_from_row).transpose()
     }
@@ -213,7 +227,10 @@ fn read_head(conn: &Connection) -> Result<Option<Head>, StoreError> {
         .optional()?;
     row.map(|(seq, hash)| {
         let seq = to_u64(seq);
-        Ok(Head { seq, hash: to_hash(seq, "hash", &hash)? })
+        Ok(Head {
+            seq,
+            hash: to_hash(seq, "hash", &hash)?,
+        })
     })
     .transpose()
 }
@@ -229,8 +246,10 @@ fn find_in(conn: &Connection, source: &str, dedupe_key: &str) -> Result<Option<u
 fn entry_from_row(row: &Row<'_>) -> Result<Entry, StoreError> {
     let seq = to_u64(row.get(0)?);
     let event_id: String = row.get(1)?;
-    let event_id = Uuid::parse_str(&event_id)
-        .map_err(|e| StoreError::Corrupt { seq, what: format!("event_id: {e}") })?;
+    let event_id = Uuid::parse_str(&event_id).map_err(|e| StoreError::Corrupt {
+        seq,
+        what: format!("event_id: {e}"),
+    })?;
     let body_sha256: Vec<u8> = row.get(10)?;
     let prev_hash: Vec<u8> = row.get(11)?;
     let hash: Vec<u8> = row.get(12)?;

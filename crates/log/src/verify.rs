@@ -69,7 +69,12 @@ pub fn verify(log: &SqliteLog) -> Result<VerifyReport, StoreError> {
         if report.problems.len() >= MAX_PROBLEMS {
             return Ok(());
         }
-        let mut bad = |what: String| report.problems.push(Problem { seq: Some(e.seq), what });
+        let mut bad = |what: String| {
+            report.problems.push(Problem {
+                seq: Some(e.seq),
+                what,
+            });
+        };
         if e.seq != expected_seq {
             bad(format!("expected seq {expected_seq} (a gap or reordering)"));
         }

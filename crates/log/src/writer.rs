@@ -32,7 +32,11 @@ pub struct WriterConfig {
 
 impl Default for WriterConfig {
     fn default() -> Self {
-        Self { queue_capacity: 8192, max_batch: 1024, on_batch: None }
+        Self {
+            queue_capacity: 8192,
+            max_batch: 1024,
+            on_batch: None,
+        }
     }
 }
 
@@ -99,13 +103,18 @@ impl LogWriter {
             .map_err(|e| {
                 StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
             })?;
-        Ok(Self { tx, committed, healthy })
+        Ok(Self {
+            tx,
+            committed,
+            healthy,
+        })
     }
 
     /// Appends one event; resolves once it is durable (or known to be a duplicate).
     pub async fn append(&self, event: NewEvent) -> Result<Appended, AppendError> {
         let mut out = self.append_all(vec![event]).await?;
-        out.pop().ok_or_else(|| AppendError::Unavailable("empty result".into()))
+        out.pop()
+            .ok_or_else(|| AppendError::Unavailable("empty result".into()))
     }
 
     /// Appends several events atomically, in order, in the same transaction.
@@ -119,10 +128,7 @@ impl LogWriter {
     }
 
     /// Like [`LogWriter::append_all`], for threads outside the async runtime.
-    pub fn append_all_blocking(
-        &self,
-        events: Vec<NewEvent>,
-    ) -> Result<Vec<Appended>, AppendError> {
+    pub fn append_all_blocking(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, AppendError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .blocking_send(Msg::Append(Job { events, reply }))
@@ -206,7 +212,11 @@ fn commit<S: EventStore>(
     let result = store.append_batch(&events);
     let elapsed = started.elapsed();
     if let Some(cb) = &config.on_batch {
-        cb(WriterStats { events: n, elapsed, ok: result.is_ok() });
+        cb(WriterStats {
+            events: n,
+            elapsed,
+            ok: result.is_ok(),
+        });
     }
     match result {
         Ok(results) => {

@@ -1,5 +1,7 @@
 //! The log against a real SQLite file in a temp directory.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
+
 use std::sync::Arc;
 
 use rusqlite::Connection;
@@ -10,7 +12,12 @@ use verdict_log::{
 type R = Result<(), Box<dyn std::error::Error>>;
 
 fn ev(key: &str, body: &str) -> NewEvent {
-    let mut e = NewEvent::new("seon-idv", "idv:session_finished", key, body.as_bytes().to_vec());
+    let mut e = NewEvent::new(
+        "seon-idv",
+        "idv:session_finished",
+        key,
+        body.as_bytes().to_vec(),
+    );
     e.vendor_time = Some(1_700_000_000_000);
     e.headers.insert("request-id".into(), key.into());
     e
@@ -34,7 +41,10 @@ fn appends_chain_and_dedupe_within_and_across_batches() -> R {
     assert_eq!(entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2, 3]);
     assert_eq!(entries[1].prev_hash, entries[0].hash);
     assert_eq!(entries[1].body, b"{\"x\":1}");
-    assert_eq!(entries[0].headers().get("request-id").map(String::as_str), Some("a"));
+    assert_eq!(
+        entries[0].headers().get("request-id").map(String::as_str),
+        Some("a")
+    );
     let report = verify(&log)?;
     assert!(report.is_intact(), "{:?}", report.problems);
     assert_eq!(report.entries, 3);
@@ -70,7 +80,12 @@ fn verify_names_the_first_tampered_seq() -> R {
     )?;
     let report = verify(&log)?;
     assert_eq!(report.first_bad_seq(), Some(3));
-    assert!(report.problems.iter().any(|p| p.what.contains("events_no_update")));
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.what.contains("events_no_update"))
+    );
 
     // A body swapped together with its hash is caught by the chain, not only the body check.
     conn.execute_batch("UPDATE events SET body = x'7b7d', body_sha256 = (SELECT body_sha256 FROM events WHERE seq = 1) WHERE seq = 2;")?;
@@ -111,7 +126,9 @@ async fn writer_group_commits_concurrent_appends_gaplessly() -> R {
     let mut tasks = Vec::new();
     for i in 0..300 {
         let w = writer.clone();
-        tasks.push(tokio::spawn(async move { w.append(ev(&format!("k{i}"), "{}")).await }));
+        tasks.push(tokio::spawn(async move {
+            w.append(ev(&format!("k{i}"), "{}")).await
+        }));
     }
     let mut seqs = Vec::new();
     for t in tasks {
@@ -124,7 +141,10 @@ async fn writer_group_commits_concurrent_appends_gaplessly() -> R {
     assert_eq!(batches.iter().sum::<usize>(), 300);
     assert!(batches.len() < 300, "no batching happened: {batches:?}");
     writer.close().await;
-    assert!(matches!(writer.append(ev("late", "{}")).await, Err(verdict_log::AppendError::Closed)));
+    assert!(matches!(
+        writer.append(ev("late", "{}")).await,
+        Err(verdict_log::AppendError::Closed)
+    ));
     let log = SqliteLog::open(&path)?;
     assert!(verify(&log)?.is_intact());
     Ok(())
@@ -169,7 +189,10 @@ fn reopening_keeps_everything() -> R {
     }
     let mut log = SqliteLog::open(&path)?;
     assert_eq!(log.head()?.map(|h| h.seq), Some(2));
-    assert_eq!(log.append_batch(&[&ev("a", "{}")])?[0], Appended::Duplicate { seq: 1 });
+    assert_eq!(
+        log.append_batch(&[&ev("a", "{}")])?[0],
+        Appended::Duplicate { seq: 1 }
+    );
     assert_eq!(log.find("seon-idv", "b")?, Some(2));
     Ok(())
 }

@@ -1,1 +1,111 @@
-fn main() {}
+//! The `verdict` binary: the sidecar server and its command-line tools.
+//!
+//! Exit codes: 0 success; 1 a check failed or a runtime error; 2 bad usage or bad configuration
+//! (the message names the problem, `file:line:col` for the config).
+
+mod config;
+mod logcmd;
+mod serve;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+/// An event-sourced decision sidecar for identity-verification webhooks.
+#[derive(Debug, Parser)]
+#[command(name = "verdict", version, about)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "VERDICT_CONFIG",
+        default_value = "config/verdict.toml"
+    )]
+    config: PathBuf,
+    /// Log output format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the sidecar until SIGINT or SIGTERM, then drain and stop.
+    Serve,
+    /// Inspect the event log.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum LogCommand {
+    /// Check the hash chain and the append-only invariants (exit 1 naming the first bad seq).
+    Verify,
+    /// Write the log as NDJSON to stdout, one entry a line.
+    Export {
+        /// Only entries with a seq greater than this.
+        #[arg(long, default_value_t = 0)]
+        after: u64,
+    },
+}
+
+/// An error that means bad usage or configuration: exit code 2.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct UsageError(#[from] pub config::ConfigError);
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.log_format);
+    match run(&cli) {
+        Ok(code) => code,
+        Err(e) => {
+            let usage = e.downcast_ref::<UsageError>().is_some();
+            eprintln!("verdict: {e:#}");
+            if usage {
+                ExitCode::from(2)
+            } else {
+                ExitCode::from(1)
+            }
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    let loaded = config::Loaded::load(&cli.config).map_err(UsageError)?;
+    match &cli.command {
+        Command::Serve => serve::run(&loaded).map(|()| ExitCode::SUCCESS),
+        Command::Log {
+            command: LogCommand::Verify,
+        } => logcmd::verify(&loaded),
+        Command::Log {
+            command: LogCommand::Export { after },
+        } => logcmd::export(&loaded, *after).map(|()| ExitCode::SUCCESS),
+    }
+}
+
+fn init_tracing(format: LogFormat) {
+    use std::io::IsTerminal as _;
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => {
+            builder.with_ansi(std::io::stderr().is_terminal()).init();
+        }
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,521 @@
+//! The configuration file: parsed once at start, validated, then immutable.
+//!
+//! Unknown keys are rejected with `file:line:col`. Secrets are written as `env:NAME`,
+//! `file:PATH` or a literal, and resolved only by the commands that need them, so that
+//! `verdict log verify` works without the webhook secrets in its environment.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+use verdict_ingress::signature::Scheme;
+
+/// A problem with the configuration: exit code 2, printed as `file:line:col: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{location}: {message}")]
+pub struct ConfigError {
+    location: String,
+    message: String,
+}
+
+impl ConfigError {
+    fn at(file: &Path, text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+        let location = match span {
+            Some(span) => {
+                let (line, col) = line_col(text, span.start);
+                format!("{}:{line}:{col}", file.display())
+            }
+            None => file.display().to_string(),
+        };
+        Self {
+            location,
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// `[server]`.
+    #[serde(default)]
+    pub server: ServerConfig,
+    /// `[storage]`.
+    #[serde(default)]
+    pub storage: StorageConfig,
+    /// `[[sources]]`.
+    #[serde(default)]
+    pub sources: Vec<SourceConfig>,
+    /// `[policy]`.
+    pub policy: Option<PolicyConfig>,
+    /// `[[sinks]]`.
+    #[serde(default)]
+    pub sinks: Vec<SinkConfig>,
+    /// `[[tokens]]`.
+    #[serde(default)]
+    pub tokens: Vec<TokenConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on; port 0 picks a free one (printed at start).
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<String>,
+    /// Largest webhook body accepted (413 above).
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: Spanned<usize>,
+    /// `[server.tls]`: serve HTTPS directly.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            max_body_bytes: default_max_body(),
+            tls: None,
+        }
+    }
+}
+
+fn default_listen() -> Spanned<String> {
+    Spanned::new(0..0, "127.0.0.1:8080".to_owned())
+}
+
+fn default_max_body() -> Spanned<usize> {
+    Spanned::new(0..0, 1 << 20)
+}
+
+/// `[server.tls]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+/// `[storage]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    /// The SQLite file (relative paths are relative to the working directory).
+    #[serde(default = "default_db")]
+    pub path: PathBuf,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        Self { path: default_db() }
+    }
+}
+
+fn default_db() -> PathBuf {
+    PathBuf::from("data/verdict.db")
+}
+
+/// One `[[sources]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Served at `POST /webhooks/{name}`.
+    pub name: Spanned<String>,
+    /// Signature scheme.
+    pub scheme: Scheme,
+    /// The header carrying the signature (scheme `seon`).
+    pub signature_header: Option<String>,
+    /// Secrets (`env:`, `file:` or literal); several during rotation.
+    pub secrets: Spanned<Vec<Spanned<String>>>,
+    /// Allowed clock difference for schemes with a timestamp.
+    #[serde(default = "default_tolerance")]
+    pub tolerance_secs: u64,
+}
+
+fn default_tolerance() -> u64 {
+    300
+}
+
+/// `[policy]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    /// The active policy file.
+    pub path: Spanned<PathBuf>,
+}
+
+/// One `[[sinks]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Name in logs and metrics.
+    pub name: Spanned<String>,
+    /// Where decisions are POSTed.
+    pub url: Spanned<String>,
+    /// Standard Webhooks secret `whsec_<base64>` (`env:`, `file:` or literal).
+    pub secret: Spanned<String>,
+}
+
+/// One `[[tokens]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenConfig {
+    /// Who holds the token (recorded as the actor of overrides).
+    pub name: Spanned<String>,
+    /// What the token may do.
+    pub role: Role,
+    /// The bearer token (`env:`, `file:` or literal).
+    pub token: Spanned<String>,
+}
+
+/// What a token may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Read and override.
+    Analyst,
+    /// Read only.
+    Reader,
+}
+
+/// A resolved secret. Never printed: `Debug` and `Display` show `[redacted]`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// The secret's value, for the code that uses it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// A loaded configuration with the file it came from, for error locations.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The parsed file.
+    pub config: Config,
+    /// Where it was read.
+    pub file: PathBuf,
+    text: String,
+}
+
+impl Loaded {
+    /// Reads, parses and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            location: path.display().to_string(),
+            message: format!("cannot read the config file: {e}"),
+        })?;
+        Self::parse(path, text)
+    }
+
+    /// Parses and validates config text (`path` is used in messages only).
+    pub fn parse(path: &Path, text: String) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(&text)
+            .map_err(|e| ConfigError::at(path, &text, e.span(), e.message().to_owned()))?;
+        let loaded = Self {
+            config,
+            file: path.to_owned(),
+            text,
+        };
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    fn err<T>(&self, span: Range<usize>, message: impl Into<String>) -> Result<T, ConfigError> {
+        let span = (span != (0..0)).then_some(span);
+        Err(ConfigError::at(&self.file, &self.text, span, message))
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
+        if c.server.listen.get_ref().parse::<SocketAddr>().is_err() {
+            return self.err(
+                c.server.listen.span(),
+                format!(
+                    "listen {:?} is not an address like 127.0.0.1:8080",
+                    c.server.listen.get_ref()
+                ),
+            );
+        }
+        if *c.server.max_body_bytes.get_ref() == 0 {
+            return self.err(
+                c.server.max_body_bytes.span(),
+                "max_body_bytes must be at least 1",
+            );
+        }
+        let mut names = HashSet::new();
+        for s in &c.sources {
+            let name = s.name.get_ref();
+            if name.is_empty()
+                || !name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+            {
+                return self.err(
+                    s.name.span(),
+                    format!(
+                        "source name {name:?} must be non-empty and use only A-Z a-z 0-9 - _ ."
+                    ),
+                );
+            }
+            if !names.insert(name.as_str()) {
+                return self.err(s.name.span(), format!("source {name:?} is defined twice"));
+            }
+            if s.secrets.get_ref().is_empty() {
+                return self.err(
+                    s.secrets.span(),
+                    format!("source {name:?} needs at least one secret"),
+                );
+            }
+            if s.signature_header.is_some() && s.scheme != Scheme::Seon {
+                return self.err(
+                    s.name.span(),
+                    format!(
+                        "signature_header applies to scheme \"seon\" only, not {:?}",
+                        s.scheme.name()
+                    ),
+                );
+            }
+        }
+        for t in &c.tokens {
+            if t.name.get_ref().is_empty() {
+                return self.err(t.name.span(), "token name must not be empty");
+            }
+        }
+        for s in &c.sinks {
+            let url = s.url.get_ref();
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return self.err(
+                    s.url.span(),
+                    format!("sink url {url:?} must start with http:// or https://"),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves one secret written as `env:NAME`, `file:PATH` or a literal.
+    pub fn secret(&self, raw: &Spanned<String>) -> Result<Secret, ConfigError> {
+        let v = raw.get_ref();
+        let value = if let Some(name) = v.strip_prefix("env:") {
+            match std::env::var(name) {
+                Ok(val) => val,
+                Err(_) => {
+                    return self.err(
+                        raw.span(),
+                        format!("environment variable {name} is not set"),
+                    );
+                }
+            }
+        } else if let Some(path) = v.strip_prefix("file:") {
+            match std::fs::read_to_string(path) {
+                Ok(val) => val.trim_end_matches(['\n', '\r']).to_owned(),
+                Err(e) => {
+                    return self.err(raw.span(), format!("cannot read secret file {path}: {e}"));
+                }
+            }
+        } else {
+            v.clone()
+        };
+        if value.is_empty() {
+            return self.err(raw.span(), "secret is empty");
+        }
+        Ok(Secret(value))
+    }
+
+    /// Builds the verifier of every source, resolving their secrets.
+    pub fn sources(&self) -> Result<Vec<verdict_ingress::Source>, ConfigError> {
+        self.config
+            .sources
+            .iter()
+            .map(|s| {
+                let secrets = s
+                    .secrets
+                    .get_ref()
+                    .iter()
+                    .map(|raw| self.secret(raw))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let exposed: Vec<&str> = secrets.iter().map(Secret::expose).collect();
+                let verifier = verdict_ingress::signature::Verifier::new(
+                    s.scheme,
+                    s.signature_header.as_deref(),
+                    &exposed,
+                    s.tolerance_secs,
+                )
+                .or_else(|e| {
+                    self.err(
+                        s.secrets.span(),
+                        format!("source {:?}: {e}", s.name.get_ref()),
+                    )
+                })?;
+                Ok(verdict_ingress::Source::new(
+                    s.name.get_ref().clone(),
+                    verifier,
+                ))
+            })
+            .collect()
+    }
+
+    /// Every API token, resolved: (name, role, token).
+    pub fn tokens(&self) -> Result<Vec<(String, Role, Secret)>, ConfigError> {
+        self.config
+            .tokens
+            .iter()
+            .map(|t| Ok((t.name.get_ref().clone(), t.role, self.secret(&t.token)?)))
+            .collect()
+    }
+
+    /// Every sink, resolved: (name, url, secret).
+    pub fn sinks(&self) -> Result<Vec<(String, String, Secret)>, ConfigError> {
+        self.config
+            .sinks
+            .iter()
+            .map(|s| {
+                Ok((
+                    s.name.get_ref().clone(),
+                    s.url.get_ref().clone(),
+                    self.secret(&s.secret)?,
+                ))
+            })
+            .collect()
+    }
+
+    /// Refuses settings this build cannot honour yet, rather than ignoring them.
+    pub fn check_supported(&self) -> Result<(), ConfigError> {
+        if let Some(tls) = &self.config.server.tls {
+            return Err(ConfigError {
+                location: self.file.display().to_string(),
+                message: format!(
+                    "[server.tls] (cert {}, key {}) is not supported by this build yet; \
+                     terminate TLS at a proxy in front and remove [server.tls]",
+                    tls.cert.display(),
+                    tls.key.display()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// The configured policy file, checked to be a readable file.
+    pub fn policy_path(&self) -> Result<Option<&Path>, ConfigError> {
+        let Some(p) = &self.config.policy else {
+            return Ok(None);
+        };
+        let path = p.path.get_ref();
+        match std::fs::File::open(path).and_then(|f| f.metadata()) {
+            Ok(m) if m.is_file() => Ok(Some(path.as_path())),
+            Ok(_) => self.err(
+                p.path.span(),
+                format!("policy {} is not a file", path.display()),
+            ),
+            Err(e) => self.err(
+                p.path.span(),
+                format!("cannot read policy {}: {e}", path.display()),
+            ),
+        }
+    }
+
+    /// The listen address (validated at load).
+    pub fn listen(&self) -> SocketAddr {
+        self.config
+            .server
+            .listen
+            .get_ref()
+            .parse()
+            .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 8080)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<Loaded, String> {
+        Loaded::parse(Path::new("v.toml"), text.to_owned()).map_err(|e| e.to_string())
+    }
+
+    const SOURCE: &str = "[[sources]]\nname = \"seon-idv\"\nscheme = \"seon\"\nsecrets = [\"s\"]\n";
+
+    #[test]
+    fn accepts_the_shipped_example() {
+        let text = include_str!("../../../config/verdict.toml");
+        assert!(load(text).is_ok(), "{:?}", load(text).err());
+    }
+
+    #[test]
+    fn errors_name_file_line_and_column() {
+        let check = |text: &str, want: &str| {
+            let got = load(text).err().unwrap_or_default();
+            assert!(got.starts_with(want), "got {got:?}, want prefix {want:?}");
+        };
+        check(
+            "[server]\nlisten = \"x:1\"\nbogus = 1\n",
+            "v.toml:3:1: unknown field `bogus`",
+        );
+        check(
+            "[server]\nlisten = \"nope\"\n",
+            "v.toml:2:10: listen \"nope\"",
+        );
+        check(
+            &format!("{SOURCE}{SOURCE}"),
+            "v.toml:6:8: source \"seon-idv\" is defined twice",
+        );
+        check(
+            "[[sources]]\nname = \"a b\"\nscheme = \"seon\"\nsecrets = [\"s\"]\n",
+            "v.toml:2:8: source name",
+        );
+        check(
+            "[[sources]]\nname = \"a\"\nscheme = \"rsa\"\nsecrets = [\"s\"]\n",
+            "v.toml:3:10: unknown variant `rsa`",
+        );
+        check(
+            "[[sources]]\nname = \"a\"\nscheme = \"seon\"\nsecrets = []\n",
+            "v.toml:4:11: source \"a\" needs",
+        );
+        check("[storage]\npath = 3\n", "v.toml:2:8: invalid type");
+    }
+
+    #[test]
+    fn resolves_env_and_file_secrets() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("s");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let text = format!(
+            "[[sources]]\nname = \"a\"\nscheme = \"seon\"\nsecrets = [\"file:{}\", \"env:VERDICT_TEST_UNSET_VAR\"]\n",
+            file.display()
+        );
+        let loaded = load(&text).unwrap();
+        let secrets = loaded.config.sources[0].secrets.get_ref();
+        assert_eq!(loaded.secret(&secrets[0]).unwrap().expose(), "from-file");
+        let err = loaded.secret(&secrets[1]).unwrap_err().to_string();
+        assert!(err.contains("VERDICT_TEST_UNSET_VAR is not set"), "{err}");
+        assert!(err.starts_with("v.toml:4:"), "{err}");
+        assert_eq!(
+            format!("{:?}", loaded.secret(&secrets[0]).unwrap()),
+            "[redacted]"
+        );
+    }
+}

@@ -1,0 +1,65 @@
+//! `verdict log verify` and `verdict log export`.
+
+use std::io::{BufWriter, Write as _};
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use verdict_log::{ExportedEntry, SqliteLog};
+
+use crate::config::Loaded;
+
+fn open(loaded: &Loaded) -> anyhow::Result<SqliteLog> {
+    let path = &loaded.config.storage.path;
+    if !path.exists() {
+        anyhow::bail!(
+            "no log at {} (storage.path in {})",
+            path.display(),
+            loaded.file.display()
+        );
+    }
+    SqliteLog::open_read_only(path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Exit 0 intact; 1 broken, naming the first bad seq.
+pub fn verify(loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    let log = open(loaded)?;
+    let report = verdict_log::verify(&log).context("reading the log")?;
+    let mut out = std::io::stdout().lock();
+    if report.is_intact() {
+        let head = report.head.map_or_else(|| "none".to_owned(), hex::encode);
+        writeln!(
+            out,
+            "ok: {} entries, chain intact, head {head}",
+            report.entries
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    match report.first_bad_seq() {
+        Some(seq) => writeln!(out, "BROKEN: first bad seq {seq}")?,
+        None => writeln!(out, "BROKEN")?,
+    }
+    for p in &report.problems {
+        writeln!(out, "  {p}")?;
+    }
+    Ok(ExitCode::from(1))
+}
+
+/// NDJSON to stdout.
+pub fn export(loaded: &Loaded, after: u64) -> anyhow::Result<()> {
+    let log = open(loaded)?;
+    let mut out = BufWriter::new(std::io::stdout().lock());
+    let mut write_err = None;
+    log.for_each_after(after, |e| {
+        if write_err.is_none()
+            && let Err(err) = writeln!(out, "{}", ExportedEntry::new(&e).to_line())
+        {
+            write_err = Some(err);
+        }
+        Ok(())
+    })?;
+    if let Some(e) = write_err {
+        return Err(e).context("writing to stdout");
+    }
+    out.flush()?;
+    Ok(())
+}

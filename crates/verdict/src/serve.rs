@@ -1,0 +1,115 @@
+//! `verdict serve`: the HTTP server, wired to the log writer.
+
+use anyhow::Context as _;
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::serve::ListenerExt as _;
+use verdict_ingress::Ingress;
+use verdict_log::{LogWriter, WriterConfig};
+
+use crate::UsageError;
+use crate::config::Loaded;
+
+#[derive(Debug, Clone)]
+struct AppState {
+    writer: LogWriter,
+    policy_loaded: bool,
+}
+
+/// Runs the sidecar until SIGINT or SIGTERM.
+pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
+    loaded.check_supported().map_err(UsageError)?;
+    let sources = loaded.sources().map_err(UsageError)?;
+    // Resolved now so that a missing secret stops start-up (exit 2); used by later stages.
+    let tokens = loaded.tokens().map_err(UsageError)?;
+    let sinks = loaded.sinks().map_err(UsageError)?;
+    tracing::debug!(
+        tokens = tokens.len(),
+        sinks = sinks.len(),
+        "credentials resolved"
+    );
+    // The rules engine lands with its own issue; until then a configured policy must at least
+    // be a readable file, and readiness reflects that.
+    let policy_loaded =
+        loaded.policy_path().map_err(UsageError)?.is_some() || loaded.config.policy.is_none();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("verdict-worker")
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(loaded, sources, policy_loaded))
+}
+
+async fn serve(
+    loaded: &Loaded,
+    sources: Vec<verdict_ingress::Source>,
+    policy_loaded: bool,
+) -> anyhow::Result<()> {
+    let db = &loaded.config.storage.path;
+    let writer = LogWriter::open(db, WriterConfig::default())
+        .with_context(|| format!("opening the log at {}", db.display()))?;
+    let max_body = *loaded.config.server.max_body_bytes.get_ref();
+    let ingress = Ingress::new(sources, max_body, writer.clone());
+    let state = AppState {
+        writer: writer.clone(),
+        policy_loaded,
+    };
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+        .merge(verdict_ingress::router(ingress));
+
+    let addr = loaded.listen();
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tracing::info!(addr = %local, db = %db.display(), "verdict listening");
+    // A line on stdout for scripts and tests that need the bound port (listen = "...:0").
+    println!("verdict listening on http://{local}");
+
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await
+        .context("serving HTTP")?;
+    tracing::info!("HTTP stopped; committing queued appends");
+    writer.close().await;
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+    if !s.writer.is_healthy() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "log not writable");
+    }
+    if !s.policy_loaded {
+        return (StatusCode::SERVICE_UNAVAILABLE, "no policy loaded");
+    }
+    (StatusCode::OK, "ready")
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT: shutting down"),
+        () = term => tracing::info!("SIGTERM: shutting down"),
+    }
+}

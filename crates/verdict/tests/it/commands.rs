@@ -1,0 +1,136 @@
+//! `verdict log verify|export` and configuration errors, through the real binary.
+
+use crate::support::*;
+
+#[tokio::test]
+async fn log_verify_catches_a_row_edited_behind_its_back() {
+    let s = Server::start();
+    for i in 0..5 {
+        s.post_seon(
+            &seon_body(&format!("v-{i}"), "APPROVED"),
+            Some(&format!("rv-{i}")),
+            SEON_SECRET,
+        )
+        .await;
+    }
+    let out = verdict(&s.config(), &["log", "verify"]);
+    assert!(out.status.success());
+    assert!(
+        text(&out.stdout).starts_with("ok: 5 entries"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    // Edit seq 3's body behind verdict's back (the trigger must be dropped to do it).
+    let conn = rusqlite::Connection::open(s.db()).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER events_no_update;
+         UPDATE events SET body = CAST(REPLACE(CAST(body AS TEXT), 'APPROVED', 'DECLINED') AS BLOB) WHERE seq = 3;
+         CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN SELECT RAISE(ABORT, 'x'); END;",
+    )
+    .unwrap();
+    let out = verdict(&s.config(), &["log", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("first bad seq 3"), "{stdout}");
+    assert!(stdout.contains("body does not match"), "{stdout}");
+}
+
+#[tokio::test]
+async fn log_export_writes_one_entry_a_line_with_the_payload() {
+    let s = Server::start();
+    let pretty = "{\n  \"event\": \"idv:session_finished\",\n  \"date\": \"2026-03-02T10:15:42.000Z\",\n  \"details\": {\"sessionId\": \"e-1\"}\n}";
+    s.post_seon(pretty, Some("re-1"), SEON_SECRET).await;
+    s.post_seon(&seon_body("e-2", "DECLINED"), Some("re-2"), SEON_SECRET)
+        .await;
+    let out = verdict(&s.config(), &["log", "export"]);
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for key in [
+        "seq",
+        "type",
+        "source",
+        "recorded_at",
+        "hash",
+        "prev_hash",
+        "payload",
+    ] {
+        assert!(lines[0].get(key).is_some(), "missing {key}");
+    }
+    assert_eq!(lines[0]["payload"]["details"]["sessionId"], "e-1");
+    assert_eq!(lines[0]["vendor_time"], "2026-03-02T10:15:42.000Z");
+    assert_eq!(lines[1]["prev_hash"], lines[0]["hash"]);
+    assert_eq!(lines[1]["payload"]["details"]["status"], "DECLINED");
+    assert_eq!(lines[0]["headers"]["request-id"], "re-1");
+    let after = verdict(&s.config(), &["log", "export", "--after", "1"]);
+    assert_eq!(text(&after.stdout).lines().count(), 1);
+}
+
+fn write_config(extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verdict.toml");
+    std::fs::write(&path, config_text(&dir.path().join("v.db"), extra)).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn bad_configuration_exits_2_naming_the_problem() {
+    let (_d, path) = write_config("[storage]\n");
+    // A duplicate [storage] table is a TOML error with a location.
+    let out = verdict(&path, &["serve"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("verdict.toml:"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let (_d, path) = write_config("[policy]\npath = \"p.toml\"\ncolour = \"blue\"\n");
+    let out = verdict(&path, &["serve"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("unknown field `colour`") && err.contains("verdict.toml:"),
+        "{err}"
+    );
+
+    let (_d, path) = write_config(
+        "[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"env:VERDICT_IT_SURELY_UNSET\"\n",
+    );
+    let out = verdict(&path, &["serve"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("VERDICT_IT_SURELY_UNSET is not set"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = verdict(
+        std::path::Path::new("/nonexistent/verdict.toml"),
+        &["serve"],
+    );
+    assert_eq!(out.status.code(), Some(2));
+
+    let out = verdict(&path, &["no-such-command"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn env_secrets_are_resolved() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("verdict.toml");
+    let text_cfg = config_text(&dir.path().join("v.db"), "")
+        .replace("\"seon-secret-1\"", "\"env:VERDICT_IT_SEON\"");
+    std::fs::write(&path, text_cfg).unwrap();
+    let out = std::process::Command::new(BIN)
+        .env_remove("VERDICT_IT_SEON")
+        .args(["--config", path.to_str().unwrap(), "serve"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stderr).contains("VERDICT_IT_SEON"));
+}

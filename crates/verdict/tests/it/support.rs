@@ -1,0 +1,254 @@
+//! Starting the real binary and signing deliveries.
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_verdict");
+pub const SEON_SECRET: &str = "seon-secret-1";
+pub const SEON_OLD_SECRET: &str = "seon-secret-0";
+pub const LEGACY_SECRET: &str = "license-key";
+pub const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+pub const STRIPE_SECRET: &str = "whsec_stripe";
+
+/// Sources for every scheme; `seon-idv` has two secrets (rotation).
+pub const SOURCES: &str = r#"
+[[sources]]
+name = "seon-idv"
+scheme = "seon"
+signature_header = "X-Seon-Signature"
+secrets = ["seon-secret-1", "seon-secret-0"]
+
+[[sources]]
+name = "seon-fraud"
+scheme = "seon-legacy"
+secrets = ["license-key"]
+
+[[sources]]
+name = "std"
+scheme = "standard-webhooks"
+secrets = ["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"]
+tolerance_secs = 300
+
+[[sources]]
+name = "stripe"
+scheme = "stripe"
+secrets = ["whsec_stripe"]
+"#;
+
+pub fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
+    for p in parts {
+        mac.update(p);
+    }
+    mac.finalize().into_bytes().to_vec()
+}
+
+pub fn b64(bytes: &[u8]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
+
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+pub fn seon_body(session: &str, status: &str) -> String {
+    format!(
+        r#"{{"event":"idv:session_finished","date":"2026-03-02T10:15:42.000Z","details":{{"sessionId":"{session}","status":"{status}"}}}}"#
+    )
+}
+
+/// Kills the child process when dropped (a failed test leaves no server behind).
+pub struct ChildGuard(pub Child);
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A running `verdict serve`.
+pub struct Server {
+    child: ChildGuard,
+    pub base: String,
+    pub dir: tempfile::TempDir,
+    pub http: reqwest::Client,
+}
+
+pub fn config_text(db: &Path, extra: &str) -> String {
+    format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n\n[storage]\npath = {:?}\n{SOURCES}\n{extra}\n",
+        db.display().to_string()
+    )
+}
+
+impl Server {
+    pub fn start() -> Self {
+        Self::start_with("")
+    }
+
+    pub fn start_with(extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("verdict.toml"),
+            config_text(&dir.path().join("verdict.db"), extra),
+        )
+        .expect("write config");
+        Self::start_in(dir)
+    }
+
+    /// Starts (or restarts) the server on the config already in `dir`.
+    pub fn start_in(dir: tempfile::TempDir) -> Self {
+        let mut child = Command::new(BIN)
+            .arg("--config")
+            .arg(dir.path().join("verdict.toml"))
+            .arg("serve")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn verdict");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("verdict listening on ") {
+                    let _ = tx.send(url.to_owned());
+                }
+            }
+        });
+        let stderr = child.stderr.take().expect("stderr");
+        let log_path = dir.path().join("stderr.log");
+        std::thread::spawn(move || {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log_path)
+                .ok();
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(f) = f.as_mut() {
+                    use std::io::Write as _;
+                    let _ = writeln!(f, "{line}");
+                }
+            }
+        });
+        let base = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(url) => url,
+            Err(_) => {
+                let _ = child.kill();
+                let log =
+                    std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+                panic!("verdict did not start:\n{log}");
+            }
+        };
+        Self {
+            child: ChildGuard(child),
+            base,
+            dir,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub fn db(&self) -> PathBuf {
+        self.dir.path().join("verdict.db")
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("verdict.toml")
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub async fn post(
+        &self,
+        source: &str,
+        headers: &[(&str, String)],
+        body: impl Into<reqwest::Body>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = self
+            .http
+            .post(self.url(&format!("/webhooks/{source}")))
+            .body(body);
+        for (k, v) in headers {
+            req = req.header(*k, v);
+        }
+        let resp = req.send().await.expect("request");
+        let status = resp.status().as_u16();
+        let text = resp.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    /// POST a SEON delivery signed with `secret`.
+    pub async fn post_seon(
+        &self,
+        body: &str,
+        request_id: Option<&str>,
+        secret: &str,
+    ) -> (u16, serde_json::Value) {
+        let sig = hex::encode(hmac(secret.as_bytes(), &[body.as_bytes()]));
+        let mut h = vec![
+            ("X-Seon-Signature", sig),
+            ("Content-Type", "application/json".to_owned()),
+        ];
+        if let Some(id) = request_id {
+            h.push(("Request-Id", id.to_owned()));
+        }
+        self.post("seon-idv", &h, body.to_owned()).await
+    }
+
+    /// Sends SIGTERM and waits for the exit status.
+    pub fn terminate(mut self) -> (ExitStatus, tempfile::TempDir) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = self.child.0.try_wait() {
+                return (status, self.dir);
+            }
+            if Instant::now() > deadline {
+                panic!("verdict did not stop after SIGTERM:\n{}", self.stderr());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Entries in the log, read through a separate connection.
+    pub fn count(&self) -> i64 {
+        let conn = rusqlite::Connection::open(self.db()).expect("open db");
+        conn.query_row("SELECT COUNT(*) FROM events", [], |r| r.get(0))
+            .expect("count")
+    }
+}
+
+/// Runs `verdict --config CONFIG args...` to completion.
+pub fn verdict(config: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .arg("--config")
+        .arg(config)
+        .args(args)
+        .output()
+        .expect("run verdict")
+}
+
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
