@@ -11,7 +11,8 @@ CREATE TABLE events (
     recorded_at   INTEGER NOT NULL,         -- unix milliseconds, when the writer committed it
     vendor_time   INTEGER,                  -- unix milliseconds, the sender's event time if any
     headers       TEXT    NOT NULL,         -- JSON object of the delivery headers an auditor needs
-    body          BLOB    NOT NULL,         -- the raw body bytes exactly as received
+    body          BLOB    NOT NULL,         -- the body as received, encoded per body_encoding
+    body_encoding INTEGER NOT NULL,         -- 0: as is; 1: LZ4 block, u32 LE raw size first
     body_sha256   BLOB    NOT NULL,         -- SHA-256 of body; the chain covers this, not the body
     prev_hash     BLOB    NOT NULL,
     hash          BLOB    NOT NULL

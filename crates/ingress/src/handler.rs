@@ -241,6 +241,7 @@ fn new_event(source: &str, env: Envelope, v: Verified, body: Bytes) -> NewEvent 
         headers: v.headers,
         body_sha256: sha256(&body),
         body,
+        encoded: None,
     }
 }
 

@@ -32,6 +32,67 @@ pub struct NewEvent {
     pub body: bytes::Bytes,
     /// SHA-256 of `body`; computed by the caller so the single writer thread does not have to.
     pub body_sha256: Hash,
+    /// The body as it will be stored, when already encoded ([`NewEvent::encode`]); the writer
+    /// encodes it itself otherwise.
+    pub encoded: Option<EncodedBody>,
+}
+
+/// How a body is stored in the `body` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyEncoding {
+    /// The bytes as received.
+    Identity = 0,
+    /// An LZ4 block, preceded by the raw size as u32 little-endian.
+    Lz4 = 1,
+}
+
+/// Bodies smaller than this are stored as they are.
+const COMPRESS_MIN: usize = 512;
+/// The largest raw size a stored LZ4 body may claim (a guard against corrupt rows).
+pub const MAX_DECODED_BODY: usize = 64 << 20;
+
+/// A body encoded for storage, tied to the SHA-256 of the raw bytes it encodes.
+#[derive(Debug, Clone)]
+pub struct EncodedBody {
+    pub(crate) of: Hash,
+    pub(crate) encoding: BodyEncoding,
+    pub(crate) bytes: bytes::Bytes,
+}
+
+impl EncodedBody {
+    /// Encodes `raw` (whose SHA-256 is `of`): LZ4 when that saves at least an eighth.
+    pub fn encode(raw: &bytes::Bytes, of: Hash) -> Self {
+        if raw.len() >= COMPRESS_MIN && raw.len() <= MAX_DECODED_BODY {
+            let packed = lz4_flex::block::compress_prepend_size(raw);
+            if packed.len() + packed.len() / 8 < raw.len() {
+                return Self {
+                    of,
+                    encoding: BodyEncoding::Lz4,
+                    bytes: packed.into(),
+                };
+            }
+        }
+        Self {
+            of,
+            encoding: BodyEncoding::Identity,
+            bytes: raw.clone(),
+        }
+    }
+}
+
+/// Decodes a stored body; `None` when the stored bytes are not a valid encoding.
+pub fn decode_body(encoding: i64, stored: Vec<u8>) -> Option<Vec<u8>> {
+    match encoding {
+        0 => Some(stored),
+        1 => {
+            let size = u32::from_le_bytes(stored.get(..4)?.try_into().ok()?) as usize;
+            if size > MAX_DECODED_BODY {
+                return None;
+            }
+            lz4_flex::block::decompress(stored.get(4..)?, size).ok()
+        }
+        _ => None,
+    }
 }
 
 impl NewEvent {
@@ -53,6 +114,18 @@ impl NewEvent {
             headers: Headers::new(),
             body,
             body_sha256,
+            encoded: None,
+        }
+    }
+
+    /// Encodes the body for storage now (on the caller's thread rather than the writer's).
+    pub fn encode(&mut self) {
+        if self
+            .encoded
+            .as_ref()
+            .is_none_or(|e| e.of != self.body_sha256)
+        {
+            self.encoded = Some(EncodedBody::encode(&self.body, self.body_sha256));
         }
     }
 }
@@ -78,7 +151,7 @@ pub struct Entry {
     pub vendor_time: Option<i64>,
     /// The JSON text of the stored delivery headers (an object), exactly as hashed.
     pub headers_json: String,
-    /// The raw body bytes.
+    /// The raw body bytes, as received (decoded from storage).
     pub body: Vec<u8>,
     /// SHA-256 of the body as received.
     pub body_sha256: Hash,

@@ -17,7 +17,7 @@ pub enum StoreError {
         supported: u32,
     },
     /// A row holds a value that cannot be decoded (a hash of the wrong length, a bad UUID).
-    /// [`crate::verify`] reports these as problems; readers surface them as 500s.
+    /// [`crate::verify`] reports these as problems at their seq; readers surface them as 500s.
     #[error("corrupt row at seq {seq}: {what}")]
     Corrupt {
         /// The row.

@@ -37,7 +37,10 @@ mod store;
 mod verify;
 mod writer;
 
-pub use entry::{Entry, GENESIS, Hash, Headers, NewEvent, entry_hash, now_ms, sha256};
+pub use entry::{
+    BodyEncoding, EncodedBody, Entry, GENESIS, Hash, Headers, NewEvent, decode_body, entry_hash,
+    now_ms, sha256,
+};
 pub use error::{AppendError, StoreError};
 pub use export::{ExportedEntry, one_line_json, rfc3339_ms};
 pub use migrate::{SCHEMA_VERSION, migrate};

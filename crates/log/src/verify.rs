@@ -65,10 +65,22 @@ pub fn verify(log: &SqliteLog) -> Result<VerifyReport, StoreError> {
     }
     let mut expected_seq = 1u64;
     let mut prev = GENESIS;
-    log.for_each_after(0, |e| {
+    log.for_each_row_after(0, |seq, row| {
         if report.problems.len() >= MAX_PROBLEMS {
             return Ok(());
         }
+        let e = match row {
+            Ok(e) => e,
+            Err(err) => {
+                report.problems.push(Problem {
+                    seq: Some(seq),
+                    what: format!("unreadable row: {err}"),
+                });
+                report.entries += 1;
+                expected_seq = seq + 1;
+                return Ok(());
+            }
+        };
         let mut bad = |what: String| {
             report.problems.push(Problem {
                 seq: Some(e.seq),

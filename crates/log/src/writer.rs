@@ -118,7 +118,13 @@ impl LogWriter {
     }
 
     /// Appends several events atomically, in order, in the same transaction.
-    pub async fn append_all(&self, events: Vec<NewEvent>) -> Result<Vec<Appended>, AppendError> {
+    /// Bodies are encoded (compressed) here, on the caller's thread, so the writer thread only
+    /// stores.
+    pub async fn append_all(
+        &self,
+        mut events: Vec<NewEvent>,
+    ) -> Result<Vec<Appended>, AppendError> {
+        events.iter_mut().for_each(NewEvent::encode);
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Append(Job { events, reply }))
@@ -211,6 +217,11 @@ fn commit<S: EventStore>(
     let started = Instant::now();
     let result = store.append_batch(&events);
     let elapsed = started.elapsed();
+    tracing::trace!(
+        events = n,
+        micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        "batch"
+    );
     if let Some(cb) = &config.on_batch {
         cb(WriterStats {
             events: n,

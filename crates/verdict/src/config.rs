@@ -281,6 +281,12 @@ impl Loaded {
                     ),
                 );
             }
+            if name == verdict_log::INTERNAL_SOURCE {
+                return self.err(
+                    s.name.span(),
+                    format!("source name {name:?} is reserved for verdict's own events"),
+                );
+            }
             if !names.insert(name.as_str()) {
                 return self.err(s.name.span(), format!("source {name:?} is defined twice"));
             }
@@ -377,6 +383,17 @@ impl Loaded {
                 ))
             })
             .collect()
+    }
+
+    /// The error for a `storage.path` that holds no log yet.
+    pub fn storage_missing(&self) -> ConfigError {
+        ConfigError {
+            location: self.file.display().to_string(),
+            message: format!(
+                "no log at storage.path {} (has `verdict serve` run with this config?)",
+                self.config.storage.path.display()
+            ),
+        }
     }
 
     /// Every API token, resolved: (name, role, token).

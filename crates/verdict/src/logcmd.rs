@@ -6,16 +6,13 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use verdict_log::{ExportedEntry, SqliteLog};
 
+use crate::UsageError;
 use crate::config::Loaded;
 
 fn open(loaded: &Loaded) -> anyhow::Result<SqliteLog> {
     let path = &loaded.config.storage.path;
     if !path.exists() {
-        anyhow::bail!(
-            "no log at {} (storage.path in {})",
-            path.display(),
-            loaded.file.display()
-        );
+        return Err(UsageError(loaded.storage_missing()).into());
     }
     SqliteLog::open_read_only(path).with_context(|| format!("opening {}", path.display()))
 }
@@ -57,9 +54,10 @@ pub fn export(loaded: &Loaded, after: u64) -> anyhow::Result<()> {
         }
         Ok(())
     })?;
-    if let Some(e) = write_err {
-        return Err(e).context("writing to stdout");
+    let flushed = out.flush();
+    match write_err.map_or(flushed, Err) {
+        // The reader went away (`verdict log export | head`): not an error.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => other.context("writing to stdout"),
     }
-    out.flush()?;
-    Ok(())
 }

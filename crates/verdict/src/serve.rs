@@ -31,9 +31,8 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
         "credentials resolved"
     );
     // The rules engine lands with its own issue; until then a configured policy must at least
-    // be a readable file, and readiness reflects that.
-    let policy_loaded =
-        loaded.policy_path().map_err(UsageError)?.is_some() || loaded.config.policy.is_none();
+    // be a readable file. Without [policy] verdict still ingests, but is not ready.
+    let policy_loaded = loaded.policy_path().map_err(UsageError)?.is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("verdict-worker")

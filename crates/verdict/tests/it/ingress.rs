@@ -206,7 +206,7 @@ async fn rotation_accepts_every_configured_secret() {
 #[tokio::test]
 async fn unsigned_ping_is_answered_and_not_stored() {
     let s = Server::start();
-    let ping = include_str!("../../../../../shared/reference/seon/ping.json");
+    let ping = include_str!("../../../../fixtures/seon/ping.json");
     let (status, json) = s.post("seon-idv", &[], ping).await;
     assert_eq!((status, json), (200, json!({"status": "ping"})));
     // Only SEON sources answer the ping; others demand a signature.
@@ -378,8 +378,23 @@ async fn a_restart_keeps_everything_and_dedupe_survives_it() {
 
 #[tokio::test]
 async fn health_and_readiness() {
-    let s = Server::start();
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/policies/kyc.toml"
+    );
+    let s = Server::start_with(&format!("[policy]\npath = {policy:?}\n"));
     let get = |p: &str| s.http.get(s.url(p)).send();
     assert_eq!(get("/healthz").await.unwrap().status(), 200);
     assert_eq!(get("/readyz").await.unwrap().status(), 200);
+
+    // No policy: alive, ingesting, but not ready.
+    let s = Server::start();
+    assert_eq!(
+        s.http.get(s.url("/healthz")).send().await.unwrap().status(),
+        200
+    );
+    assert_eq!(
+        s.http.get(s.url("/readyz")).send().await.unwrap().status(),
+        503
+    );
 }

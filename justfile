@@ -1,0 +1,26 @@
+# Daily commands. `just --list` shows them. CI runs `.ci/run`, which runs `just test`'s command.
+
+# Format the code.
+fmt:
+    cargo fmt --all
+
+# Formatting check and clippy with warnings as errors.
+lint:
+    cargo fmt --all -- --check
+    cargo clippy --workspace --all-targets -- -D warnings
+
+# The whole test suite (what CI runs).
+test:
+    cargo test --workspace --locked
+
+# Criterion benches (pure paths and durable append).
+bench:
+    cargo bench -p verdict-ingress --bench ingest
+
+# Load benchmark: durable ingest next to the no-storage ceiling (docs/benchmarks.md).
+bench-ingest connections="32" seconds="10":
+    scripts/bench-ingest.sh {{connections}} {{seconds}}
+
+# Run the sidecar with the example config (secrets from the environment).
+run:
+    cargo run --release -p verdict -- --config config/verdict.toml serve
