@@ -1,24 +1,32 @@
 #!/usr/bin/env bash
 # Durable ingest throughput and latency next to the no-storage ceiling of the same handler,
-# measured in one run: both servers are started, the load generator measures the ceiling first,
-# then verdict (WAL, synchronous=FULL, group commit), and prints the ratio.
+# measured in one run with wrk (Debian package `wrk`): both servers are started, the ceiling is
+# measured first, then verdict (WAL, synchronous=FULL, group commit), and the ratio is printed.
 #
-#   scripts/bench-ingest.sh [CONNECTIONS] [SECONDS]
+#   scripts/bench-ingest.sh [CONNECTIONS] [SECONDS] [ROUNDS]
+#
+# Knobs: WRK_THREADS (default 2), THREAD_CPU=1 (CPU seconds per server thread),
+# BENCH_LOG=verdict_log=trace KEEP_LOG=FILE (per-batch size and commit time).
 set -euo pipefail
 conns=${1:-32}
 secs=${2:-10}
+rounds=${3:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-cargo build --release -q -p verdict -p verdict-loadgen
+command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
+cargo build --release -q -p verdict
 cargo build --release -q -p verdict-ingress --example ceiling
 
 work=$(mktemp -d "${BENCH_DIR:-$root/target}/bench-ingest.XXXXXX")
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
-[ -n "${KEEP_LOG:-}" ] && trap "cp \$work/verdict.err $KEEP_LOG; cleanup" EXIT
+[ -n "${KEEP_LOG:-}" ] && trap 'cp "$work/verdict.err" "$KEEP_LOG"; cleanup' EXIT
 
 secret=bench-secret
+export BODY="$root/fixtures/seon/session_finished_approved.json"
+SIG=$(openssl dgst -sha256 -hmac "$secret" < "$BODY" | sed 's/^.*= //')
+export SIG
 cat > "$work/verdict.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
@@ -40,17 +48,32 @@ wait_url() { # file prefix -> url
   echo "server did not start: $(cat "$1")" >&2; exit 1
 }
 
-TOKIO_WORKER_THREADS=${SERVER_THREADS:-2} RUST_LOG=${BENCH_LOG:-warn} target/release/verdict --config "$work/verdict.toml" serve > "$work/verdict.out" 2> "$work/verdict.err" &
+RUST_LOG=${BENCH_LOG:-warn} target/release/verdict --config "$work/verdict.toml" serve \
+  > "$work/verdict.out" 2> "$work/verdict.err" &
 pids+=($!)
 target/release/examples/ceiling 127.0.0.1:0 "$secret" > "$work/ceiling.out" &
 pids+=($!)
 durable=$(wait_url "$work/verdict.out" "verdict listening on ")
 ceiling=$(wait_url "$work/ceiling.out" "ceiling listening on ")
 
-echo "# $(nproc) cores, $conns connections, ${secs}s per target, body $(wc -c < fixtures/seon/session_finished_approved.json) bytes"
-target/release/verdict-loadgen --threads "${LG_THREADS:-2}" --secret "$secret" --connections "$conns" --duration "$secs" \
-  --target "ceiling=$ceiling/webhooks/seon-idv" \
-  --target "durable=$durable/webhooks/seon-idv"
-if [ -n "${THREAD_CPU:-}" ]; then for t in /proc/${pids[0]}/task/*; do echo "thread $(cat $t/comm) $(awk "{print (\$14+\$15)/100}" $t/stat)s"; done; fi
+measure() { # url -> "req/s p50 p99 p999 max errors"
+  wrk -t"${WRK_THREADS:-2}" -c"$conns" -d2s -s bench/seon.lua "$1/webhooks/seon-idv" > /dev/null # warm-up
+  wrk -t"${WRK_THREADS:-2}" -c"$conns" -d"${secs}s" -s bench/seon.lua "$1/webhooks/seon-idv" \
+    | sed -n 's/^RESULT //p' \
+    | awk '{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]} printf "%.0f %s %s %s %s %s\n", v["requests"]/v["seconds"], v["p50_ms"], v["p99_ms"], v["p999_ms"], v["max_ms"], v["errors"]}'
+}
+
+echo "# $(nproc) cores, $conns connections, ${secs}s per target, wrk -t${WRK_THREADS:-2}, body $(wc -c < "$BODY") bytes"
+printf "%-8s %-8s %9s %8s %8s %8s %8s %7s\n" round target "req/s" "p50 ms" "p99 ms" "p99.9" "max ms" errors
+for r in $(seq 1 "$rounds"); do
+  read -r c_rate c50 c99 c999 cmax cerr < <(measure "$ceiling")
+  read -r d_rate d50 d99 d999 dmax derr < <(measure "$durable")
+  printf "%-8s %-8s %9s %8s %8s %8s %8s %7s\n" "$r" ceiling "$c_rate" "$c50" "$c99" "$c999" "$cmax" "$cerr"
+  printf "%-8s %-8s %9s %8s %8s %8s %8s %7s\n" "$r" durable "$d_rate" "$d50" "$d99" "$d999" "$dmax" "$derr"
+  awk -v d="$d_rate" -v c="$c_rate" -v r="$r" 'BEGIN { printf "%-8s ratio durable/ceiling: %.2f\n", r, d / c }'
+done
+if [ -n "${THREAD_CPU:-}" ]; then
+  for t in /proc/"${pids[0]}"/task/*; do echo "thread $(cat "$t/comm") $(awk '{print ($14+$15)/100}' "$t/stat")s"; done
+fi
 kill -TERM "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
 target/release/verdict --config "$work/verdict.toml" log verify

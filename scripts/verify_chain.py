@@ -9,7 +9,9 @@ Opens the file read-only and, for every row of the `events` table in seq order, 
 - prev_hash equals the previous entry's hash (32 zero bytes for seq 1);
 - hash equals the entry hash recomputed from the row's fields, exactly as `entry_hash` in
   crates/log/src/entry.rs computes it;
-- body_sha256 equals SHA-256 of the stored body;
+- the stored body decodes according to body_encoding (0: stored as received; 1: an LZ4 block
+  preceded by the raw size as u32 little-endian), and the decoded body's SHA-256 equals
+  body_sha256;
 
 and that the append-only triggers `events_no_update` and `events_no_delete` exist.
 
@@ -18,9 +20,9 @@ Prints "ok: N entries, head <hex>" and exits 0 when everything holds. Otherwise 
 followed by the problems found, one per line, and exits 1. Exits 2 when the file cannot be
 opened or is not a verdict log.
 
-Standard library only. It shares no code with verdict: it is a second implementation of the
-rules described in docs/log-format.md, for auditors who do not want to rely on verdict's own
-`verdict log verify`.
+Standard library only (the LZ4 block decoder below is a small pure-Python one). It shares no
+code with verdict: it is a second implementation of the rules described in docs/log-format.md,
+for auditors who do not want to rely on verdict's own `verdict log verify`.
 """
 
 import hashlib
@@ -32,6 +34,8 @@ DOMAIN = b"verdict-log-v1\x00"
 GENESIS = bytes(32)
 TRIGGERS = ("events_no_delete", "events_no_update")
 MAX_PROBLEMS = 100
+# The largest raw size an LZ4-encoded body may claim; a larger claim means a corrupt row.
+MAX_DECODED_BODY = 64 << 20
 
 # (column, expected SQLite storage class); vendor_time may also be NULL.
 COLUMNS = (
@@ -45,10 +49,13 @@ COLUMNS = (
     ("vendor_time", "integer"),
     ("headers", "text"),
     ("body", "blob"),
+    ("body_encoding", "integer"),
     ("body_sha256", "blob"),
     ("prev_hash", "blob"),
     ("hash", "blob"),
 )
+# Columns the chain hash does not read: a problem with them does not stop the hash checks.
+BODY_COLUMNS = ("body", "body_encoding")
 
 
 def field(data):
@@ -76,6 +83,94 @@ def entry_hash(prev_hash, seq, event_id, source, event_type, event_version, dedu
     h.update(field(headers_json))
     h.update(body_sha256)
     return h.digest()
+
+
+class Undecodable(Exception):
+    """A stored body that is not a valid encoding."""
+
+
+def _lz4_length(block, pos, base):
+    """An LZ4 length: `base` (a 4-bit field) and, when that is 15, the following bytes added
+    while they are 255, plus the first one that is not. Returns (length, new pos)."""
+    if base != 15:
+        return base, pos
+    while True:
+        if pos >= len(block):
+            raise Undecodable("LZ4 block ends inside a length")
+        extra = block[pos]
+        pos += 1
+        base += extra
+        if extra != 255:
+            return base, pos
+
+
+def lz4_block_decode(block, size):
+    """Decodes a raw LZ4 block (no frame) into at most `size` bytes.
+
+    A block is a series of sequences. Each starts with a token byte: its high nibble is the
+    literal length, its low nibble the match length minus 4 (a nibble of 15 is continued by
+    the bytes that follow, see _lz4_length). Then come the literals, copied as they are, then a
+    2-byte little-endian offset (1 or more, at most the bytes decoded so far) and the match
+    extension: the match copies `length` bytes starting `offset` bytes back in the output,
+    byte by byte, so a match may overlap the bytes it produces. The block ends right after the
+    literals of its last sequence, which has no match.
+
+    Follows lz4_flex's decoder: decoding past `size` is an error; a shorter result is
+    returned as it is (the body hash check then fails).
+    """
+    out = bytearray()
+    pos = 0
+    end = len(block)
+    while True:
+        if pos >= end:
+            raise Undecodable("LZ4 block ends where a sequence token is expected")
+        token = block[pos]
+        pos += 1
+
+        literals, pos = _lz4_length(block, pos, token >> 4)
+        if literals > end - pos:
+            raise Undecodable("LZ4 literals run past the end of the block")
+        if len(out) + literals > size:
+            raise Undecodable(f"LZ4 block decodes to more than the {size} bytes it claims")
+        out += block[pos:pos + literals]
+        pos += literals
+        if pos >= end:
+            break  # the last sequence: literals only
+
+        if end - pos < 2:
+            raise Undecodable("LZ4 block ends inside a match offset")
+        offset = block[pos] | (block[pos + 1] << 8)
+        pos += 2
+        if offset == 0:
+            raise Undecodable("LZ4 match offset 0")
+        length, pos = _lz4_length(block, pos, token & 0x0F)
+        length += 4
+        if len(out) + length > size:
+            raise Undecodable(f"LZ4 block decodes to more than the {size} bytes it claims")
+        if offset > len(out):
+            raise Undecodable(f"LZ4 match offset {offset} is before the start of the body")
+        start = len(out) - offset
+        if length <= offset:
+            out += out[start:start + length]
+        else:
+            # Overlapping: the byte-by-byte copy repeats the last `offset` bytes.
+            pattern = bytes(out[start:])
+            out += (pattern * (length // offset + 1))[:length]
+    return bytes(out)
+
+
+def decode_body(encoding, stored):
+    """The body as received, from the stored bytes and body_encoding; raises Undecodable."""
+    if encoding == 0:
+        return stored
+    if encoding == 1:
+        if len(stored) < 4:
+            raise Undecodable(f"{len(stored)} bytes, too short for the size prefix")
+        size = struct.unpack("<I", stored[:4])[0]
+        if size > MAX_DECODED_BODY:
+            raise Undecodable(f"claims {size} bytes, more than {MAX_DECODED_BODY}")
+        return lz4_block_decode(stored[4:], size)
+    raise Undecodable("unknown body_encoding (known: 0 as received, 1 LZ4 block)")
 
 
 def uuid_bytes(text):
@@ -126,62 +221,80 @@ def verify(conn):
 
     entries = 0
     expected_seq = 1
-    prev = GENESIS
+    prev = GENESIS  # None after a row whose hash could not be read
     head = None
     for row in cur:
         if len(problems) >= MAX_PROBLEMS:
             break
         values, kinds = row[: len(COLUMNS)], row[len(COLUMNS):]
-        seq = values[0]
+        (seq, event_id_text, source, event_type, event_version, dedupe_key, recorded_at,
+         vendor_time, headers_json, body, body_encoding, body_sha256, prev_hash,
+         stored_hash) = values
         row_problems = []
 
         def bad(what, seq=seq):
             row_problems.append((seq, what))
 
+        # seq is the INTEGER PRIMARY KEY: always an integer.
+        if seq != expected_seq:
+            bad(f"expected seq {expected_seq} (a gap or reordering)")
+
+        # Values the chain hash needs. Any of them unusable: the hash cannot be recomputed.
+        hashable = True
+        body_readable = True
         for (name, want), got in zip(COLUMNS, kinds):
             got = got.decode() if isinstance(got, bytes) else got
             if got != want and not (name == "vendor_time" and got == "null"):
-                bad(f"column {name} is {got}, expected {want}")
-        if row_problems:
-            # Cannot recompute the hash from values of the wrong type; the chain stops here.
-            problems.extend(row_problems)
-            break
+                bad(f"unreadable row: column {name} is {got}, expected {want}")
+                if name in BODY_COLUMNS:
+                    body_readable = False
+                else:
+                    hashable = False
+        if hashable:
+            event_id = uuid_bytes(event_id_text)
+            if event_id is None:
+                shown = event_id_text.decode("utf-8", "replace")
+                bad(f"event_id {shown!r} is not a lowercase hyphenated UUID")
+                hashable = False
+            for name, value in (("body_sha256", body_sha256), ("prev_hash", prev_hash),
+                                ("hash", stored_hash)):
+                if len(value) != 32:
+                    bad(f"unreadable row: {name} has {len(value)} bytes, expected 32")
+                    hashable = False
+            if not 0 <= event_version <= 0xFFFF_FFFF:
+                bad(f"unreadable row: event_version {event_version} does not fit in a u32")
+                hashable = False
+            if seq < 1:
+                bad(f"unreadable row: seq {seq} is not positive")
+                hashable = False
 
-        (seq, event_id_text, source, event_type, event_version, dedupe_key, recorded_at,
-         vendor_time, headers_json, body, body_sha256, prev_hash, stored_hash) = values
+        if hashable:
+            if prev is not None and prev_hash != prev:
+                bad("prev_hash does not match the previous entry's hash")
+            recomputed = entry_hash(prev_hash, seq, event_id, source, event_type,
+                                    event_version, dedupe_key, recorded_at, vendor_time,
+                                    headers_json, body_sha256)
+            if recomputed != stored_hash:
+                bad("hash does not match the entry's contents")
 
-        event_id = uuid_bytes(event_id_text)
-        if event_id is None:
-            shown = event_id_text.decode("utf-8", "replace")
-            bad(f"event_id {shown!r} is not a lowercase hyphenated UUID")
-        for name, value in (("body_sha256", body_sha256), ("prev_hash", prev_hash),
-                            ("hash", stored_hash)):
-            if len(value) != 32:
-                bad(f"{name} has {len(value)} bytes, expected 32")
-        if not 0 <= event_version <= 0xFFFF_FFFF:
-            bad(f"event_version {event_version} does not fit in a u32")
-        if seq < 1:
-            bad(f"seq {seq} is not positive")
-        if row_problems:
-            problems.extend(row_problems)
-            break
-
-        if seq != expected_seq:
-            bad(f"expected seq {expected_seq} (a gap or reordering)")
-        if prev_hash != prev:
-            bad("prev_hash does not match the previous entry's hash")
-        recomputed = entry_hash(prev_hash, seq, event_id, source, event_type, event_version,
-                                dedupe_key, recorded_at, vendor_time, headers_json, body_sha256)
-        if recomputed != stored_hash:
-            bad("hash does not match the entry's contents")
-        if hashlib.sha256(body).digest() != body_sha256:
-            bad("body does not match body_sha256")
+        if body_readable:
+            try:
+                decoded = decode_body(body_encoding, body)
+            except Undecodable as e:
+                bad(f"unreadable row: body cannot be decoded (body_encoding {body_encoding}): {e}")
+            else:
+                if (isinstance(body_sha256, bytes) and len(body_sha256) == 32
+                        and hashlib.sha256(decoded).digest() != body_sha256):
+                    bad("body does not match body_sha256")
         problems.extend(row_problems)
 
         entries += 1
         expected_seq = seq + 1
-        prev = stored_hash
-        head = stored_hash
+        # The next entry links to this one's stored hash when it can be read at all, so that
+        # one bad row is not blamed on its successor too.
+        readable_hash = isinstance(stored_hash, bytes) and len(stored_hash) == 32
+        prev = stored_hash if readable_hash else None
+        head = stored_hash if readable_hash else None
     return entries, head, problems
 
 
