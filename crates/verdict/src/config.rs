@@ -23,6 +23,14 @@ pub struct ConfigError {
 }
 
 impl ConfigError {
+    /// A usage error that is not tied to the config file.
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            location: "usage".into(),
+            message: message.into(),
+        }
+    }
+
     fn at(file: &Path, text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
         let location = match span {
             Some(span) => {

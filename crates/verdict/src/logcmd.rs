@@ -9,7 +9,8 @@ use verdict_log::{ExportedEntry, SqliteLog};
 use crate::UsageError;
 use crate::config::Loaded;
 
-fn open(loaded: &Loaded) -> anyhow::Result<SqliteLog> {
+/// Opens the configured log read-only (exit 2 when there is none).
+pub fn open(loaded: &Loaded) -> anyhow::Result<SqliteLog> {
     let path = &loaded.config.storage.path;
     if !path.exists() {
         return Err(UsageError(loaded.storage_missing()).into());

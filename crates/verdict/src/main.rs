@@ -3,9 +3,12 @@
 //! Exit codes: 0 success; 1 a check failed or a runtime error; 2 bad usage or bad configuration
 //! (the message names the problem, `file:line:col` for the config).
 
+mod api;
 mod config;
 mod logcmd;
+mod projections;
 mod serve;
+mod sessioncmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -45,6 +48,47 @@ enum Command {
     Log {
         #[command(subcommand)]
         command: LogCommand,
+    },
+    /// Rebuild every projection from the log and print the digest of the projected state.
+    Replay,
+    /// Show a session as the HTTP API does.
+    Session {
+        #[command(subcommand)]
+        command: SessionCommand,
+    },
+    /// Record an analyst override of a session.
+    Override {
+        /// The session id.
+        id: String,
+        /// approve, decline or review.
+        #[arg(long)]
+        action: String,
+        /// Why (required, not empty).
+        #[arg(long)]
+        reason: String,
+        /// Who is overriding.
+        #[arg(long)]
+        actor: String,
+        /// A ticket reference.
+        #[arg(long)]
+        ticket: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum SessionCommand {
+    /// The session's current state (`GET /v1/sessions/{id}`).
+    Show {
+        /// The session id.
+        id: String,
+        /// The state as of this seq.
+        #[arg(long)]
+        as_of: Option<u64>,
+    },
+    /// Every entry of the session in seq order (`GET /v1/sessions/{id}/history`).
+    History {
+        /// The session id.
+        id: String,
     },
 }
 
@@ -92,6 +136,20 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Log {
             command: LogCommand::Export { after },
         } => logcmd::export(&loaded, *after).map(|()| ExitCode::SUCCESS),
+        Command::Replay => sessioncmd::replay(&loaded),
+        Command::Session {
+            command: SessionCommand::Show { id, as_of },
+        } => sessioncmd::show(&loaded, id, *as_of),
+        Command::Session {
+            command: SessionCommand::History { id },
+        } => sessioncmd::history(&loaded, id),
+        Command::Override {
+            id,
+            action,
+            reason,
+            actor,
+            ticket,
+        } => sessioncmd::override_session(&loaded, id, action, reason, actor, ticket.clone()),
     }
 }
 

@@ -23,7 +23,12 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
     loaded.check_supported().map_err(UsageError)?;
     let sources = loaded.sources().map_err(UsageError)?;
     // Resolved now so that a missing secret stops start-up (exit 2); used by later stages.
-    let tokens = loaded.tokens().map_err(UsageError)?;
+    let tokens: Vec<crate::api::Token> = loaded
+        .tokens()
+        .map_err(UsageError)?
+        .into_iter()
+        .map(|(name, role, token)| crate::api::Token::new(name, role, &token))
+        .collect();
     let sinks = loaded.sinks().map_err(UsageError)?;
     tracing::debug!(
         tokens = tokens.len(),
@@ -38,12 +43,13 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
         .thread_name("verdict-worker")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(loaded, sources, policy_loaded))
+    runtime.block_on(serve(loaded, sources, tokens, policy_loaded))
 }
 
 async fn serve(
     loaded: &Loaded,
     sources: Vec<verdict_ingress::Source>,
+    tokens: Vec<crate::api::Token>,
     policy_loaded: bool,
 ) -> anyhow::Result<()> {
     let db = &loaded.config.storage.path;
@@ -51,6 +57,17 @@ async fn serve(
         .with_context(|| format!("opening the log at {}", db.display()))?;
     let max_body = *loaded.config.server.max_body_bytes.get_ref();
     let ingress = Ingress::new(sources, max_body, writer.clone());
+    let projector = crate::projections::spawn_runner(
+        db.clone(),
+        writer.subscribe(),
+        tokio::runtime::Handle::current(),
+    )
+    .context("starting the projector")?;
+    let api = crate::api::Api {
+        reads: std::sync::Arc::new(crate::api::ReadPool::new(db.clone())),
+        writer: writer.clone(),
+        tokens: std::sync::Arc::new(tokens),
+    };
     let state = AppState {
         writer: writer.clone(),
         policy_loaded,
@@ -59,7 +76,8 @@ async fn serve(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
-        .merge(verdict_ingress::router(ingress));
+        .merge(verdict_ingress::router(ingress))
+        .merge(crate::api::router(api));
 
     let addr = loaded.listen();
     let listener = tokio::net::TcpListener::bind(addr)
@@ -79,6 +97,8 @@ async fn serve(
         .context("serving HTTP")?;
     tracing::info!("HTTP stopped; committing queued appends");
     writer.close().await;
+    // The writer is gone, so the projector's wait ends once it has caught up.
+    let _ = tokio::task::spawn_blocking(move || projector.join()).await;
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -5,4 +5,5 @@
 
 mod commands;
 mod ingress;
+mod sessions;
 mod support;

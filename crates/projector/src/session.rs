@@ -1,0 +1,230 @@
+//! Per-session state and the fold.
+
+use serde::{Deserialize, Serialize};
+
+use crate::fact::{Action, Fact, OverrideBody, Recorded, VendorKind};
+use crate::seon::is_terminal;
+
+/// Where a vendor event stands in the "which is newest" order: the sender's event time, then
+/// terminal statuses before `REVIEW`, then the log's seq. The largest key is the newest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct OrderKey {
+    /// Unix ms of the sender's event time (`i64::MIN` when the event has none).
+    pub vendor_time: i64,
+    /// 1 for a terminal status (`APPROVED`, `DECLINED`, `ABANDONED`), else 0.
+    pub terminal: u8,
+    /// The entry's seq.
+    pub seq: u64,
+}
+
+impl OrderKey {
+    fn of(r: &Recorded<'_>, status: Option<&str>) -> Self {
+        Self {
+            vendor_time: r.vendor_time.unwrap_or(i64::MIN),
+            terminal: u8::from(status.is_some_and(is_terminal)),
+            seq: r.seq,
+        }
+    }
+}
+
+/// The latest analyst override of a session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AppliedOverride {
+    /// The override event's seq.
+    pub seq: u64,
+    /// Who.
+    pub actor: String,
+    /// What.
+    pub action: Action,
+    /// Why.
+    pub reason: String,
+    /// Ticket reference.
+    pub ticket: Option<String>,
+    /// Unix ms when recorded.
+    pub recorded_at: i64,
+}
+
+/// The state of one session, folded from its events. Persisted as JSON in the projection
+/// table (a compatibility promise: fields are only added, with defaults).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Session {
+    /// SEON's session id.
+    pub session_id: String,
+    /// The customer's reference (from the newest vendor event that carries one).
+    pub reference_id: Option<String>,
+    /// The customer's user id (likewise).
+    pub user_id: Option<String>,
+    /// The status of the newest vendor event (see [`OrderKey`]).
+    pub vendor_status: Option<String>,
+    /// The key of the event that set `vendor_status`.
+    pub vendor_key: Option<OrderKey>,
+    /// The key of the event that set the ids.
+    pub ids_key: Option<OrderKey>,
+    /// The newest `idv:session_finished`: its key (its seq locates the `details` for rules).
+    pub finished: Option<OrderKey>,
+    /// The newest vendor status update: its key and who made it.
+    pub status_update: Option<OrderKey>,
+    /// Who made the newest vendor status update, when it says.
+    pub status_update_actor: Option<String>,
+    /// The latest analyst override (by seq: analysts act in recorded order).
+    pub last_override: Option<AppliedOverride>,
+    /// Entries applied to this session (vendor events, overrides, quarantined, notes).
+    pub event_count: u64,
+    /// Quarantined entries that name this session.
+    pub quarantined: u64,
+    /// Unix ms of the newest entry applied.
+    pub updated_at: i64,
+    /// The newest seq applied; an entry at or below it is a no-op.
+    pub last_seq: u64,
+}
+
+/// What changed in a session when an entry was applied (for the stages that react to it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Change {
+    /// The entry was applied (false: already applied, or not about this session).
+    pub applied: bool,
+    /// `vendor_status` changed.
+    pub vendor_status: bool,
+    /// The newest `idv:session_finished` changed.
+    pub finished: bool,
+    /// The newest vendor status update changed.
+    pub status_update: bool,
+    /// An override was applied.
+    pub overridden: bool,
+}
+
+impl Session {
+    /// An empty session with this id.
+    pub fn new(session_id: impl Into<String>) -> Self {
+        Self {
+            session_id: session_id.into(),
+            ..Self::default()
+        }
+    }
+
+    /// Applies one entry's fact. Synchronous, infallible, no I/O. An entry whose seq is not
+    /// newer than `last_seq` changes nothing (re-applying is safe); an entry about another
+    /// session changes nothing.
+    pub fn apply(&mut self, r: &Recorded<'_>, fact: &Fact) -> Change {
+        let mut change = Change::default();
+        if r.seq <= self.last_seq || fact_session(fact) != Some(self.session_id.as_str()) {
+            return change;
+        }
+        change.applied = true;
+        self.last_seq = r.seq;
+        self.event_count += 1;
+        self.updated_at = self.updated_at.max(r.recorded_at);
+        match fact {
+            Fact::Vendor {
+                kind,
+                reference_id,
+                user_id,
+                status,
+                actor,
+                ..
+            } => {
+                let key = OrderKey::of(r, status.as_deref());
+                if (reference_id.is_some() || user_id.is_some())
+                    && self.ids_key.is_none_or(|k| key > k)
+                {
+                    self.ids_key = Some(key);
+                    if reference_id.is_some() {
+                        self.reference_id.clone_from(reference_id);
+                    }
+                    if user_id.is_some() {
+                        self.user_id.clone_from(user_id);
+                    }
+                }
+                if status.is_some() && self.vendor_key.is_none_or(|k| key > k) {
+                    change.vendor_status = self.vendor_status != *status;
+                    self.vendor_key = Some(key);
+                    self.vendor_status.clone_from(status);
+                }
+                match kind {
+                    VendorKind::Finished if self.finished.is_none_or(|k| key > k) => {
+                        self.finished = Some(key);
+                        change.finished = true;
+                    }
+                    VendorKind::StatusUpdated if self.status_update.is_none_or(|k| key > k) => {
+                        self.status_update = Some(key);
+                        self.status_update_actor.clone_from(actor);
+                        change.status_update = true;
+                    }
+                    _ => {}
+                }
+            }
+            Fact::Override(OverrideBody {
+                actor,
+                action,
+                reason,
+                ticket,
+                ..
+            }) => {
+                self.last_override = Some(AppliedOverride {
+                    seq: r.seq,
+                    actor: actor.clone(),
+                    action: *action,
+                    reason: reason.clone(),
+                    ticket: ticket.clone(),
+                    recorded_at: r.recorded_at,
+                });
+                change.overridden = true;
+            }
+            Fact::Quarantined { .. } => self.quarantined += 1,
+            Fact::Noted { .. } | Fact::Other => {}
+        }
+        change
+    }
+
+    /// The state without log positions: equal for the same events in any delivery order.
+    pub fn view(&self) -> SessionView<'_> {
+        SessionView {
+            session_id: &self.session_id,
+            reference_id: self.reference_id.as_deref(),
+            user_id: self.user_id.as_deref(),
+            vendor_status: self.vendor_status.as_deref(),
+            newest_vendor_time: self.vendor_key.map(|k| k.vendor_time),
+            finished_vendor_time: self.finished.map(|k| k.vendor_time),
+            last_override: self
+                .last_override
+                .as_ref()
+                .map(|o| (o.actor.as_str(), o.action, o.reason.as_str())),
+            event_count: self.event_count,
+            quarantined: self.quarantined,
+        }
+    }
+}
+
+/// The delivery-order-independent part of a [`Session`], which the digest covers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SessionView<'a> {
+    /// Id.
+    pub session_id: &'a str,
+    /// Reference.
+    pub reference_id: Option<&'a str>,
+    /// User.
+    pub user_id: Option<&'a str>,
+    /// Vendor status.
+    pub vendor_status: Option<&'a str>,
+    /// Event time of the event that set the status.
+    pub newest_vendor_time: Option<i64>,
+    /// Event time of the newest finished event.
+    pub finished_vendor_time: Option<i64>,
+    /// The latest override.
+    pub last_override: Option<(&'a str, Action, &'a str)>,
+    /// Entries.
+    pub event_count: u64,
+    /// Quarantined entries.
+    pub quarantined: u64,
+}
+
+/// The session a fact is about, if any.
+pub fn fact_session(fact: &Fact) -> Option<&str> {
+    match fact {
+        Fact::Vendor { session_id, .. } | Fact::Noted { session_id } => Some(session_id),
+        Fact::Override(o) => Some(&o.session_id),
+        Fact::Quarantined { session_id, .. } => session_id.as_deref(),
+        Fact::Other => None,
+    }
+}

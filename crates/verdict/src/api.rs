@@ -1,0 +1,359 @@
+//! The `/v1` HTTP API: sessions, their history, overrides and the event feed, behind bearer
+//! tokens with roles.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use verdict_log::{AppendError, EventStore as _, ExportedEntry, LogWriter, SqliteLog};
+use verdict_projector::{Action, OverrideBody};
+
+use crate::config::{Role, Secret};
+use crate::projections;
+
+/// A configured token: its holder, role and the SHA-256 of the token (compared in constant
+/// time; the token itself is not kept).
+#[derive(Debug, Clone)]
+pub struct Token {
+    name: String,
+    role: Role,
+    digest: [u8; 32],
+}
+
+impl Token {
+    /// From the config's (name, role, token).
+    pub fn new(name: String, role: Role, token: &Secret) -> Self {
+        Self {
+            name,
+            role,
+            digest: Sha256::digest(token.expose().as_bytes()).into(),
+        }
+    }
+}
+
+/// Who is calling.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    /// The token's name (recorded as the actor of overrides).
+    pub name: String,
+    /// Its role.
+    pub role: Role,
+}
+
+/// Finds the token holder in constant time (every token is compared).
+pub fn authenticate(tokens: &[Token], presented: &str) -> Option<Caller> {
+    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    let mut found = None;
+    for t in tokens {
+        if bool::from(t.digest.ct_eq(&digest)) {
+            found = Some(Caller {
+                name: t.name.clone(),
+                role: t.role,
+            });
+        }
+    }
+    found
+}
+
+/// Read-only connections for request handlers, used on the blocking pool.
+#[derive(Debug)]
+pub struct ReadPool {
+    path: PathBuf,
+    idle: Mutex<Vec<SqliteLog>>,
+}
+
+impl ReadPool {
+    /// A pool over the log at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            idle: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Runs `f` with a connection on the blocking pool.
+    pub async fn run<T: Send + 'static>(
+        self: &Arc<Self>,
+        f: impl FnOnce(&SqliteLog) -> anyhow::Result<T> + Send + 'static,
+    ) -> anyhow::Result<T> {
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let conn = match pool.idle.lock().ok().and_then(|mut v| v.pop()) {
+                Some(c) => c,
+                None => SqliteLog::open_read_only(&pool.path)?,
+            };
+            let out = f(&conn);
+            if let Ok(mut v) = pool.idle.lock() {
+                if v.len() < 8 {
+                    v.push(conn);
+                }
+            }
+            out
+        })
+        .await?
+    }
+}
+
+/// What the API handlers share.
+#[derive(Debug, Clone)]
+pub struct Api {
+    /// Reads.
+    pub reads: Arc<ReadPool>,
+    /// Appends (overrides).
+    pub writer: LogWriter,
+    /// Who may call.
+    pub tokens: Arc<Vec<Token>>,
+}
+
+/// An error answer: `{"error": "..."}` with a status.
+#[derive(Debug)]
+pub struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        json(self.0, serde_json::json!({ "error": self.1 }).to_string())
+    }
+}
+
+impl From<anyhow::Error> for ApiError {
+    fn from(e: anyhow::Error) -> Self {
+        tracing::error!(error = %format!("{e:#}"), "API request failed");
+        Self(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The `/v1` routes.
+pub fn router<S: Clone + Send + Sync + 'static>(api: Api) -> Router<S> {
+    Router::new()
+        .route("/v1/sessions", get(list))
+        .route("/v1/sessions/{id}", get(show))
+        .route("/v1/sessions/{id}/history", get(history))
+        .route("/v1/sessions/{id}/override", post(override_session))
+        .route("/v1/events", get(events))
+        .route_layer(middleware::from_fn_with_state(api.clone(), auth))
+        .with_state(api)
+}
+
+async fn auth(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match presented.and_then(|t| authenticate(&api.tokens, t)) {
+        Some(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        None => {
+            let mut resp = ApiError(
+                StatusCode::UNAUTHORIZED,
+                "missing or invalid bearer token".into(),
+            )
+            .into_response();
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ShowQuery {
+    as_of: Option<u64>,
+}
+
+async fn show(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<ShowQuery>,
+) -> Result<Response, ApiError> {
+    let found = api
+        .reads
+        .run(move |log| match q.as_of {
+            Some(seq) => projections::session_as_of(log, &id, seq),
+            None => projections::load_session(log.connection(), &id),
+        })
+        .await?;
+    match found {
+        Some(s) => Ok(json(
+            StatusCode::OK,
+            projections::session_json(&s).to_string(),
+        )),
+        None => Err(ApiError(StatusCode::NOT_FOUND, "unknown session".into())),
+    }
+}
+
+async fn history(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match api
+        .reads
+        .run(move |log| projections::history_json(log, &id))
+        .await?
+    {
+        Some(body) => Ok(json(StatusCode::OK, body)),
+        None => Err(ApiError(StatusCode::NOT_FOUND, "unknown session".into())),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct ListQuery {
+    vendor_status: Option<String>,
+    action: Option<String>,
+    limit: Option<usize>,
+    after: Option<String>,
+}
+
+async fn list(State(api): State<Api>, Query(q): Query<ListQuery>) -> Result<Response, ApiError> {
+    if q.action
+        .as_deref()
+        .is_some_and(|a| Action::parse(a).is_none())
+    {
+        return Err(ApiError(
+            StatusCode::BAD_REQUEST,
+            "action must be approve, decline or review".into(),
+        ));
+    }
+    let (sessions, next) = api
+        .reads
+        .run(move |log| {
+            projections::list_sessions(
+                log.connection(),
+                q.vendor_status.as_deref(),
+                q.after.as_deref(),
+                q.limit.unwrap_or(50),
+            )
+        })
+        .await?;
+    let body = serde_json::json!({
+        "sessions": sessions.iter().map(projections::session_json).collect::<Vec<_>>(),
+        "next": next,
+    });
+    Ok(json(StatusCode::OK, body.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+struct EventsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+}
+
+async fn events(
+    State(api): State<Api>,
+    Query(q): Query<EventsQuery>,
+) -> Result<Response, ApiError> {
+    let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let body = api
+        .reads
+        .run(move |log| {
+            let entries = log.read_after(after, limit)?;
+            let next = entries.last().map_or(after, |e| e.seq);
+            let lines: Vec<String> = entries
+                .iter()
+                .map(|e| ExportedEntry::new(e).to_line())
+                .collect();
+            Ok(format!(
+                r#"{{"events":[{}],"next":{next}}}"#,
+                lines.join(",")
+            ))
+        })
+        .await?;
+    Ok(json(StatusCode::OK, body))
+}
+
+#[derive(Debug, Deserialize)]
+struct OverrideRequest {
+    action: String,
+    reason: String,
+    #[serde(default)]
+    ticket: Option<String>,
+}
+
+/// Checks an override request; the error is the 400 message.
+pub fn validate_override(
+    session_id: &str,
+    actor: &str,
+    action: &str,
+    reason: &str,
+    ticket: Option<String>,
+) -> Result<OverrideBody, String> {
+    let action = Action::parse(action).ok_or("action must be approve, decline or review")?;
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err("reason must not be empty".into());
+    }
+    if reason.len() > 4000 || ticket.as_ref().is_some_and(|t| t.len() > 200) {
+        return Err("reason (4000 bytes) or ticket (200 bytes) too long".into());
+    }
+    Ok(OverrideBody {
+        session_id: session_id.to_owned(),
+        actor: actor.to_owned(),
+        action,
+        reason: reason.to_owned(),
+        ticket: ticket.filter(|t| !t.trim().is_empty()),
+    })
+}
+
+async fn override_session(
+    State(api): State<Api>,
+    axum::Extension(caller): axum::Extension<Caller>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if caller.role != Role::Analyst {
+        return Err(ApiError(
+            StatusCode::FORBIDDEN,
+            "overrides need the analyst role".into(),
+        ));
+    }
+    let req: OverrideRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
+    let body = validate_override(&id, &caller.name, &req.action, &req.reason, req.ticket)
+        .map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))?;
+    let lookup = id.clone();
+    if !api
+        .reads
+        .run(move |log| projections::session_exists(log.connection(), &lookup))
+        .await?
+    {
+        return Err(ApiError(StatusCode::NOT_FOUND, "unknown session".into()));
+    }
+    let event = projections::override_event(&body)?;
+    let seq = match api.writer.append(event).await {
+        Ok(a) => a.seq(),
+        Err(AppendError::Unavailable(_) | AppendError::Closed) => {
+            return Err(ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the log cannot be written; retry later".into(),
+            ));
+        }
+    };
+    tracing::info!(session = %id, actor = %caller.name, action = body.action.as_str(), seq, "override recorded");
+    let answer = serde_json::json!({ "status": "recorded", "seq": seq, "override": body });
+    Ok(json(StatusCode::OK, answer.to_string()))
+}

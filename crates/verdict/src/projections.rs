@@ -1,0 +1,406 @@
+//! Persisted projections: the projector's output in SQLite (`migrations/0002_projections.sql`),
+//! the runner that keeps it current, and the read queries the HTTP API and the CLI share.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use tokio::sync::watch;
+use verdict_log::{Entry, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
+use verdict_projector::fact::{ANALYST_OVERRIDE, INTERNAL_SOURCE};
+use verdict_projector::{Fact, OverrideBody, Projection, Recorded, Session, fact_session, read};
+
+/// The projector's checkpoint name.
+pub const PROJECTOR: &str = "projector";
+/// Entries folded per transaction by the runner.
+const BATCH: usize = 2000;
+
+/// The projector's view of a log entry.
+pub fn recorded(e: &Entry) -> Recorded<'_> {
+    Recorded {
+        seq: e.seq,
+        source: &e.source,
+        event_type: &e.event_type,
+        recorded_at: e.recorded_at,
+        vendor_time: e.vendor_time,
+        body: &e.body,
+    }
+}
+
+/// How far a stage has read the log.
+pub fn checkpoint(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
+    let seq: Option<i64> = conn
+        .query_row("SELECT seq FROM checkpoints WHERE name = ?1", [name], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    Ok(seq.map_or(0, |s| u64::try_from(s).unwrap_or(0)))
+}
+
+/// One session's stored state.
+pub fn load_session(conn: &Connection, id: &str) -> anyhow::Result<Option<Session>> {
+    let state: Option<String> = conn
+        .prepare_cached("SELECT state FROM sessions WHERE session_id = ?1")?
+        .query_row([id], |r| r.get(0))
+        .optional()?;
+    state
+        .map(|s| serde_json::from_str(&s).with_context(|| format!("session {id}: stored state")))
+        .transpose()
+}
+
+fn i64_of(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+/// Folds `entries` (in seq order, after the checkpoint) into the stored projections and moves
+/// the checkpoint, in one transaction. Returns the new checkpoint.
+pub fn apply_entries(conn: &mut Connection, entries: &[Entry]) -> anyhow::Result<u64> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let start = checkpoint(&tx, PROJECTOR)?;
+    let mut cp = start;
+    let mut touched: HashMap<String, Session> = HashMap::new();
+    {
+        let mut link = tx.prepare_cached(
+            "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)",
+        )?;
+        let mut quarantine = tx.prepare_cached(
+            "INSERT OR REPLACE INTO quarantine (seq, session_id, reason) VALUES (?1, ?2, ?3)",
+        )?;
+        for e in entries.iter().filter(|e| e.seq > start) {
+            let r = recorded(e);
+            let fact = read(&r);
+            if let Fact::Quarantined { session_id, reason } = &fact {
+                quarantine.execute(params![i64_of(e.seq), session_id, reason])?;
+            }
+            if let Some(id) = fact_session(&fact) {
+                link.execute(params![id, i64_of(e.seq)])?;
+                if !touched.contains_key(id) {
+                    let s = load_session(&tx, id)?.unwrap_or_else(|| Session::new(id));
+                    touched.insert(id.to_owned(), s);
+                }
+                if let Some(s) = touched.get_mut(id) {
+                    s.apply(&r, &fact);
+                }
+            }
+            cp = e.seq;
+        }
+    }
+    save_sessions(&tx, touched.values())?;
+    set_checkpoint(&tx, PROJECTOR, cp)?;
+    tx.commit()?;
+    Ok(cp)
+}
+
+fn save_sessions<'a>(
+    tx: &Connection,
+    sessions: impl Iterator<Item = &'a Session>,
+) -> anyhow::Result<()> {
+    let mut save = tx.prepare_cached(
+        "INSERT INTO sessions (session_id, vendor_status, updated_at, state) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (session_id) DO UPDATE SET vendor_status = excluded.vendor_status, \
+         updated_at = excluded.updated_at, state = excluded.state",
+    )?;
+    for s in sessions {
+        save.execute(params![
+            s.session_id,
+            s.vendor_status,
+            s.updated_at,
+            serde_json::to_string(s)?
+        ])?;
+    }
+    Ok(())
+}
+
+fn set_checkpoint(tx: &Connection, name: &str, seq: u64) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO checkpoints (name, seq) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
+    )?
+    .execute(params![name, i64_of(seq)])?;
+    Ok(())
+}
+
+/// Tails the log from the projector's checkpoint, woken by the writer's commits (no polling),
+/// until the writer stops. Runs on its own thread; a failed batch is retried after a pause.
+pub fn spawn_runner(
+    path: PathBuf,
+    mut committed: watch::Receiver<u64>,
+    handle: tokio::runtime::Handle,
+) -> std::io::Result<std::thread::JoinHandle<()>> {
+    std::thread::Builder::new()
+        .name("verdict-projector".into())
+        .spawn(move || {
+            let mut backoff = Duration::from_millis(100);
+            let mut log = loop {
+                match SqliteLog::open(&path) {
+                    Ok(log) => break log,
+                    Err(e) => {
+                        tracing::error!(error = %e, "projector cannot open the log; retrying");
+                        handle.block_on(tokio::time::sleep(backoff));
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            };
+            loop {
+                let head = *committed.borrow_and_update();
+                let step = checkpoint(log.connection(), PROJECTOR)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|cp| {
+                        if cp >= head {
+                            return Ok(false);
+                        }
+                        let entries = log.read_after(cp, BATCH)?;
+                        apply_entries(log.connection_mut(), &entries)?;
+                        Ok(true)
+                    });
+                match step {
+                    Ok(true) => backoff = Duration::from_millis(100),
+                    Ok(false) => {
+                        if handle.block_on(committed.changed()).is_err() {
+                            return; // the writer has stopped
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "projector batch failed; retrying");
+                        handle.block_on(tokio::time::sleep(backoff));
+                        backoff = (backoff * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        })
+}
+
+/// Rebuilds every projection from the log in one transaction. Returns the projection (for its
+/// digest). `progress` is called with (entries done, total).
+pub fn rebuild(
+    log: &mut SqliteLog,
+    mut progress: impl FnMut(u64, u64),
+) -> anyhow::Result<Projection> {
+    let total = log.head()?.map_or(0, |h| h.seq);
+    let mut p = Projection::default();
+    let mut links: Vec<(String, u64)> = Vec::new();
+    let mut quarantined: Vec<(u64, Option<String>, String)> = Vec::new();
+    let mut done = 0u64;
+    log.for_each_after(0, |e| {
+        let r = recorded(&e);
+        let fact = read(&r);
+        if let Fact::Quarantined { session_id, reason } = &fact {
+            quarantined.push((e.seq, session_id.clone(), reason.clone()));
+        }
+        if let Some(id) = fact_session(&fact) {
+            links.push((id.to_owned(), e.seq));
+        }
+        p.apply_fact(&r, &fact);
+        done += 1;
+        if done % 10_000 == 0 {
+            progress(done, total);
+        }
+        Ok(())
+    })?;
+    progress(done, total);
+    let tx = log
+        .connection_mut()
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    tx.execute_batch("DELETE FROM sessions; DELETE FROM session_entries; DELETE FROM quarantine;")?;
+    save_sessions(&tx, p.sessions())?;
+    {
+        let mut link = tx.prepare_cached(
+            "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)",
+        )?;
+        for (id, seq) in &links {
+            link.execute(params![id, i64_of(*seq)])?;
+        }
+        let mut q = tx.prepare_cached(
+            "INSERT INTO quarantine (seq, session_id, reason) VALUES (?1, ?2, ?3)",
+        )?;
+        for (seq, id, reason) in &quarantined {
+            q.execute(params![i64_of(*seq), id, reason])?;
+        }
+    }
+    set_checkpoint(&tx, PROJECTOR, p.last_seq)?;
+    tx.commit()?;
+    Ok(p)
+}
+
+/// The digest of the stored (incrementally built) projections.
+pub fn stored_digest(conn: &Connection) -> anyhow::Result<String> {
+    let mut stmt = conn.prepare("SELECT state FROM sessions ORDER BY session_id")?;
+    let sessions = stmt
+        .query_map([], |r| r.get::<_, String>(0))?
+        .map(|s| Ok(serde_json::from_str::<Session>(&s?)?))
+        .collect::<anyhow::Result<Vec<Session>>>()?;
+    let quarantined: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+    Ok(verdict_projector::digest(
+        sessions.iter(),
+        u64::try_from(quarantined).unwrap_or(0),
+    ))
+}
+
+/// A session folded from its entries up to `as_of` (inclusive).
+pub fn session_as_of(log: &SqliteLog, id: &str, as_of: u64) -> anyhow::Result<Option<Session>> {
+    let seqs = entry_seqs(log.connection(), id, as_of)?;
+    if seqs.is_empty() {
+        return Ok(None);
+    }
+    let mut s = Session::new(id);
+    for seq in seqs {
+        if let Some(e) = log.get(seq)? {
+            let r = recorded(&e);
+            s.apply(&r, &read(&r));
+        }
+    }
+    Ok(Some(s))
+}
+
+fn entry_seqs(conn: &Connection, id: &str, upto: u64) -> anyhow::Result<Vec<u64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq FROM session_entries WHERE session_id = ?1 AND seq <= ?2 ORDER BY seq",
+    )?;
+    let seqs = stmt
+        .query_map(params![id, i64_of(upto)], |r| r.get::<_, i64>(0))?
+        .map(|s| s.map(|s| u64::try_from(s).unwrap_or(0)))
+        .collect::<Result<Vec<u64>, _>>()?;
+    Ok(seqs)
+}
+
+/// The API's JSON of a session.
+pub fn session_json(s: &Session) -> serde_json::Value {
+    serde_json::json!({
+        "session_id": s.session_id,
+        "reference_id": s.reference_id,
+        "user_id": s.user_id,
+        "vendor_status": s.vendor_status,
+        "decision": null,
+        "event_count": s.event_count,
+        "quarantined": s.quarantined,
+        "updated_at": rfc3339_ms(s.updated_at),
+        "last_seq": s.last_seq,
+        "vendor_status_updated_by": s.status_update_actor,
+        "last_override": s.last_override.as_ref().map(|o| serde_json::json!({
+            "seq": o.seq,
+            "actor": o.actor,
+            "action": o.action,
+            "reason": o.reason,
+            "ticket": o.ticket,
+            "recorded_at": rfc3339_ms(o.recorded_at),
+        })),
+    })
+}
+
+/// One entry of a session's history.
+#[derive(Debug, Serialize)]
+pub struct HistoryEntry {
+    seq: u64,
+    kind: &'static str,
+    #[serde(rename = "type")]
+    event_type: String,
+    recorded_at: String,
+    vendor_time: Option<String>,
+    source: String,
+    /// The body exactly as received, when it is JSON.
+    payload: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    payload_base64: Option<String>,
+    /// Why the projector could not use it, if it could not.
+    quarantined: Option<String>,
+}
+
+/// `{"session_id", "entries": [...]}` as JSON text (payloads byte-exact), or `None` for an
+/// unknown session.
+pub fn history_json(log: &SqliteLog, id: &str) -> anyhow::Result<Option<String>> {
+    let seqs = entry_seqs(log.connection(), id, u64::MAX >> 1)?;
+    if seqs.is_empty() {
+        return Ok(None);
+    }
+    let mut entries = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        let Some(e) = log.get(seq)? else { continue };
+        let fact = read(&recorded(&e));
+        let kind = match (e.source.as_str(), e.event_type.as_str()) {
+            (INTERNAL_SOURCE, ANALYST_OVERRIDE) => "override",
+            (INTERNAL_SOURCE, t) if t.starts_with("decision") => "decision",
+            _ => "event",
+        };
+        let payload = std::str::from_utf8(&e.body)
+            .ok()
+            .filter(|s| serde_json::from_str::<&RawValue>(s).is_ok())
+            .and_then(|s| RawValue::from_string(s.to_owned()).ok());
+        let payload_base64 = payload.is_none().then(|| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&e.body)
+        });
+        entries.push(HistoryEntry {
+            seq: e.seq,
+            kind,
+            event_type: e.event_type.clone(),
+            recorded_at: rfc3339_ms(e.recorded_at),
+            vendor_time: e.vendor_time.map(rfc3339_ms),
+            source: e.source.clone(),
+            payload,
+            payload_base64,
+            quarantined: match fact {
+                Fact::Quarantined { reason, .. } => Some(reason),
+                _ => None,
+            },
+        });
+    }
+    #[derive(Serialize)]
+    struct History<'a> {
+        session_id: &'a str,
+        entries: Vec<HistoryEntry>,
+    }
+    Ok(Some(serde_json::to_string(&History {
+        session_id: id,
+        entries,
+    })?))
+}
+
+/// A page of sessions in id order, and the cursor of the next page.
+pub fn list_sessions(
+    conn: &Connection,
+    vendor_status: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> anyhow::Result<(Vec<Session>, Option<String>)> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT state FROM sessions WHERE (?1 IS NULL OR vendor_status = ?1) AND session_id > ?2 \
+         ORDER BY session_id LIMIT ?3",
+    )?;
+    let limit = limit.clamp(1, 1000);
+    let mut sessions = stmt
+        .query_map(
+            params![vendor_status, after.unwrap_or(""), i64_of(limit as u64 + 1)],
+            |r| r.get::<_, String>(0),
+        )?
+        .map(|s| Ok(serde_json::from_str::<Session>(&s?)?))
+        .collect::<anyhow::Result<Vec<Session>>>()?;
+    let next = if sessions.len() > limit {
+        sessions.truncate(limit);
+        sessions.last().map(|s| s.session_id.clone())
+    } else {
+        None
+    };
+    Ok((sessions, next))
+}
+
+/// The log event recording an analyst override.
+pub fn override_event(body: &OverrideBody) -> anyhow::Result<NewEvent> {
+    Ok(NewEvent::new(
+        INTERNAL_SOURCE,
+        ANALYST_OVERRIDE,
+        format!("override:{}", Uuid::now_v7()),
+        serde_json::to_vec(body)?,
+    ))
+}
+
+/// Whether the log holds any entry of this session.
+pub fn session_exists(conn: &Connection, id: &str) -> anyhow::Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM session_entries WHERE session_id = ?1 LIMIT 1")?
+        .query_row([id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}

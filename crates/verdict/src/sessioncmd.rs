@@ -1,0 +1,112 @@
+//! `verdict replay`, `verdict session show|history` and `verdict override`.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use verdict_log::{EventStore as _, SqliteLog};
+
+use crate::config::Loaded;
+use crate::{UsageError, api, logcmd, projections};
+
+/// Rebuilds every projection from the log and prints the digest.
+pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
+    drop(logcmd::open(loaded)?); // exit 2 when there is no log
+    let mut log = SqliteLog::open(&loaded.config.storage.path)?;
+    let before = projections::checkpoint(log.connection(), projections::PROJECTOR)?;
+    let live = projections::stored_digest(log.connection())?;
+    let head = log.head()?.map_or(0, |h| h.seq);
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(head),
+        indicatif::ProgressDrawTarget::stderr_with_hz(10),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "replay {bar:40} {pos}/{len} entries ({per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    let started = std::time::Instant::now();
+    let p = projections::rebuild(&mut log, |done, _| bar.set_position(done))?;
+    bar.finish_and_clear();
+    let secs = started.elapsed().as_secs_f64();
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "replayed {} entries in {secs:.2}s ({:.0}/s): {} sessions, {} quarantined",
+        p.last_seq,
+        p.last_seq as f64 / secs.max(1e-9),
+        p.sessions().count(),
+        p.quarantined
+    )?;
+    writeln!(out, "digest {}", p.digest())?;
+    let verdict = if before != p.last_seq {
+        format!("projector was at seq {before} of {head}")
+    } else if live == p.digest() {
+        "matches".to_owned()
+    } else {
+        "DIFFERS".to_owned()
+    };
+    writeln!(out, "previous digest {live} ({verdict})")?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Prints a session's JSON; exit 1 for an unknown session.
+pub fn show(loaded: &Loaded, id: &str, as_of: Option<u64>) -> anyhow::Result<ExitCode> {
+    let log = logcmd::open(loaded)?;
+    let found = match as_of {
+        Some(seq) => projections::session_as_of(&log, id, seq)?,
+        None => projections::load_session(log.connection(), id)?,
+    };
+    match found {
+        Some(s) => {
+            writeln!(
+                std::io::stdout().lock(),
+                "{:#}",
+                projections::session_json(&s)
+            )?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => unknown(id),
+    }
+}
+
+/// Prints a session's history JSON; exit 1 for an unknown session.
+pub fn history(loaded: &Loaded, id: &str) -> anyhow::Result<ExitCode> {
+    let log = logcmd::open(loaded)?;
+    match projections::history_json(&log, id)? {
+        Some(body) => {
+            writeln!(std::io::stdout().lock(), "{body}")?;
+            Ok(ExitCode::SUCCESS)
+        }
+        None => unknown(id),
+    }
+}
+
+fn unknown(id: &str) -> anyhow::Result<ExitCode> {
+    eprintln!("verdict: unknown session {id}");
+    Ok(ExitCode::from(1))
+}
+
+/// Appends an `analyst:override` through this process's own connection (safe beside a running
+/// server: the chain head is read inside the write transaction).
+pub fn override_session(
+    loaded: &Loaded,
+    id: &str,
+    action: &str,
+    reason: &str,
+    actor: &str,
+    ticket: Option<String>,
+) -> anyhow::Result<ExitCode> {
+    let body = api::validate_override(id, actor, action, reason, ticket)
+        .map_err(|m| UsageError(crate::config::ConfigError::usage(m)))?;
+    drop(logcmd::open(loaded)?);
+    let mut log = SqliteLog::open(&loaded.config.storage.path)?;
+    if !projections::session_exists(log.connection(), id)? {
+        return unknown(id);
+    }
+    let event = projections::override_event(&body)?;
+    let appended = verdict_log::EventStore::append_batch(&mut log, &[&event])?;
+    let seq = appended.first().map_or(0, verdict_log::Appended::seq);
+    let answer = serde_json::json!({ "status": "recorded", "seq": seq, "override": body });
+    writeln!(std::io::stdout().lock(), "{answer:#}")?;
+    Ok(ExitCode::SUCCESS)
+}
