@@ -80,6 +80,39 @@ impl EncodedBody {
     }
 }
 
+/// Decodes a stored body into `out` (reused between calls); `false` when the stored bytes are
+/// not a valid encoding.
+pub fn decode_body_into(encoding: i64, stored: &[u8], out: &mut Vec<u8>) -> bool {
+    out.clear();
+    match encoding {
+        0 => {
+            out.extend_from_slice(stored);
+            true
+        }
+        1 => {
+            let Some(size) = stored.get(..4).and_then(|b| <[u8; 4]>::try_from(b).ok()) else {
+                return false;
+            };
+            let size = u32::from_le_bytes(size) as usize;
+            if size > MAX_DECODED_BODY {
+                return false;
+            }
+            out.resize(size, 0);
+            match stored
+                .get(4..)
+                .map(|block| lz4_flex::block::decompress_into(block, out))
+            {
+                Some(Ok(n)) => {
+                    out.truncate(n);
+                    true
+                }
+                _ => false,
+            }
+        }
+        _ => false,
+    }
+}
+
 /// Decodes a stored body; `None` when the stored bytes are not a valid encoding.
 pub fn decode_body(encoding: i64, stored: Vec<u8>) -> Option<Vec<u8>> {
     match encoding {

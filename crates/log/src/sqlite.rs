@@ -4,11 +4,28 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
-use crate::entry::{EncodedBody, HashInput, decode_body};
+use crate::entry::{EncodedBody, HashInput, decode_body, decode_body_into};
 use crate::{
     Appended, Entry, EventStore, GENESIS, Hash, Head, NewEvent, StoreError, entry_hash, migrate,
     now_ms,
 };
+
+/// The fields of an entry a fold needs, borrowed from the current row of a scan.
+#[derive(Debug, Clone, Copy)]
+pub struct EntryRef<'a> {
+    /// Position in the log.
+    pub seq: u64,
+    /// Source name.
+    pub source: &'a str,
+    /// Event type.
+    pub event_type: &'a str,
+    /// Unix ms.
+    pub recorded_at: i64,
+    /// Unix ms.
+    pub vendor_time: Option<i64>,
+    /// The decoded body.
+    pub body: &'a [u8],
+}
 
 /// One connection to the SQLite log file.
 ///
@@ -87,6 +104,44 @@ impl SqliteLog {
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0).map_or(0, to_u64);
             f(seq, entry_from_row(row))?;
+        }
+        Ok(())
+    }
+
+    /// Scans entries after `after` in seq order with only the fields a fold needs, borrowed
+    /// (no allocation per entry; bodies are decoded into one reused buffer). For replays.
+    pub fn scan(
+        &self,
+        after: u64,
+        mut f: impl FnMut(EntryRef<'_>) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT seq, source, type, recorded_at, vendor_time, body, body_encoding \
+             FROM events WHERE seq > ?1 ORDER BY seq",
+        )?;
+        let mut rows = stmt.query([to_i64(after)])?;
+        let mut buf = Vec::new();
+        while let Some(row) = rows.next()? {
+            let seq = to_u64(row.get(0)?);
+            let encoding: i64 = row.get(6)?;
+            if !decode_body_into(
+                encoding,
+                row.get_ref(5)?.as_blob().map_err(rusqlite::Error::from)?,
+                &mut buf,
+            ) {
+                return Err(StoreError::Corrupt {
+                    seq,
+                    what: format!("body cannot be decoded (body_encoding {encoding})"),
+                });
+            }
+            f(EntryRef {
+                seq,
+                source: row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?,
+                event_type: row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?,
+                recorded_at: row.get(3)?,
+                vendor_time: row.get(4)?,
+                body: &buf,
+            })?;
         }
         Ok(())
     }

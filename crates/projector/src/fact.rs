@@ -137,11 +137,9 @@ pub fn read(r: &Recorded<'_>) -> Fact {
             };
         }
     };
-    let parsed = serde_json::from_slice::<Envelope<'_>>(r.body)
-        .map_err(|e| e.to_string())
-        .and_then(|env| {
-            serde_json::from_str::<Details>(env.details.get()).map_err(|e| e.to_string())
-        });
+    let parsed = serde_json::from_slice::<Envelope>(r.body)
+        .map(|env| env.details)
+        .map_err(|e| e.to_string());
     match parsed {
         Ok(Details {
             session_id: Some(session_id),

@@ -2,24 +2,22 @@
 //! missing, and the `details` object is also kept verbatim for the rules.
 
 use serde::Deserialize;
-use serde_json::value::RawValue;
 
 /// `idv:session_finished`.
 pub const SESSION_FINISHED: &str = "idv:session_finished";
 /// `idv:session_status_updated` (a manual change at the vendor).
 pub const SESSION_STATUS_UPDATED: &str = "idv:session_status_updated";
 
-/// The envelope of a SEON webhook: `{"event": ..., "date": ..., "details": {...}}`.
+/// The envelope of a SEON webhook: `{"event": ..., "date": ..., "details": {...}}`, read in
+/// one pass with only the fields the fold uses (the rules read `details` verbatim from the
+/// stored body).
 #[derive(Debug, Deserialize)]
-pub struct Envelope<'a> {
+pub struct Envelope {
     /// The event name.
-    pub event: String,
-    /// ISO-8601 event time.
     #[serde(default)]
-    pub date: Option<String>,
-    /// The details, verbatim.
-    #[serde(borrow)]
-    pub details: &'a RawValue,
+    pub event: Option<String>,
+    /// The details.
+    pub details: Details,
 }
 
 /// The fields of `details` the fold uses; everything else stays in the verbatim object.
