@@ -226,8 +226,11 @@ pub fn rebuild(
         "DELETE FROM sessions; DELETE FROM session_entries; DELETE FROM quarantine;
          DROP INDEX IF EXISTS sessions_by_status;",
     )?;
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: cleared");
     save_sessions(&tx, p.sessions())?;
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: sessions");
     tx.execute_batch("CREATE INDEX sessions_by_status ON sessions (vendor_status, session_id);")?;
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: index");
     {
         let mut link = tx.prepare_cached(
             "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)",
@@ -243,6 +246,7 @@ pub fn rebuild(
         }
     }
     set_checkpoint(&tx, PROJECTOR, p.last_seq)?;
+    tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: links");
     tx.commit()?;
     tracing::info!(
         secs = started.elapsed().as_secs_f64(),
