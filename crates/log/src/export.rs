@@ -40,6 +40,9 @@ pub struct ExportedEntry<'a> {
     /// The body in base64 when it is not JSON.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub payload_base64: Option<String>,
+    /// Why the projector could not use the entry, when the caller knows (`/v1/events`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quarantined: Option<String>,
 }
 
 impl<'a> ExportedEntry<'a> {
@@ -69,6 +72,7 @@ impl<'a> ExportedEntry<'a> {
             hash: hex::encode(e.hash),
             payload,
             payload_base64,
+            quarantined: None,
         }
     }
 

@@ -87,15 +87,16 @@ impl SqliteLog {
         after: u64,
         mut f: impl FnMut(Entry) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
-        self.for_each_row_after(after, |_, entry| f(entry?))
+        self.for_each_row_after(after, |_, _, entry| f(entry?))
     }
 
     /// Like [`SqliteLog::for_each_after`], but hands over rows that cannot be decoded (with
-    /// their seq) instead of stopping: for [`crate::verify`], which reports them.
+    /// their seq and, when readable, their stored hash) instead of stopping: for
+    /// [`crate::verify`], which reports them and carries on along the chain.
     pub fn for_each_row_after(
         &self,
         after: u64,
-        mut f: impl FnMut(u64, Result<Entry, StoreError>) -> Result<(), StoreError>,
+        mut f: impl FnMut(u64, Option<Hash>, Result<Entry, StoreError>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare(&format!(
             "SELECT {COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq"
@@ -103,7 +104,11 @@ impl SqliteLog {
         let mut rows = stmt.query([to_i64(after)])?;
         while let Some(row) = rows.next()? {
             let seq = row.get::<_, i64>(0).map_or(0, to_u64);
-            f(seq, entry_from_row(row))?;
+            let stored_hash = row
+                .get::<_, Vec<u8>>(12)
+                .ok()
+                .and_then(|h| Hash::try_from(h).ok());
+            f(seq, stored_hash, entry_from_row(row))?;
         }
         Ok(())
     }

@@ -65,7 +65,7 @@ pub fn verify(log: &SqliteLog) -> Result<VerifyReport, StoreError> {
     }
     let mut expected_seq = 1u64;
     let mut prev = GENESIS;
-    log.for_each_row_after(0, |seq, row| {
+    log.for_each_row_after(0, |seq, stored_hash, row| {
         if report.problems.len() >= MAX_PROBLEMS {
             return Ok(());
         }
@@ -78,6 +78,10 @@ pub fn verify(log: &SqliteLog) -> Result<VerifyReport, StoreError> {
                 });
                 report.entries += 1;
                 expected_seq = seq + 1;
+                // Follow the chain through the stored hash, so the next row is judged on its own.
+                if let Some(h) = stored_hash {
+                    prev = h;
+                }
                 return Ok(());
             }
         };

@@ -222,5 +222,11 @@ fn large_bodies_are_compressed_and_read_back_byte_exact() -> R {
     let report = verify(&log)?;
     assert_eq!(report.first_bad_seq(), Some(1));
     assert_eq!(report.entries, 2);
+    assert_eq!(
+        report.problems.iter().filter(|p| p.seq.is_some()).count(),
+        1,
+        "only the broken row: {:?}",
+        report.problems
+    );
     Ok(())
 }

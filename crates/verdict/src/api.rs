@@ -273,9 +273,14 @@ async fn events(
         .run(move |log| {
             let entries = log.read_after(after, limit)?;
             let next = entries.last().map_or(after, |e| e.seq);
+            let mut quarantined = projections::quarantined_between(log.connection(), after, next)?;
             let lines: Vec<String> = entries
                 .iter()
-                .map(|e| ExportedEntry::new(e).to_line())
+                .map(|e| {
+                    let mut x = ExportedEntry::new(e);
+                    x.quarantined = quarantined.remove(&e.seq);
+                    x.to_line()
+                })
                 .collect();
             Ok(format!(
                 r#"{{"events":[{}],"next":{next}}}"#,

@@ -426,6 +426,23 @@ pub fn override_event(body: &OverrideBody) -> anyhow::Result<NewEvent> {
     ))
 }
 
+/// The quarantine reasons of entries with `after < seq <= upto`.
+pub fn quarantined_between(
+    conn: &Connection,
+    after: u64,
+    upto: u64,
+) -> anyhow::Result<HashMap<u64, String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, reason FROM quarantine WHERE seq > ?1 AND seq <= ?2")?;
+    let rows = stmt
+        .query_map(params![i64_of(after), i64_of(upto)], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?
+        .map(|r| r.map(|(s, reason)| (u64::try_from(s).unwrap_or(0), reason)))
+        .collect::<Result<HashMap<u64, String>, _>>()?;
+    Ok(rows)
+}
+
 /// Whether the log holds any entry of this session.
 pub fn session_exists(conn: &Connection, id: &str) -> anyhow::Result<bool> {
     Ok(conn

@@ -291,8 +291,20 @@ async fn unknown_and_unparseable_events_are_quarantined_and_visible() {
             .unwrap()
             .contains("unknown event type")
     );
-    let (_, events) = get(&s, "/v1/events?after=2", Some("tok-rob")).await;
-    assert_eq!(events["events"][0]["payload_base64"], "Z2FyYmFnZQ==");
+    let (_, events) = get(&s, "/v1/events?after=1", Some("tok-rob")).await;
+    assert!(
+        events["events"][0]["quarantined"]
+            .as_str()
+            .unwrap()
+            .contains("unknown event type")
+    );
+    assert_eq!(events["events"][1]["payload_base64"], "Z2FyYmFnZQ==");
+    assert!(
+        events["events"][1]["quarantined"]
+            .as_str()
+            .unwrap()
+            .contains("unknown event type \"unknown\"")
+    );
 }
 
 #[tokio::test]
