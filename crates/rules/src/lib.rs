@@ -1,4 +1,34 @@
 //! The rules engine: TOML policies whose conditions are CEL expressions.
 //!
-//! Evaluation will be pure (no I/O): a compiled policy and a session's facts in, a decision
-//! out. This crate is a placeholder until the rules issue lands.
+//! [`Policy::parse`] reads a policy file, rejects unknown keys and duplicate rule ids, and
+//! compiles every `when` once; problems come back as [`Diagnostic`]s with byte spans into the
+//! file (a CEL error is mapped to its place inside the `when` string). [`Policy::evaluate`] is
+//! pure: the session's facts are bound once and every rule runs against them. The most severe
+//! matching action wins (decline > review > approve); every match is listed in file order; no
+//! match gives `default_action`; a rule whose evaluation fails matches as `review` with the
+//! error in its reason, so a typo never approves anyone.
+//!
+//! ```
+//! use verdict_rules::{Action, Facts, Policy};
+//! let policy = Policy::parse(r#"
+//! [policy]
+//! name = "kyc"
+//! version = "1"
+//! default_action = "review"
+//!
+//! [[rules]]
+//! id = "vendor-declined"
+//! when = 'session.vendor_status == "DECLINED"'
+//! action = "decline"
+//! reason = "Declined by the IDV vendor"
+//! "#).map_err(|d| d[0].message.clone())?;
+//! let facts = Facts::new(serde_json::json!({}), serde_json::json!({"vendor_status": "DECLINED"}));
+//! let decision = policy.evaluate(&facts);
+//! assert_eq!(decision.action, Action::Decline);
+//! assert_eq!(decision.rules, ["vendor-declined"]);
+//! # Ok::<(), String>(())
+//! ```
+
+mod policy;
+
+pub use policy::{Action, Decision, Diagnostic, Facts, Policy, Rule, RuleError};

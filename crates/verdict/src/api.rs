@@ -92,10 +92,10 @@ impl ReadPool {
                 None => SqliteLog::open_read_only(&pool.path)?,
             };
             let out = f(&conn);
-            if let Ok(mut v) = pool.idle.lock() {
-                if v.len() < 8 {
-                    v.push(conn);
-                }
+            if let Ok(mut v) = pool.idle.lock()
+                && v.len() < 8
+            {
+                v.push(conn);
             }
             out
         })

@@ -6,6 +6,7 @@
 mod api;
 mod config;
 mod logcmd;
+mod policycmd;
 mod projections;
 mod serve;
 mod sessioncmd;
@@ -51,6 +52,11 @@ enum Command {
     },
     /// Rebuild every projection from the log and print the digest of the projected state.
     Replay,
+    /// Work with policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Show a session as the HTTP API does.
     Session {
         #[command(subcommand)]
@@ -72,6 +78,15 @@ enum Command {
         /// A ticket reference.
         #[arg(long)]
         ticket: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Parse and compile a policy (default: the configured one); errors as file:line:col.
+    Check {
+        /// The policy file.
+        path: Option<PathBuf>,
     },
 }
 
@@ -127,6 +142,13 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
+    // A policy given by path needs no config.
+    if let Command::Policy {
+        command: PolicyCommand::Check { path: Some(path) },
+    } = &cli.command
+    {
+        return policycmd::check(path);
+    }
     let loaded = config::Loaded::load(&cli.config).map_err(UsageError)?;
     match &cli.command {
         Command::Serve => serve::run(&loaded).map(|()| ExitCode::SUCCESS),
@@ -137,6 +159,19 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             command: LogCommand::Export { after },
         } => logcmd::export(&loaded, *after).map(|()| ExitCode::SUCCESS),
         Command::Replay => sessioncmd::replay(&loaded),
+        Command::Policy {
+            command: PolicyCommand::Check { path },
+        } => match path {
+            Some(path) => policycmd::check(path),
+            None => match &loaded.config.policy {
+                Some(p) => policycmd::check(p.path.get_ref()),
+                None => Err(UsageError(config::ConfigError::usage(format!(
+                    "no [policy] in {} and no PATH given",
+                    loaded.file.display()
+                )))
+                .into()),
+            },
+        },
         Command::Session {
             command: SessionCommand::Show { id, as_of },
         } => sessioncmd::show(&loaded, id, *as_of),

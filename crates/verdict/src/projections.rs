@@ -203,7 +203,7 @@ pub fn rebuild(
         }
         p.apply_fact(&r, &fact);
         done += 1;
-        if done % 10_000 == 0 {
+        if done.is_multiple_of(10_000) {
             progress(done, total);
         }
         Ok(())

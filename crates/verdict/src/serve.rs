@@ -35,9 +35,32 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
         sinks = sinks.len(),
         "credentials resolved"
     );
-    // The rules engine lands with its own issue; until then a configured policy must at least
-    // be a readable file. Without [policy] verdict still ingests, but is not ready.
-    let policy_loaded = loaded.policy_path().map_err(UsageError)?.is_some();
+    // The policy must compile; without [policy] verdict still ingests, but is not ready.
+    let policy = match loaded.policy_path().map_err(UsageError)? {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading policy {}", path.display()))?;
+            match verdict_rules::Policy::parse(&text) {
+                Ok(p) => Some(p),
+                Err(diagnostics) => {
+                    let rendered: Vec<String> = diagnostics
+                        .iter()
+                        .map(|d| crate::policycmd::render(path, &text, d))
+                        .collect();
+                    return Err(UsageError(crate::config::ConfigError::usage(format!(
+                        "the policy does not compile:\n{}",
+                        rendered.join("\n")
+                    )))
+                    .into());
+                }
+            }
+        }
+        None => None,
+    };
+    if let Some(p) = &policy {
+        tracing::info!(name = %p.name, version = %p.version, rules = p.rules.len(), sha256 = %p.sha256, "policy loaded");
+    }
+    let policy_loaded = policy.is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("verdict-worker")

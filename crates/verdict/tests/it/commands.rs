@@ -134,3 +134,58 @@ fn env_secrets_are_resolved() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out.stderr).contains("VERDICT_IT_SEON"));
 }
+
+#[test]
+fn policy_check_points_at_the_problem() {
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/policies/kyc.toml"
+    );
+    let out = verdict(
+        std::path::Path::new("/nonexistent.toml"),
+        &["policy", "check", shipped],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).starts_with("ok: policy kyc-default"),
+        "{}",
+        text(&out.stdout)
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        "[policy]\nname = \"p\"\nversion = \"1\"\ndefault_action = \"review\"\n\n[[rules]]\nid = \"r\"\nwhen = 'details.x =='\naction = \"decline\"\nreason = \"r\"\n",
+    )
+    .unwrap();
+    let out = verdict(
+        std::path::Path::new("/nonexistent.toml"),
+        &["policy", "check", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(err.contains("bad.toml:8:"), "{err}");
+    assert!(
+        err.contains("8 | when = 'details.x =='") && err.contains('^'),
+        "{err}"
+    );
+
+    // serve refuses a policy that does not compile (exit 2, with the diagnostic).
+    let cfg = dir.path().join("verdict.toml");
+    std::fs::write(
+        &cfg,
+        config_text(
+            &dir.path().join("v.db"),
+            &format!("[policy]\npath = {:?}\n", bad.display().to_string()),
+        ),
+    )
+    .unwrap();
+    let out = verdict(&cfg, &["serve"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("does not compile"),
+        "{}",
+        text(&out.stderr)
+    );
+}

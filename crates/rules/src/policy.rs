@@ -1,0 +1,433 @@
+use std::ops::Range;
+
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use toml::Spanned;
+
+/// What a policy decides.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, serde::Serialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    /// Let the user through (least severe).
+    Approve,
+    /// Manual review.
+    Review,
+    /// Refuse (most severe).
+    Decline,
+}
+
+impl Action {
+    /// The lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Approve => "approve",
+            Self::Review => "review",
+            Self::Decline => "decline",
+        }
+    }
+}
+
+/// A problem in a policy file, located by a byte range of the file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// What is wrong.
+    pub message: String,
+    /// Where (bytes of the file text).
+    pub span: Range<usize>,
+    /// How to fix it, when there is an obvious way.
+    pub hint: Option<String>,
+}
+
+/// One compiled rule.
+#[derive(Debug)]
+pub struct Rule {
+    /// Unique id within the policy.
+    pub id: String,
+    /// What it is for.
+    pub description: String,
+    /// The CEL source.
+    pub when: String,
+    /// The action when it matches.
+    pub action: Action,
+    /// The reason recorded when it matches.
+    pub reason: String,
+    program: cel::Program,
+    uses_details: bool,
+    uses_session: bool,
+}
+
+/// A compiled policy.
+#[derive(Debug)]
+pub struct Policy {
+    /// `[policy] name`.
+    pub name: String,
+    /// `[policy] version`.
+    pub version: String,
+    /// The action when no rule matches.
+    pub default_action: Action,
+    /// The rules, in file order.
+    pub rules: Vec<Rule>,
+    /// SHA-256 (hex) of the file text.
+    pub sha256: String,
+    binds_details: bool,
+    binds_session: bool,
+}
+
+/// A rule that failed to evaluate (it matched as `review`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleError {
+    /// The rule.
+    pub rule: String,
+    /// The evaluation error.
+    pub error: String,
+}
+
+/// The outcome of evaluating a policy.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    /// The most severe matching action, or the default.
+    pub action: Action,
+    /// Ids of every matching rule, in file order.
+    pub rules: Vec<String>,
+    /// Their reasons, in the same order.
+    pub reasons: Vec<String>,
+    /// Rules whose evaluation failed (also listed in `rules`, as `review`).
+    pub errors: Vec<RuleError>,
+}
+
+/// What rules see: `details` (the newest `idv:session_finished`'s `details`, verbatim) and
+/// `session` (projected state). Converted to CEL values once per evaluation.
+#[derive(Debug, Clone)]
+pub struct Facts {
+    details: serde_json::Value,
+    session: serde_json::Value,
+}
+
+impl Facts {
+    /// Facts from JSON values.
+    pub fn new(details: serde_json::Value, session: serde_json::Value) -> Self {
+        Self { details, session }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    policy: Spanned<RawHeader>,
+    #[serde(default)]
+    rules: Vec<Spanned<RawRule>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHeader {
+    name: String,
+    version: String,
+    default_action: Action,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    id: Spanned<String>,
+    #[serde(default)]
+    description: String,
+    when: Spanned<String>,
+    action: Action,
+    reason: String,
+}
+
+impl Policy {
+    /// Parses and compiles a policy; every problem found is returned (not only the first).
+    pub fn parse(text: &str) -> Result<Self, Vec<Diagnostic>> {
+        let raw: RawPolicy = toml::from_str(text).map_err(|e| {
+            vec![Diagnostic {
+                message: e.message().to_owned(),
+                span: e.span().unwrap_or(0..0),
+                hint: e.message().contains("unknown field").then(|| {
+                    "a [[rules]] entry takes id, description, when, action and reason".to_owned()
+                }),
+            }]
+        })?;
+        let mut problems = Vec::new();
+        let mut rules = Vec::with_capacity(raw.rules.len());
+        let mut seen = std::collections::HashSet::new();
+        for r in raw.rules {
+            let r = r.into_inner();
+            if r.id.get_ref().is_empty() || !seen.insert(r.id.get_ref().clone()) {
+                problems.push(Diagnostic {
+                    message: format!("rule id {:?} is empty or used twice", r.id.get_ref()),
+                    span: r.id.span(),
+                    hint: Some("every rule needs a unique id".into()),
+                });
+                continue;
+            }
+            match cel::Program::compile(r.when.get_ref()) {
+                Ok(program) => {
+                    let refs = program.references();
+                    let uses_details = refs.has_variable("details");
+                    let uses_session = refs.has_variable("session");
+                    rules.push(Rule {
+                        id: r.id.into_inner(),
+                        description: r.description,
+                        when: r.when.get_ref().clone(),
+                        action: r.action,
+                        reason: r.reason,
+                        program,
+                        uses_details,
+                        uses_session,
+                    });
+                }
+                Err(errors) => {
+                    for e in errors.errors {
+                        problems.push(Diagnostic {
+                            message: format!("in `when` of rule {:?}: {}", r.id.get_ref(), e.msg),
+                            span: cel_span(text, r.when.span(), e.pos),
+                            hint: Some(
+                                "`when` is a CEL expression over `details` and `session`".into(),
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        if !problems.is_empty() {
+            return Err(problems);
+        }
+        let header = raw.policy.into_inner();
+        let binds_details = rules.iter().any(|r| r.uses_details);
+        let binds_session = rules.iter().any(|r| r.uses_session);
+        Ok(Self {
+            name: header.name,
+            version: header.version,
+            default_action: header.default_action,
+            rules,
+            sha256: hex::encode(Sha256::digest(text.as_bytes())),
+            binds_details,
+            binds_session,
+        })
+    }
+
+    /// Evaluates every rule against `facts`. Pure: no I/O, no clock.
+    pub fn evaluate(&self, facts: &Facts) -> Decision {
+        let mut context = cel::Context::default();
+        let mut bind_error = None;
+        for (name, value, wanted) in [
+            ("details", &facts.details, self.binds_details),
+            ("session", &facts.session, self.binds_session),
+        ] {
+            if !wanted {
+                continue;
+            }
+            match cel::to_value(value) {
+                Ok(v) => {
+                    if let Err(e) = context.add_variable(name, v) {
+                        bind_error = Some(format!("binding {name}: {e:?}"));
+                    }
+                }
+                Err(e) => bind_error = Some(format!("binding {name}: {e}")),
+            }
+        }
+        let mut decision = Decision {
+            action: self.default_action,
+            rules: Vec::new(),
+            reasons: Vec::new(),
+            errors: Vec::new(),
+        };
+        let mut strongest: Option<Action> = None;
+        for rule in &self.rules {
+            let outcome = match &bind_error {
+                Some(e) => Err(e.clone()),
+                None => match rule.program.execute(&context) {
+                    Ok(cel::Value::Bool(b)) => Ok(b),
+                    Ok(other) => Err(format!("`when` gave {other:?}, not a boolean")),
+                    Err(e) => Err(e.to_string()),
+                },
+            };
+            let action = match outcome {
+                Ok(true) => {
+                    decision.reasons.push(rule.reason.clone());
+                    rule.action
+                }
+                Ok(false) => continue,
+                Err(error) => {
+                    decision
+                        .reasons
+                        .push(format!("rule {} could not be evaluated: {error}", rule.id));
+                    decision.errors.push(RuleError {
+                        rule: rule.id.clone(),
+                        error,
+                    });
+                    Action::Review
+                }
+            };
+            decision.rules.push(rule.id.clone());
+            strongest = Some(strongest.map_or(action, |s| s.max(action)));
+        }
+        if let Some(a) = strongest {
+            decision.action = a;
+        }
+        decision
+    }
+}
+
+/// Maps a CEL error position (line 1-based, column 0-based, within the `when` text) to bytes
+/// of the file, given the span of the TOML string (quotes included). Literal strings (`'...'`,
+/// `'''...'''`) map exactly; for basic strings the position is approximate.
+fn cel_span(text: &str, value: Range<usize>, pos: (isize, isize)) -> Range<usize> {
+    let quote = match text.get(value.clone()) {
+        Some(s) if s.starts_with("'''") || s.starts_with("\"\"\"") => 3,
+        Some(_) => 1,
+        None => return value,
+    };
+    let inner_start = value.start + quote;
+    let inner = text
+        .get(inner_start..value.end.saturating_sub(quote))
+        .unwrap_or("");
+    let (line, col) = (
+        usize::try_from(pos.0).unwrap_or(1).max(1),
+        usize::try_from(pos.1).unwrap_or(0),
+    );
+    let mut offset = 0;
+    for (i, l) in inner.split('\n').enumerate() {
+        if i + 1 == line {
+            let col = l.char_indices().nth(col).map_or(l.len(), |(b, _)| b);
+            let start = inner_start + offset + col;
+            return start..(start + 1).min(value.end);
+        }
+        offset += l.len() + 1;
+    }
+    value
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    const HEAD: &str = "[policy]\nname = \"p\"\nversion = \"1\"\ndefault_action = \"approve\"\n";
+
+    fn policy(rules: &str) -> Policy {
+        match Policy::parse(&format!("{HEAD}{rules}")) {
+            Ok(p) => p,
+            Err(d) => panic!("{d:?}"),
+        }
+    }
+
+    fn rule(id: &str, when: &str, action: &str) -> String {
+        format!(
+            "[[rules]]\nid = \"{id}\"\nwhen = '{when}'\naction = \"{action}\"\nreason = \"because {id}\"\n"
+        )
+    }
+
+    /// given rules and facts, expect (action, matched rule ids).
+    fn check(rules: &[String], details: serde_json::Value, expected: (Action, &[&str])) {
+        let p = policy(&rules.concat());
+        let d = p.evaluate(&Facts::new(
+            details,
+            json!({"vendor_status": "APPROVED", "event_count": 1}),
+        ));
+        assert_eq!(
+            (
+                d.action,
+                d.rules.iter().map(String::as_str).collect::<Vec<_>>()
+            ),
+            (expected.0, expected.1.to_vec())
+        );
+    }
+
+    #[test]
+    fn severity_order_and_defaults() {
+        let clean = rule(
+            "clean",
+            "details.documentCheckResult.overallResult == \"APPROVED\"",
+            "approve",
+        );
+        let dup = rule("dup", "details.duplicatesFound", "decline");
+        let face = rule(
+            "face",
+            "details.selfieVerificationResult.faceMatchingResult == \"FAIL\"",
+            "review",
+        );
+        let ok = json!({"documentCheckResult": {"overallResult": "APPROVED"}, "duplicatesFound": false, "selfieVerificationResult": {"faceMatchingResult": "PASS"}});
+        check(
+            &[clean.clone(), dup.clone(), face.clone()],
+            ok,
+            (Action::Approve, &["clean"]),
+        );
+        let bad = json!({"documentCheckResult": {"overallResult": "APPROVED"}, "duplicatesFound": true, "selfieVerificationResult": {"faceMatchingResult": "FAIL"}});
+        check(
+            &[clean.clone(), dup.clone(), face.clone()],
+            bad,
+            (Action::Decline, &["clean", "dup", "face"]),
+        );
+        let review = json!({"documentCheckResult": {"overallResult": "DECLINED"}, "duplicatesFound": false, "selfieVerificationResult": {"faceMatchingResult": "FAIL"}});
+        check(&[clean, dup, face], review, (Action::Review, &["face"]));
+        check(
+            &[rule("never", "false", "decline")],
+            json!({}),
+            (Action::Approve, &[]),
+        );
+    }
+
+    #[test]
+    fn an_evaluation_error_matches_as_review_never_approve() {
+        let typo = rule("typo", "details.duplicatesFoud == false", "approve");
+        let p = policy(&typo);
+        let d = p.evaluate(&Facts::new(json!({"duplicatesFound": false}), json!({})));
+        assert_eq!(d.action, Action::Review);
+        assert_eq!(d.rules, ["typo"]);
+        assert_eq!(d.errors.len(), 1);
+        assert!(
+            d.reasons[0].contains("could not be evaluated"),
+            "{:?}",
+            d.reasons
+        );
+        let not_bool = policy(&rule("num", "1 + 1", "approve"));
+        assert_eq!(
+            not_bool.evaluate(&Facts::new(json!({}), json!({}))).action,
+            Action::Review
+        );
+    }
+
+    #[test]
+    fn diagnostics_point_into_the_file() {
+        let text = format!("{HEAD}{}", rule("bad", "details.x ==", "decline"));
+        let d = Policy::parse(&text).unwrap_err();
+        assert_eq!(d.len(), 1);
+        let when_at = text.find("details.x").unwrap();
+        assert!(
+            d[0].span.start >= when_at && d[0].span.start <= when_at + 12,
+            "{d:?}"
+        );
+
+        let text = format!(
+            "{HEAD}[[rules]]\nid = \"a\"\nwhen = 'true'\naction = \"decline\"\nreason = \"r\"\ncolour = 1\n"
+        );
+        let d = Policy::parse(&text).unwrap_err();
+        assert!(d[0].message.contains("unknown field `colour`"), "{d:?}");
+        assert_eq!(&text[d[0].span.clone()], "colour");
+
+        let twice = format!(
+            "{HEAD}{}{}",
+            rule("same", "true", "approve"),
+            rule("same", "false", "approve")
+        );
+        let d = Policy::parse(&twice).unwrap_err();
+        assert!(d[0].message.contains("used twice"));
+        assert_eq!(&twice[d[0].span.clone()], "\"same\"");
+
+        let bad_action = format!("{HEAD}{}", rule("x", "true", "allow"));
+        assert!(Policy::parse(&bad_action).is_err());
+    }
+
+    #[test]
+    fn the_hash_is_of_the_text() {
+        let a = policy(&rule("a", "true", "approve"));
+        assert_eq!(a.sha256.len(), 64);
+        assert_ne!(a.sha256, policy(&rule("a", "true ", "approve")).sha256);
+    }
+}
