@@ -88,6 +88,11 @@ enum PolicyCommand {
         /// The policy file.
         path: Option<PathBuf>,
     },
+    /// Run the test cases kept beside a policy (`<name>.tests.toml`).
+    Test {
+        /// The policy file.
+        path: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,11 +148,18 @@ fn main() -> ExitCode {
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
     // A policy given by path needs no config.
-    if let Command::Policy {
-        command: PolicyCommand::Check { path: Some(path) },
-    } = &cli.command
-    {
-        return policycmd::check(path);
+    match &cli.command {
+        Command::Policy {
+            command: PolicyCommand::Check { path: Some(path) },
+        } => {
+            return policycmd::check(path);
+        }
+        Command::Policy {
+            command: PolicyCommand::Test { path: Some(path) },
+        } => {
+            return policycmd::test(path);
+        }
+        _ => {}
     }
     let loaded = config::Loaded::load(&cli.config).map_err(UsageError)?;
     match &cli.command {
@@ -159,19 +171,28 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             command: LogCommand::Export { after },
         } => logcmd::export(&loaded, *after).map(|()| ExitCode::SUCCESS),
         Command::Replay => sessioncmd::replay(&loaded),
-        Command::Policy {
-            command: PolicyCommand::Check { path },
-        } => match path {
-            Some(path) => policycmd::check(path),
-            None => match &loaded.config.policy {
-                Some(p) => policycmd::check(p.path.get_ref()),
-                None => Err(UsageError(config::ConfigError::usage(format!(
-                    "no [policy] in {} and no PATH given",
-                    loaded.file.display()
-                )))
-                .into()),
-            },
-        },
+        Command::Policy { command } => {
+            let (path, check) = match command {
+                PolicyCommand::Check { path } => (path, true),
+                PolicyCommand::Test { path } => (path, false),
+            };
+            let path = match (path, &loaded.config.policy) {
+                (Some(p), _) => p.clone(),
+                (None, Some(p)) => p.path.get_ref().clone(),
+                (None, None) => {
+                    return Err(UsageError(config::ConfigError::usage(format!(
+                        "no [policy] in {} and no PATH given",
+                        loaded.file.display()
+                    )))
+                    .into());
+                }
+            };
+            if check {
+                policycmd::check(&path)
+            } else {
+                policycmd::test(&path)
+            }
+        }
         Command::Session {
             command: SessionCommand::Show { id, as_of },
         } => sessioncmd::show(&loaded, id, *as_of),

@@ -189,3 +189,52 @@ fn policy_check_points_at_the_problem() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_shipped_policy_passes_its_tests_and_a_wrong_expectation_fails() {
+    let shipped = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/policies/kyc.toml"
+    );
+    let out = verdict(
+        std::path::Path::new("/nonexistent.toml"),
+        &["policy", "test", shipped],
+    );
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.contains(" passed, 0 failed"), "{stdout}");
+    assert!(
+        !stdout.contains("rules no case matched"),
+        "every rule needs a case: {stdout}"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::copy(shipped, dir.path().join("p.toml")).unwrap();
+    let fixture = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../fixtures/seon/session_finished_approved.json"
+    );
+    std::fs::write(
+        dir.path().join("p.tests.toml"),
+        format!(
+            "[[cases]]\nname = \"wrong on purpose\"\nfixture = {fixture:?}\nexpect = \"decline\"\n"
+        ),
+    )
+    .unwrap();
+    let out = verdict(
+        std::path::Path::new("/nonexistent.toml"),
+        &[
+            "policy",
+            "test",
+            dir.path().join("p.toml").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("FAIL wrong on purpose")
+            && stdout.contains("expected decline")
+            && stdout.contains("actual   approve [\"clean-session\"]"),
+        "{stdout}"
+    );
+}

@@ -291,7 +291,19 @@ async fn unknown_and_unparseable_events_are_quarantined_and_visible() {
             .unwrap()
             .contains("unknown event type")
     );
-    let (_, events) = get(&s, "/v1/events?after=1", Some("tok-rob")).await;
+    // The garbage body names no session: wait (bounded) until the projector has passed it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let events = loop {
+        let (_, events) = get(&s, "/v1/events?after=1", Some("tok-rob")).await;
+        if events["events"][1]["quarantined"].is_string() {
+            break events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "seq 3 never quarantined: {events}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert!(
         events["events"][0]["quarantined"]
             .as_str()

@@ -1,0 +1,35 @@
+//! Criterion bench of the shipped policy (config/policies/kyc.toml) on a SEON payload, binding
+//! of `details` and `session` included.
+//!
+//! `cargo bench -p verdict-rules --bench evaluate`
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use verdict_rules::{Facts, Policy};
+
+const POLICY: &str = include_str!("../../../config/policies/kyc.toml");
+const BODY: &str = include_str!("../../../fixtures/seon/session_finished_approved.json");
+
+fn evaluate(c: &mut Criterion) {
+    let Ok(policy) = Policy::parse(POLICY) else {
+        return;
+    };
+    let Ok(body) = serde_json::from_str::<serde_json::Value>(BODY) else {
+        return;
+    };
+    let details = body.get("details").cloned().unwrap_or_default();
+    let session = serde_json::json!({"vendor_status": "APPROVED", "event_count": 1});
+    let facts = Facts::new(details, session);
+    let mut g = c.benchmark_group("rules");
+    g.bench_function("kyc_policy_17_rules_seon_approved", |b| {
+        b.iter(|| policy.evaluate(black_box(&facts)));
+    });
+    g.bench_function("parse_and_compile_kyc_policy", |b| {
+        b.iter(|| Policy::parse(black_box(POLICY)));
+    });
+    g.finish();
+}
+
+criterion_group!(benches, evaluate);
+criterion_main!(benches);
