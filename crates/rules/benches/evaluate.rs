@@ -32,4 +32,31 @@ fn evaluate(c: &mut Criterion) {
 }
 
 criterion_group!(benches, evaluate);
-criterion_main!(benches);
+criterion_main!(benches, more);
+
+fn parts(c: &mut Criterion) {
+    let Ok(body) = serde_json::from_str::<serde_json::Value>(BODY) else {
+        return;
+    };
+    let details = body.get("details").cloned().unwrap_or_default();
+    let mut g = c.benchmark_group("rules_parts");
+    g.bench_function("to_value_details", |b| {
+        b.iter(|| cel::to_value(black_box(&details)))
+    });
+    let Ok(p) = cel::Program::compile(
+        "details.documentCheckResult != null && details.documentCheckResult.photoForgeryCheckResult == \"FAIL\"",
+    ) else {
+        return;
+    };
+    let mut ctx = cel::Context::default();
+    let Ok(v) = cel::to_value(&details) else {
+        return;
+    };
+    let _ = ctx.add_variable("details", v);
+    g.bench_function("one_rule_execute", |b| {
+        b.iter(|| p.execute(black_box(&ctx)))
+    });
+    g.finish();
+}
+
+criterion_group!(more, parts);

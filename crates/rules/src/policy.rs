@@ -73,6 +73,19 @@ pub struct Policy {
     pub sha256: String,
     binds_details: bool,
     binds_session: bool,
+    /// The top-level keys of `details` the rules name (`None`: bind all of `details`).
+    details_keys: Option<Vec<String>>,
+    /// The standard library, built once (building it costs more than evaluating the rules).
+    base: StdLib,
+}
+
+/// A root CEL context holding only the standard library.
+struct StdLib(cel::Context<'static, 'static>);
+
+impl std::fmt::Debug for StdLib {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("StdLib")
+    }
 }
 
 /// A rule that failed to evaluate (it matched as `review`).
@@ -199,6 +212,7 @@ impl Policy {
         let header = raw.policy.into_inner();
         let binds_details = rules.iter().any(|r| r.uses_details);
         let binds_session = rules.iter().any(|r| r.uses_session);
+        let details_keys = referenced_keys(rules.iter().map(|r| r.when.as_str()), "details");
         Ok(Self {
             name: header.name,
             version: header.version,
@@ -207,15 +221,29 @@ impl Policy {
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
             binds_details,
             binds_session,
+            details_keys,
+            base: StdLib(cel::Context::default()),
         })
     }
 
     /// Evaluates every rule against `facts`. Pure: no I/O, no clock.
     pub fn evaluate(&self, facts: &Facts) -> Decision {
-        let mut context = cel::Context::default();
+        let mut context = self.base.0.new_inner_scope();
         let mut bind_error = None;
+        let pruned;
+        let details = match (&self.details_keys, &facts.details) {
+            (Some(keys), serde_json::Value::Object(all)) => {
+                pruned = serde_json::Value::Object(
+                    keys.iter()
+                        .filter_map(|k| all.get(k).map(|v| (k.clone(), v.clone())))
+                        .collect(),
+                );
+                &pruned
+            }
+            _ => &facts.details,
+        };
         for (name, value, wanted) in [
-            ("details", &facts.details, self.binds_details),
+            ("details", details, self.binds_details),
             ("session", &facts.session, self.binds_session),
         ] {
             if !wanted {
@@ -271,6 +299,44 @@ impl Policy {
         }
         decision
     }
+}
+
+/// The top-level keys of variable `var` that CEL sources name as `var.key`, or `None` when a
+/// source uses `var` any other way (indexing, passing it whole), which binds all of it. Binding
+/// only what is named is an optimisation: a key the scan missed makes its rule fail to
+/// evaluate, which counts as `review`, never as a silent `approve`.
+fn referenced_keys<'a>(sources: impl Iterator<Item = &'a str>, var: &str) -> Option<Vec<String>> {
+    let mut keys = std::collections::BTreeSet::new();
+    for src in sources {
+        let bytes = src.as_bytes();
+        let mut from = 0;
+        while let Some(at) = src.get(from..).and_then(|s| s.find(var)).map(|i| i + from) {
+            from = at + var.len();
+            let before_ok = at == 0
+                || !(bytes[at - 1].is_ascii_alphanumeric()
+                    || bytes[at - 1] == b'_'
+                    || bytes[at - 1] == b'.');
+            if !before_ok {
+                continue;
+            }
+            let after = &src[from..];
+            if !after.starts_with('.') {
+                if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+                    continue; // a longer identifier, e.g. `details2`
+                }
+                return None;
+            }
+            let key: String = after[1..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if key.is_empty() {
+                return None;
+            }
+            keys.insert(key);
+        }
+    }
+    Some(keys.into_iter().collect())
 }
 
 /// Maps a CEL error position (line 1-based, column 0-based, within the `when` text) to bytes
@@ -422,6 +488,31 @@ mod tests {
 
         let bad_action = format!("{HEAD}{}", rule("x", "true", "allow"));
         assert!(Policy::parse(&bad_action).is_err());
+    }
+
+    #[test]
+    fn only_named_keys_are_bound() {
+        let k = |srcs: &[&str]| referenced_keys(srcs.iter().copied(), "details");
+        assert_eq!(
+            k(&["details.a.b == 1 && details.c", "session.x"]),
+            Some(vec!["a".into(), "c".into()])
+        );
+        assert_eq!(k(&["details[\"a\"] == 1"]), None);
+        assert_eq!(k(&["size(details) > 0"]), None);
+        assert_eq!(k(&["mydetails.a == 1 || x.details == 2"]), Some(vec![]));
+        // A pruned binding gives the same decision as the full one.
+        let p = policy(&rule("dup", "details.duplicatesFound", "decline"));
+        let d = p.evaluate(&Facts::new(
+            json!({"duplicatesFound": true, "other": {"big": [1, 2, 3]}}),
+            json!({}),
+        ));
+        assert_eq!(d.action, Action::Decline);
+    }
+
+    #[test]
+    fn policies_can_be_shared_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Policy>();
     }
 
     #[test]
