@@ -41,7 +41,7 @@ fn parts(c: &mut Criterion) {
     let details = body.get("details").cloned().unwrap_or_default();
     let mut g = c.benchmark_group("rules_parts");
     g.bench_function("to_value_details", |b| {
-        b.iter(|| cel::to_value(black_box(&details)))
+        b.iter(|| cel::to_value(black_box(&details)));
     });
     let Ok(p) = cel::Program::compile(
         "details.documentCheckResult != null && details.documentCheckResult.photoForgeryCheckResult == \"FAIL\"",
@@ -54,7 +54,7 @@ fn parts(c: &mut Criterion) {
     };
     let _ = ctx.add_variable("details", v);
     g.bench_function("one_rule_execute", |b| {
-        b.iter(|| p.execute(black_box(&ctx)))
+        b.iter(|| p.execute(black_box(&ctx)));
     });
     g.finish();
 }
