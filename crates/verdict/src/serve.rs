@@ -41,7 +41,11 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading policy {}", path.display()))?;
             match verdict_rules::Policy::parse(&text) {
-                Ok(p) => Some(p),
+                Ok(p) => Some(ActivePolicy {
+                    policy: p,
+                    text,
+                    path: path.to_owned(),
+                }),
                 Err(diagnostics) => {
                     let rendered: Vec<String> = diagnostics
                         .iter()
@@ -57,27 +61,65 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
         }
         None => None,
     };
-    if let Some(p) = &policy {
+    if let Some(ActivePolicy { policy: p, .. }) = &policy {
         tracing::info!(name = %p.name, version = %p.version, rules = p.rules.len(), sha256 = %p.sha256, "policy loaded");
     }
-    let policy_loaded = policy.is_some();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("verdict-worker")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(loaded, sources, tokens, policy_loaded))
+    runtime.block_on(serve(loaded, sources, tokens, policy))
+}
+
+/// The compiled policy with the text it was compiled from.
+#[derive(Debug)]
+struct ActivePolicy {
+    policy: verdict_rules::Policy,
+    text: String,
+    path: std::path::PathBuf,
+}
+
+/// Appends `policy:activated` with the policy's full text, once per distinct text (the dedupe
+/// key is its SHA-256), so every decision can be re-derived from the log alone.
+async fn record_activation(writer: &LogWriter, active: &ActivePolicy) -> anyhow::Result<u64> {
+    let p = &active.policy;
+    let body = serde_json::json!({
+        "name": p.name,
+        "version": p.version,
+        "sha256": p.sha256,
+        "path": active.path.display().to_string(),
+        "text": active.text,
+    });
+    let event = verdict_log::NewEvent::new(
+        verdict_log::INTERNAL_SOURCE,
+        "policy:activated",
+        format!("policy:{}", p.sha256),
+        serde_json::to_vec(&body)?,
+    );
+    let appended = writer
+        .append(event)
+        .await
+        .context("recording the policy activation")?;
+    if !appended.is_duplicate() {
+        tracing::info!(seq = appended.seq(), sha256 = %p.sha256, "policy activation recorded");
+    }
+    Ok(appended.seq())
 }
 
 async fn serve(
     loaded: &Loaded,
     sources: Vec<verdict_ingress::Source>,
     tokens: Vec<crate::api::Token>,
-    policy_loaded: bool,
+    policy: Option<ActivePolicy>,
 ) -> anyhow::Result<()> {
     let db = &loaded.config.storage.path;
     let writer = LogWriter::open(db, WriterConfig::default())
         .with_context(|| format!("opening the log at {}", db.display()))?;
+    if let Some(active) = &policy {
+        record_activation(&writer, active).await?;
+    }
+    let policy_loaded = policy.is_some();
     let max_body = *loaded.config.server.max_body_bytes.get_ref();
     let ingress = Ingress::new(sources, max_body, writer.clone());
     let projector = crate::projections::spawn_runner(

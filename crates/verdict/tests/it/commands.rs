@@ -238,3 +238,34 @@ fn the_shipped_policy_passes_its_tests_and_a_wrong_expectation_fails() {
         "{stdout}"
     );
 }
+
+#[tokio::test]
+async fn the_active_policy_is_recorded_once_with_its_full_text() {
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/policies/kyc.toml"
+    );
+    let s = Server::start_with(&format!("[policy]\npath = {policy:?}\n"));
+    let (status, dir) = s.terminate();
+    assert!(status.success());
+    let s = Server::start_in(dir); // same policy: nothing new
+    let (_, dir) = s.terminate();
+    let out = verdict(&dir.path().join("verdict.toml"), &["log", "export"]);
+    let lines: Vec<serde_json::Value> = text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let activations: Vec<&serde_json::Value> = lines
+        .iter()
+        .filter(|l| l["type"] == "policy:activated")
+        .collect();
+    assert_eq!(activations.len(), 1, "{lines:?}");
+    let text_on_disk = std::fs::read_to_string(policy).unwrap();
+    assert_eq!(activations[0]["payload"]["text"], text_on_disk.as_str());
+    assert_eq!(activations[0]["payload"]["name"], "kyc-default");
+    use sha2::Digest as _;
+    assert_eq!(
+        activations[0]["payload"]["sha256"],
+        hex::encode(sha2::Sha256::digest(text_on_disk.as_bytes()))
+    );
+}
