@@ -26,6 +26,63 @@ pub struct Recorded<'a> {
 pub const INTERNAL_SOURCE: &str = "verdict";
 /// The type of an analyst override recorded through verdict.
 pub const ANALYST_OVERRIDE: &str = "analyst:override";
+/// The type of a decision event.
+pub const DECISION: &str = "decision";
+
+/// Who made a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DecisionSource {
+    /// The active policy.
+    Policy,
+    /// An analyst's override.
+    Analyst,
+    /// A manual status change at the vendor.
+    Vendor,
+}
+
+/// The policy that made a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyRef {
+    /// `[policy] name`.
+    pub name: String,
+    /// `[policy] version`.
+    pub version: String,
+    /// SHA-256 of the policy text (recorded in the log by `policy:activated`).
+    pub sha256: String,
+}
+
+/// The body of a `decision` event: the decision object of the contract, without `seq` (its
+/// place in the log, known once stored). A persisted shape: fields are only ever added.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DecisionBody {
+    /// UUIDv7.
+    pub decision_id: String,
+    /// The session.
+    pub session_id: String,
+    /// The customer's reference.
+    pub reference_id: Option<String>,
+    /// The customer's user id.
+    pub user_id: Option<String>,
+    /// approve, decline or review.
+    pub action: Action,
+    /// policy, analyst or vendor.
+    pub source: DecisionSource,
+    /// Matched rule ids, in policy order (policy decisions).
+    #[serde(default)]
+    pub rules: Vec<String>,
+    /// Their reasons (or the analyst's reason, or the vendor's status).
+    #[serde(default)]
+    pub reasons: Vec<String>,
+    /// The policy, for policy decisions.
+    pub policy: Option<PolicyRef>,
+    /// The analyst or the vendor's actor.
+    pub actor: Option<String>,
+    /// RFC 3339.
+    pub decided_at: String,
+    /// The entry that caused it.
+    pub trigger_seq: u64,
+}
 
 /// An analyst's action.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,6 +153,8 @@ pub enum Fact {
     },
     /// An analyst override recorded through verdict.
     Override(OverrideBody),
+    /// A decision recorded by verdict.
+    Decision(DecisionBody),
     /// An event verdict does not act on but that belongs to a session (decisions...).
     Noted {
         /// The session.
@@ -174,6 +233,15 @@ fn read_internal(r: &Recorded<'_>) -> Fact {
             Err(e) => Fact::Quarantined {
                 session_id: find_session_id(r.body),
                 reason: format!("unparseable override: {e}"),
+            },
+        };
+    }
+    if r.event_type == DECISION {
+        return match serde_json::from_slice::<DecisionBody>(r.body) {
+            Ok(d) => Fact::Decision(d),
+            Err(e) => Fact::Quarantined {
+                session_id: find_session_id(r.body),
+                reason: format!("unparseable decision: {e}"),
             },
         };
     }

@@ -25,6 +25,8 @@ mod projection;
 pub mod seon;
 mod session;
 
-pub use fact::{Action, Fact, OverrideBody, Recorded, VendorKind, read};
+pub use fact::{
+    Action, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Recorded, VendorKind, read,
+};
 pub use projection::{Projection, digest};
 pub use session::{AppliedOverride, Change, OrderKey, Session, SessionView, fact_session};

@@ -2,7 +2,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::fact::{Action, Fact, OverrideBody, Recorded, VendorKind};
+use crate::fact::{Action, DecisionBody, DecisionSource, Fact, OverrideBody, Recorded, VendorKind};
 use crate::seon::is_terminal;
 
 /// Where a vendor event stands in the "which is newest" order: the sender's event time, then
@@ -69,6 +69,8 @@ pub struct Session {
     pub status_update_actor: Option<String>,
     /// The latest analyst override (by seq: analysts act in recorded order).
     pub last_override: Option<AppliedOverride>,
+    /// The current decision (the newest decision event, by seq) and its seq.
+    pub decision: Option<(DecisionBody, u64)>,
     /// Entries applied to this session (vendor events, overrides, quarantined, notes).
     pub event_count: u64,
     /// Quarantined entries that name this session.
@@ -92,6 +94,8 @@ pub struct Change {
     pub status_update: bool,
     /// An override was applied.
     pub overridden: bool,
+    /// A decision event was applied.
+    pub decided: bool,
 }
 
 impl Session {
@@ -171,6 +175,10 @@ impl Session {
                 });
                 change.overridden = true;
             }
+            Fact::Decision(d) => {
+                self.decision = Some((d.clone(), r.seq));
+                change.decided = true;
+            }
             Fact::Quarantined { .. } => self.quarantined += 1,
             Fact::Noted { .. } | Fact::Other => {}
         }
@@ -190,6 +198,7 @@ impl Session {
                 .last_override
                 .as_ref()
                 .map(|o| (o.actor.as_str(), o.action, o.reason.as_str())),
+            decision: self.decision.as_ref().map(|(d, _)| (d.action, d.source)),
             event_count: self.event_count,
             quarantined: self.quarantined,
         }
@@ -213,6 +222,8 @@ pub struct SessionView<'a> {
     pub finished_vendor_time: Option<i64>,
     /// The latest override.
     pub last_override: Option<(&'a str, Action, &'a str)>,
+    /// The current decision's action and source.
+    pub decision: Option<(Action, DecisionSource)>,
     /// Entries.
     pub event_count: u64,
     /// Quarantined entries.
@@ -224,6 +235,7 @@ pub fn fact_session(fact: &Fact) -> Option<&str> {
     match fact {
         Fact::Vendor { session_id, .. } | Fact::Noted { session_id } => Some(session_id),
         Fact::Override(o) => Some(&o.session_id),
+        Fact::Decision(d) => Some(&d.session_id),
         Fact::Quarantined { session_id, .. } => session_id.as_deref(),
         Fact::Other => None,
     }

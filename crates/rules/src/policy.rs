@@ -348,7 +348,18 @@ fn cel_span(text: &str, value: Range<usize>, pos: (isize, isize)) -> Range<usize
         Some(_) => 1,
         None => return value,
     };
-    let inner_start = value.start + quote;
+    let mut inner_start = value.start + quote;
+    // TOML drops a newline right after an opening triple quote; so does the `when` text.
+    if quote == 3 {
+        if text
+            .get(inner_start..)
+            .is_some_and(|t| t.starts_with("\r\n"))
+        {
+            inner_start += 2;
+        } else if text.get(inner_start..).is_some_and(|t| t.starts_with('\n')) {
+            inner_start += 1;
+        }
+    }
     let inner = text
         .get(inner_start..value.end.saturating_sub(quote))
         .unwrap_or("");

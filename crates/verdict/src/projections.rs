@@ -11,8 +11,11 @@ use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
 use verdict_log::{Entry, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
-use verdict_projector::fact::{ANALYST_OVERRIDE, INTERNAL_SOURCE};
-use verdict_projector::{Fact, OverrideBody, Projection, Recorded, Session, fact_session, read};
+use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
+use verdict_projector::{
+    Action, Change, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Projection,
+    Recorded, Session, fact_session, read,
+};
 
 /// The projector's checkpoint name.
 pub const PROJECTOR: &str = "projector";
@@ -56,37 +59,173 @@ fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// Folds `entries` (in seq order, after the checkpoint) into the stored projections and moves
-/// the checkpoint, in one transaction. Returns the new checkpoint.
-pub fn apply_entries(conn: &mut Connection, entries: &[Entry]) -> anyhow::Result<u64> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let start = checkpoint(&tx, PROJECTOR)?;
+/// Decides while the projector folds: the active policy and where decision events go.
+#[derive(Debug, Clone)]
+pub struct Decider {
+    /// The active policy.
+    pub policy: std::sync::Arc<verdict_rules::Policy>,
+    /// Where decisions are appended.
+    pub writer: verdict_log::LogWriter,
+}
+
+/// The decision an applied entry calls for, if any: an override is an analyst decision; the
+/// newest vendor event, when it is a status update, a vendor decision, and when it is an
+/// `idv:session_finished`, the policy's decision on its `details`. Older events decide nothing,
+/// and a decision is made only when the action or its source changes.
+fn decide(
+    s: &Session,
+    e: &Entry,
+    change: Change,
+    policy: &verdict_rules::Policy,
+) -> Option<DecisionBody> {
+    let newest_vendor = s.vendor_key.is_some_and(|k| k.seq == e.seq);
+    let (action, source, rules, reasons, policy_ref, actor) = if change.overridden {
+        let o = s.last_override.as_ref()?;
+        (
+            o.action,
+            DecisionSource::Analyst,
+            Vec::new(),
+            vec![o.reason.clone()],
+            None,
+            Some(o.actor.clone()),
+        )
+    } else if change.status_update && newest_vendor {
+        let status = s.vendor_status.as_deref()?;
+        let action = match status {
+            "APPROVED" => Action::Approve,
+            "DECLINED" => Action::Decline,
+            _ => Action::Review,
+        };
+        let reason = format!("Vendor status changed to {status}");
+        (
+            action,
+            DecisionSource::Vendor,
+            Vec::new(),
+            vec![reason],
+            None,
+            s.status_update_actor.clone(),
+        )
+    } else if change.finished && newest_vendor {
+        let details = serde_json::from_slice::<serde_json::Value>(&e.body)
+            .ok()
+            .and_then(|mut v| v.get_mut("details").map(serde_json::Value::take))
+            .unwrap_or(serde_json::Value::Null);
+        let d = policy.evaluate(&verdict_rules::Facts::new(details, session_json(s)));
+        for err in &d.errors {
+            tracing::warn!(session = %s.session_id, rule = %err.rule, error = %err.error, "rule evaluation failed; counted as review");
+        }
+        let action = Action::parse(d.action.as_str()).unwrap_or(Action::Review);
+        let policy_ref = PolicyRef {
+            name: policy.name.clone(),
+            version: policy.version.clone(),
+            sha256: policy.sha256.clone(),
+        };
+        (
+            action,
+            DecisionSource::Policy,
+            d.rules,
+            d.reasons,
+            Some(policy_ref),
+            None,
+        )
+    } else {
+        return None;
+    };
+    if s.decision
+        .as_ref()
+        .is_some_and(|(d, _)| d.action == action && d.source == source)
+    {
+        return None;
+    }
+    Some(DecisionBody {
+        decision_id: Uuid::now_v7().to_string(),
+        session_id: s.session_id.clone(),
+        reference_id: s.reference_id.clone(),
+        user_id: s.user_id.clone(),
+        action,
+        source,
+        rules,
+        reasons,
+        policy: policy_ref,
+        actor,
+        decided_at: rfc3339_ms(verdict_log::now_ms()),
+        trigger_seq: e.seq,
+    })
+}
+
+/// The log event of a decision; its dedupe key is the trigger, so a batch folded again after a
+/// crash does not decide twice.
+pub fn decision_event(d: &DecisionBody) -> anyhow::Result<NewEvent> {
+    Ok(NewEvent::new(
+        INTERNAL_SOURCE,
+        DECISION,
+        format!("decision:{}", d.trigger_seq),
+        serde_json::to_vec(d)?,
+    ))
+}
+
+/// Folds `entries` (in seq order, after the checkpoint) into the stored projections, appends
+/// the decisions they call for (when a decider is given), and moves the checkpoint. The fold
+/// and the decisions happen before the projection transaction opens (the log writer needs the
+/// write lock to append them); the projections and the checkpoint are then written in one
+/// transaction. Returns the new checkpoint.
+pub fn apply_entries(
+    conn: &mut Connection,
+    entries: &[Entry],
+    decider: Option<&Decider>,
+) -> anyhow::Result<u64> {
+    let start = checkpoint(conn, PROJECTOR)?;
     let mut cp = start;
     let mut touched: HashMap<String, Session> = HashMap::new();
+    let mut links: Vec<(String, u64)> = Vec::new();
+    let mut quarantined: Vec<(u64, Option<String>, String)> = Vec::new();
+    let mut decisions: Vec<DecisionBody> = Vec::new();
+    for e in entries.iter().filter(|e| e.seq > start) {
+        let r = recorded(e);
+        let fact = read(&r);
+        if let Fact::Quarantined { session_id, reason } = &fact {
+            quarantined.push((e.seq, session_id.clone(), reason.clone()));
+        }
+        if let Some(id) = fact_session(&fact) {
+            links.push((id.to_owned(), e.seq));
+            if !touched.contains_key(id) {
+                let s = load_session(conn, id)?.unwrap_or_else(|| Session::new(id));
+                touched.insert(id.to_owned(), s);
+            }
+            if let Some(s) = touched.get_mut(id) {
+                let change = s.apply(&r, &fact);
+                if let Some(d) = decider.and_then(|dc| decide(s, e, change, &dc.policy)) {
+                    // Current at once, so a later entry of this batch compares against it; the
+                    // decision event, folded later, sets the same value with its seq.
+                    s.decision = Some((d.clone(), 0));
+                    decisions.push(d);
+                }
+            }
+        }
+        cp = e.seq;
+    }
+    if let (Some(dc), false) = (decider, decisions.is_empty()) {
+        let events = decisions
+            .iter()
+            .map(decision_event)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        dc.writer
+            .append_all_blocking(events)
+            .map_err(|e| anyhow::anyhow!("appending decisions: {e}"))?;
+    }
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
         let mut link = tx.prepare_cached(
             "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)",
         )?;
-        let mut quarantine = tx.prepare_cached(
+        for (id, seq) in &links {
+            link.execute(params![id, i64_of(*seq)])?;
+        }
+        let mut q = tx.prepare_cached(
             "INSERT OR REPLACE INTO quarantine (seq, session_id, reason) VALUES (?1, ?2, ?3)",
         )?;
-        for e in entries.iter().filter(|e| e.seq > start) {
-            let r = recorded(e);
-            let fact = read(&r);
-            if let Fact::Quarantined { session_id, reason } = &fact {
-                quarantine.execute(params![i64_of(e.seq), session_id, reason])?;
-            }
-            if let Some(id) = fact_session(&fact) {
-                link.execute(params![id, i64_of(e.seq)])?;
-                if !touched.contains_key(id) {
-                    let s = load_session(&tx, id)?.unwrap_or_else(|| Session::new(id));
-                    touched.insert(id.to_owned(), s);
-                }
-                if let Some(s) = touched.get_mut(id) {
-                    s.apply(&r, &fact);
-                }
-            }
-            cp = e.seq;
+        for (seq, id, reason) in &quarantined {
+            q.execute(params![i64_of(*seq), id, reason])?;
         }
     }
     save_sessions(&tx, touched.values())?;
@@ -129,6 +268,7 @@ pub fn spawn_runner(
     path: PathBuf,
     mut committed: watch::Receiver<u64>,
     handle: tokio::runtime::Handle,
+    decider: Option<Decider>,
 ) -> std::io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()
         .name("verdict-projector".into())
@@ -153,7 +293,7 @@ pub fn spawn_runner(
                             return Ok(false);
                         }
                         let entries = log.read_after(cp, BATCH)?;
-                        apply_entries(log.connection_mut(), &entries)?;
+                        apply_entries(log.connection_mut(), &entries, decider.as_ref())?;
                         Ok(true)
                     });
                 match step {
@@ -303,7 +443,13 @@ pub fn session_json(s: &Session) -> serde_json::Value {
         "reference_id": s.reference_id,
         "user_id": s.user_id,
         "vendor_status": s.vendor_status,
-        "decision": null,
+        "decision": s.decision.as_ref().map(|(d, seq)| {
+            let mut v = serde_json::to_value(d).unwrap_or(serde_json::Value::Null);
+            if let serde_json::Value::Object(m) = &mut v {
+                m.insert("seq".into(), if *seq > 0 { (*seq).into() } else { serde_json::Value::Null });
+            }
+            v
+        }),
         "event_count": s.event_count,
         "quarantined": s.quarantined,
         "updated_at": rfc3339_ms(s.updated_at),

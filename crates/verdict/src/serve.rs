@@ -122,10 +122,15 @@ async fn serve(
     let policy_loaded = policy.is_some();
     let max_body = *loaded.config.server.max_body_bytes.get_ref();
     let ingress = Ingress::new(sources, max_body, writer.clone());
+    let decider = policy.map(|active| crate::projections::Decider {
+        policy: std::sync::Arc::new(active.policy),
+        writer: writer.clone(),
+    });
     let projector = crate::projections::spawn_runner(
         db.clone(),
         writer.subscribe(),
         tokio::runtime::Handle::current(),
+        decider,
     )
     .context("starting the projector")?;
     let api = crate::api::Api {

@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 mod commands;
+mod decisions;
 mod ingress;
 mod sessions;
 mod support;

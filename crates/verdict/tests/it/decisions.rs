@@ -1,0 +1,168 @@
+//! Decisions as events: the policy decides on the newest finished event, a vendor status
+//! update is a vendor decision, an override an analyst decision; older events decide nothing.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const REVIEW: &str =
+    include_str!("../../../../fixtures/seon/session_finished_review_face_mismatch.json");
+const UPDATED: &str =
+    include_str!("../../../../fixtures/seon/session_status_updated_approved.json");
+const APPROVED: &str = include_str!("../../../../fixtures/seon/session_finished_approved.json");
+const SID: &str = "2a7c9e11-4b3d-4f60-a2b8-c9d0e1f2a3b4";
+const APPROVED_SID: &str = "5b0f6a7e-2c1d-4d8e-9a11-0c3f7e2b9d10";
+
+fn config() -> String {
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/policies/kyc.toml"
+    );
+    format!(
+        "[policy]\npath = {policy:?}\n\n[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice\"\n"
+    )
+}
+
+async fn session(s: &Server, id: &str) -> Value {
+    let resp = s
+        .http
+        .get(s.url(&format!("/v1/sessions/{id}")))
+        .bearer_auth("tok-alice")
+        .send()
+        .await
+        .unwrap();
+    resp.json().await.unwrap_or(Value::Null)
+}
+
+/// Waits (bounded) until the session's decision satisfies `ok` and is stored (has a seq).
+async fn decided(s: &Server, id: &str, ok: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let body = session(s, id).await;
+        let d = &body["decision"];
+        if d.is_object() && d["seq"].is_u64() && ok(d) {
+            return d.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no such decision for {id}: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn policy_vendor_and_analyst_decisions_follow_the_session() {
+    let s = Server::start_with(&config());
+    let (_, ok) = s.post_seon(APPROVED, Some("r-app"), SEON_SECRET).await;
+    let d = decided(&s, APPROVED_SID, |d| d["source"] == "policy").await;
+    assert_eq!(d["action"], "approve");
+    assert_eq!(d["rules"], json!(["clean-session"]));
+    assert_eq!(d["reasons"], json!(["All checks passed"]));
+    assert_eq!(d["policy"]["name"], "kyc-default");
+    assert_eq!(d["policy"]["sha256"].as_str().map(str::len), Some(64));
+    assert_eq!(d["trigger_seq"], ok["seq"]);
+    assert_eq!(d["reference_id"], "user-48213-1709374501");
+    assert!(d["decision_id"].as_str().is_some_and(|id| id.len() == 36));
+
+    s.post_seon(REVIEW, Some("r-rev"), SEON_SECRET).await;
+    let d = decided(&s, SID, |d| d["source"] == "policy").await;
+    assert_eq!(
+        (d["action"].as_str(), d["rules"].clone()),
+        (Some("review"), json!(["vendor-review", "face-mismatch"]))
+    );
+
+    s.post_seon(UPDATED, Some("r-upd"), SEON_SECRET).await;
+    let d = decided(&s, SID, |d| d["source"] == "vendor").await;
+    assert_eq!(
+        (d["action"].as_str(), d["actor"].as_str()),
+        (Some("approve"), Some("analyst@example.com"))
+    );
+
+    let resp = s
+        .http
+        .post(s.url(&format!("/v1/sessions/{SID}/override")))
+        .bearer_auth("tok-alice")
+        .json(
+            &json!({"action": "decline", "reason": "document reused elsewhere", "ticket": "KYC-7"}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let d = decided(&s, SID, |d| d["source"] == "analyst").await;
+    assert_eq!(
+        (d["action"].as_str(), d["actor"].as_str()),
+        (Some("decline"), Some("alice"))
+    );
+    assert_eq!(d["reasons"], json!(["document reused elsewhere"]));
+
+    // The same action by the same source again records nothing new.
+    let before = s.count();
+    s.http
+        .post(s.url(&format!("/v1/sessions/{SID}/override")))
+        .bearer_auth("tok-alice")
+        .json(&json!({"action": "decline", "reason": "still reused"}))
+        .send()
+        .await
+        .unwrap();
+    let resp = s
+        .http
+        .get(s.url(&format!("/v1/sessions/{SID}/history")))
+        .bearer_auth("tok-alice")
+        .send()
+        .await
+        .unwrap();
+    let history: Value = resp.json().await.unwrap();
+    let kinds: Vec<&str> = history["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["kind"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "decision").count(),
+        3,
+        "{kinds:?}"
+    );
+    let settle = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < settle && s.count() == before {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.count(), before + 1, "only the override itself is new");
+    let out = verdict(&s.config(), &["log", "verify"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
+
+#[tokio::test]
+async fn an_older_finished_event_arriving_later_decides_nothing() {
+    let s = Server::start_with(&config());
+    s.post_seon(UPDATED, Some("r-upd"), SEON_SECRET).await;
+    let d = decided(&s, SID, |d| d["source"] == "vendor").await;
+    assert_eq!(d["action"], "approve");
+    s.post_seon(REVIEW, Some("r-rev"), SEON_SECRET).await;
+    // Wait until the late event is folded, then check nothing was decided on it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while session(&s, SID).await["event_count"].as_u64() < Some(3) {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let body = session(&s, SID).await;
+    assert_eq!(
+        (
+            body["decision"]["source"].as_str(),
+            body["vendor_status"].as_str()
+        ),
+        (Some("vendor"), Some("APPROVED"))
+    );
+    let (status, dir) = s.terminate();
+    assert!(status.success());
+    let out = verdict(&dir.path().join("verdict.toml"), &["log", "export"]);
+    let decisions = text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(r#""type":"decision""#))
+        .count();
+    assert_eq!(decisions, 1);
+}
