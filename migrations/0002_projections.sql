@@ -6,11 +6,13 @@
 CREATE TABLE sessions (
     session_id    TEXT    PRIMARY KEY,
     vendor_status TEXT,
+    action        TEXT,                     -- the current decision's action, if any
     updated_at    INTEGER NOT NULL,
     state         TEXT    NOT NULL
 ) WITHOUT ROWID;
 
 CREATE INDEX sessions_by_status ON sessions (vendor_status, session_id);
+CREATE INDEX sessions_by_action ON sessions (action, session_id);
 
 -- Which log entries belong to which session (history, as_of).
 CREATE TABLE session_entries (

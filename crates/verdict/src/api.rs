@@ -112,6 +112,35 @@ pub struct Api {
     pub writer: LogWriter,
     /// Who may call.
     pub tokens: Arc<Vec<Token>>,
+    /// Whether the projector makes decisions (a policy is loaded).
+    pub decides: bool,
+    /// The projector's progress (newest seq folded).
+    pub projected: tokio::sync::watch::Receiver<u64>,
+}
+
+/// The session's decision once the projector has folded `seq` (an override just recorded),
+/// waiting at most two seconds for the projector's progress to reach it.
+async fn current_decision_after(
+    api: &Api,
+    id: &str,
+    seq: u64,
+) -> anyhow::Result<Option<serde_json::Value>> {
+    let mut projected = api.projected.clone();
+    let reached = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        projected.wait_for(|p| *p >= seq),
+    )
+    .await
+    .is_ok_and(|r| r.is_ok()); // the guard is dropped here: it must not live across an await
+    if !reached {
+        return Ok(None);
+    }
+    let lookup = id.to_owned();
+    let session = api
+        .reads
+        .run(move |log| projections::load_session(log.connection(), &lookup))
+        .await?;
+    Ok(session.map(|s| projections::session_json(&s)["decision"].clone()))
 }
 
 /// An error answer: `{"error": "..."}` with a status.
@@ -244,6 +273,7 @@ async fn list(State(api): State<Api>, Query(q): Query<ListQuery>) -> Result<Resp
             projections::list_sessions(
                 log.connection(),
                 q.vendor_status.as_deref(),
+                q.action.as_deref(),
                 q.after.as_deref(),
                 q.limit.unwrap_or(50),
             )
@@ -359,6 +389,11 @@ async fn override_session(
         }
     };
     tracing::info!(session = %id, actor = %caller.name, action = body.action.as_str(), seq, "override recorded");
-    let answer = serde_json::json!({ "status": "recorded", "seq": seq, "override": body });
+    let decision = if api.decides {
+        current_decision_after(&api, &id, seq).await?
+    } else {
+        None
+    };
+    let answer = serde_json::json!({ "status": "recorded", "seq": seq, "override": body, "decision": decision });
     Ok(json(StatusCode::OK, answer.to_string()))
 }

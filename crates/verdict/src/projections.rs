@@ -239,14 +239,16 @@ fn save_sessions<'a>(
     sessions: impl Iterator<Item = &'a Session>,
 ) -> anyhow::Result<()> {
     let mut save = tx.prepare_cached(
-        "INSERT INTO sessions (session_id, vendor_status, updated_at, state) VALUES (?1, ?2, ?3, ?4) \
+        "INSERT INTO sessions (session_id, vendor_status, action, updated_at, state) \
+         VALUES (?1, ?2, ?3, ?4, ?5) \
          ON CONFLICT (session_id) DO UPDATE SET vendor_status = excluded.vendor_status, \
-         updated_at = excluded.updated_at, state = excluded.state",
+         action = excluded.action, updated_at = excluded.updated_at, state = excluded.state",
     )?;
     for s in sessions {
         save.execute(params![
             s.session_id,
             s.vendor_status,
+            s.decision.as_ref().map(|(d, _)| d.action.as_str()),
             s.updated_at,
             serde_json::to_string(s)?
         ])?;
@@ -262,6 +264,16 @@ fn set_checkpoint(tx: &Connection, name: &str, seq: u64) -> rusqlite::Result<()>
     Ok(())
 }
 
+/// The projector thread and its progress.
+#[derive(Debug)]
+pub struct Runner {
+    /// The thread; it ends once the writer has stopped and everything committed is folded.
+    pub thread: std::thread::JoinHandle<()>,
+    /// The projector's checkpoint: the newest seq folded (and decided on), published after each
+    /// batch's transaction.
+    pub projected: watch::Receiver<u64>,
+}
+
 /// Tails the log from the projector's checkpoint, woken by the writer's commits (no polling),
 /// until the writer stops. Runs on its own thread; a failed batch is retried after a pause.
 pub fn spawn_runner(
@@ -269,8 +281,9 @@ pub fn spawn_runner(
     mut committed: watch::Receiver<u64>,
     handle: tokio::runtime::Handle,
     decider: Option<Decider>,
-) -> std::io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new()
+) -> std::io::Result<Runner> {
+    let (progress, projected) = watch::channel(0u64);
+    let thread = std::thread::Builder::new()
         .name("verdict-projector".into())
         .spawn(move || {
             let mut backoff = Duration::from_millis(100);
@@ -284,6 +297,9 @@ pub fn spawn_runner(
                     }
                 }
             };
+            if let Ok(cp) = checkpoint(log.connection(), PROJECTOR) {
+                progress.send_replace(cp);
+            }
             loop {
                 let head = *committed.borrow_and_update();
                 let step = checkpoint(log.connection(), PROJECTOR)
@@ -293,7 +309,8 @@ pub fn spawn_runner(
                             return Ok(false);
                         }
                         let entries = log.read_after(cp, BATCH)?;
-                        apply_entries(log.connection_mut(), &entries, decider.as_ref())?;
+                        let done = apply_entries(log.connection_mut(), &entries, decider.as_ref())?;
+                        progress.send_replace(done);
                         Ok(true)
                     });
                 match step {
@@ -310,7 +327,8 @@ pub fn spawn_runner(
                     }
                 }
             }
-        })
+        })?;
+    Ok(Runner { thread, projected })
 }
 
 /// Rebuilds every projection from the log in one transaction. Returns the projection (for its
@@ -364,12 +382,15 @@ pub fn rebuild(
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     tx.execute_batch(
         "DELETE FROM sessions; DELETE FROM session_entries; DELETE FROM quarantine;
-         DROP INDEX IF EXISTS sessions_by_status;",
+         DROP INDEX IF EXISTS sessions_by_status; DROP INDEX IF EXISTS sessions_by_action;",
     )?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: cleared");
     save_sessions(&tx, p.sessions())?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: sessions");
-    tx.execute_batch("CREATE INDEX sessions_by_status ON sessions (vendor_status, session_id);")?;
+    tx.execute_batch(
+        "CREATE INDEX sessions_by_status ON sessions (vendor_status, session_id);
+         CREATE INDEX sessions_by_action ON sessions (action, session_id);",
+    )?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: index");
     {
         let mut link = tx.prepare_cached(
@@ -538,17 +559,23 @@ pub fn history_json(log: &SqliteLog, id: &str) -> anyhow::Result<Option<String>>
 pub fn list_sessions(
     conn: &Connection,
     vendor_status: Option<&str>,
+    action: Option<&str>,
     after: Option<&str>,
     limit: usize,
 ) -> anyhow::Result<(Vec<Session>, Option<String>)> {
     let mut stmt = conn.prepare_cached(
-        "SELECT state FROM sessions WHERE (?1 IS NULL OR vendor_status = ?1) AND session_id > ?2 \
-         ORDER BY session_id LIMIT ?3",
+        "SELECT state FROM sessions WHERE (?1 IS NULL OR vendor_status = ?1) \
+         AND (?4 IS NULL OR action = ?4) AND session_id > ?2 ORDER BY session_id LIMIT ?3",
     )?;
     let limit = limit.clamp(1, 1000);
     let mut sessions = stmt
         .query_map(
-            params![vendor_status, after.unwrap_or(""), i64_of(limit as u64 + 1)],
+            params![
+                vendor_status,
+                after.unwrap_or(""),
+                i64_of(limit as u64 + 1),
+                action
+            ],
             |r| r.get::<_, String>(0),
         )?
         .map(|s| Ok(serde_json::from_str::<Session>(&s?)?))

@@ -122,6 +122,7 @@ async fn serve(
     let policy_loaded = policy.is_some();
     let max_body = *loaded.config.server.max_body_bytes.get_ref();
     let ingress = Ingress::new(sources, max_body, writer.clone());
+    let decider_present = policy.is_some();
     let decider = policy.map(|active| crate::projections::Decider {
         policy: std::sync::Arc::new(active.policy),
         writer: writer.clone(),
@@ -137,6 +138,8 @@ async fn serve(
         reads: std::sync::Arc::new(crate::api::ReadPool::new(db.clone())),
         writer: writer.clone(),
         tokens: std::sync::Arc::new(tokens),
+        decides: decider_present,
+        projected: projector.projected.clone(),
     };
     let state = AppState {
         writer: writer.clone(),
@@ -168,7 +171,7 @@ async fn serve(
     tracing::info!("HTTP stopped; committing queued appends");
     writer.close().await;
     // The writer is gone, so the projector's wait ends once it has caught up.
-    let _ = tokio::task::spawn_blocking(move || projector.join()).await;
+    let _ = tokio::task::spawn_blocking(move || projector.thread.join()).await;
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -92,6 +92,16 @@ async fn policy_vendor_and_analyst_decisions_follow_the_session() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(
+        (
+            answer["decision"]["source"].as_str(),
+            answer["decision"]["action"].as_str()
+        ),
+        (Some("analyst"), Some("decline")),
+        "{answer}"
+    );
+    assert_eq!(answer["decision"]["trigger_seq"], answer["seq"]);
     let d = decided(&s, SID, |d| d["source"] == "analyst").await;
     assert_eq!(
         (d["action"].as_str(), d["actor"].as_str()),
@@ -134,6 +144,23 @@ async fn policy_vendor_and_analyst_decisions_follow_the_session() {
     assert_eq!(s.count(), before + 1, "only the override itself is new");
     let out = verdict(&s.config(), &["log", "verify"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
+
+    // Lists filter on the current decision's action.
+    let resp = s
+        .http
+        .get(s.url("/v1/sessions?action=approve"))
+        .bearer_auth("tok-alice")
+        .send()
+        .await
+        .unwrap();
+    let page: Value = resp.json().await.unwrap();
+    let ids: Vec<&str> = page["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, [APPROVED_SID]);
 }
 
 #[tokio::test]
