@@ -10,6 +10,7 @@ mod policycmd;
 mod projections;
 mod serve;
 mod sessioncmd;
+mod simulate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +62,37 @@ enum Command {
     Session {
         #[command(subcommand)]
         command: SessionCommand,
+    },
+    /// Send simulated SEON IDV deliveries to a verdict (or any receiver): signed, retried,
+    /// with duplicates and reordering on request; prints a summary (exit 1 if any failed).
+    Simulate {
+        /// The webhook URL, e.g. http://127.0.0.1:8080/webhooks/seon-idv.
+        #[arg(long)]
+        url: String,
+        /// The source's SEON webhook secret.
+        #[arg(long, env = "SEON_WEBHOOK_SECRET")]
+        secret: String,
+        /// Sessions to generate.
+        #[arg(long, default_value_t = 100)]
+        sessions: u64,
+        /// Deliveries per second (default: as fast as --concurrency allows).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Probability of sending a delivery twice (0..1).
+        #[arg(long, default_value_t = 0.0)]
+        duplicates: f64,
+        /// Probability of sending a session's later event first (0..1).
+        #[arg(long, default_value_t = 0.0)]
+        reorder: f64,
+        /// Seed of the generator (same seed, same deliveries).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// The signature header.
+        #[arg(long, default_value = "X-Seon-Signature")]
+        header: String,
+        /// Deliveries in flight at once.
+        #[arg(long, default_value_t = 32)]
+        concurrency: usize,
     },
     /// Record an analyst override of a session.
     Override {
@@ -159,6 +191,49 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         } => {
             return policycmd::test(path);
         }
+        // The simulator is a client: it needs no config either.
+        Command::Simulate {
+            url,
+            secret,
+            sessions,
+            rate,
+            duplicates,
+            reorder,
+            seed,
+            header,
+            concurrency,
+        } => {
+            for (name, p) in [("--duplicates", duplicates), ("--reorder", reorder)] {
+                if !(0.0..=1.0).contains(p) {
+                    return Err(UsageError(config::ConfigError::usage(format!(
+                        "{name} must be between 0 and 1"
+                    )))
+                    .into());
+                }
+            }
+            let options = simulate::Options {
+                url: url.clone(),
+                secret: secret.clone(),
+                sessions: *sessions,
+                rate: *rate,
+                duplicates: *duplicates,
+                reorder: *reorder,
+                seed: *seed,
+                header: header.clone(),
+                concurrency: *concurrency,
+                max_retries: 5,
+                backoff: std::time::Duration::from_millis(200),
+            };
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let ok = runtime.block_on(simulate::run(options))?;
+            return Ok(if ok {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::from(1)
+            });
+        }
         _ => {}
     }
     let loaded = config::Loaded::load(&cli.config).map_err(UsageError)?;
@@ -171,6 +246,7 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             command: LogCommand::Export { after },
         } => logcmd::export(&loaded, *after).map(|()| ExitCode::SUCCESS),
         Command::Replay => sessioncmd::replay(&loaded),
+        Command::Simulate { .. } => Ok(ExitCode::SUCCESS), // handled above, before the config
         Command::Policy { command } => {
             let (path, check) = match command {
                 PolicyCommand::Check { path } => (path, true),

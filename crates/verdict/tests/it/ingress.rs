@@ -398,3 +398,55 @@ async fn health_and_readiness() {
         503
     );
 }
+
+async fn simulate(url: String, seed: &'static str) -> std::process::Output {
+    tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BIN)
+            .args([
+                "simulate",
+                "--url",
+                &url,
+                "--secret",
+                SEON_SECRET,
+                "--sessions",
+                "40",
+            ])
+            .args(["--duplicates", "0.3", "--reorder", "0.5", "--seed", seed])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_simulator_delivers_everything_with_duplicates_and_reordering() {
+    let s = Server::start();
+    let out = simulate(s.url("/webhooks/seon-idv"), "7").await;
+    let summary = text(&out.stdout);
+    assert!(out.status.success(), "{summary}{}", text(&out.stderr));
+    let number = |label: &str| -> u64 {
+        summary
+            .split(label)
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0)
+    };
+    let (sent, accepted, duplicates) =
+        (number("sent "), number("accepted "), number("duplicates "));
+    assert!(summary.contains("failures 0"), "{summary}");
+    assert!(duplicates > 0 && accepted >= 40, "{summary}");
+    assert_eq!(accepted + duplicates, sent, "{summary}");
+    assert_eq!(s.count(), accepted as i64);
+    assert!(verdict(&s.config(), &["log", "verify"]).status.success());
+
+    // The same seed again: every delivery is a duplicate (same Request-Ids, same bodies).
+    let again = simulate(s.url("/webhooks/seon-idv"), "7").await;
+    assert!(
+        text(&again.stdout).contains("accepted 0,"),
+        "{}",
+        text(&again.stdout)
+    );
+    assert_eq!(s.count(), accepted as i64);
+}
