@@ -177,8 +177,8 @@ pub fn apply_entries(
     let start = checkpoint(conn, PROJECTOR)?;
     let mut cp = start;
     let mut touched: HashMap<String, Session> = HashMap::new();
-    let mut links: Vec<(String, u64)> = Vec::new();
-    let mut quarantined: Vec<(u64, Option<String>, String)> = Vec::new();
+    let mut links: Links = Vec::new();
+    let mut quarantined: Quarantined = Vec::new();
     let mut decisions: Vec<DecisionBody> = Vec::new();
     for e in entries.iter().filter(|e| e.seq > start) {
         let r = recorded(e);
@@ -214,24 +214,31 @@ pub fn apply_entries(
             .map_err(|e| anyhow::anyhow!("appending decisions: {e}"))?;
     }
     let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    {
-        let mut link = tx.prepare_cached(
-            "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)",
-        )?;
-        for (id, seq) in &links {
-            link.execute(params![id, i64_of(*seq)])?;
-        }
-        let mut q = tx.prepare_cached(
-            "INSERT OR REPLACE INTO quarantine (seq, session_id, reason) VALUES (?1, ?2, ?3)",
-        )?;
-        for (seq, id, reason) in &quarantined {
-            q.execute(params![i64_of(*seq), id, reason])?;
-        }
-    }
+    write_links(&tx, &links, &quarantined)?;
     save_sessions(&tx, touched.values())?;
     set_checkpoint(&tx, PROJECTOR, cp)?;
     tx.commit()?;
     Ok(cp)
+}
+
+/// Which entries belong to which session, and the quarantined entries with their reasons.
+type Links = Vec<(String, u64)>;
+type Quarantined = Vec<(u64, Option<String>, String)>;
+
+fn write_links(tx: &Connection, links: &Links, quarantined: &Quarantined) -> anyhow::Result<()> {
+    let mut link = tx.prepare_cached(
+        "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)",
+    )?;
+    for (id, seq) in links {
+        link.execute(params![id, i64_of(*seq)])?;
+    }
+    let mut q = tx.prepare_cached(
+        "INSERT OR REPLACE INTO quarantine (seq, session_id, reason) VALUES (?1, ?2, ?3)",
+    )?;
+    for (seq, id, reason) in quarantined {
+        q.execute(params![i64_of(*seq), id, reason])?;
+    }
+    Ok(())
 }
 
 fn save_sessions<'a>(
@@ -340,8 +347,8 @@ pub fn rebuild(
     let total = log.head()?.map_or(0, |h| h.seq);
     let started = std::time::Instant::now();
     let mut p = Projection::default();
-    let mut links: Vec<(String, u64)> = Vec::new();
-    let mut quarantined: Vec<(u64, Option<String>, String)> = Vec::new();
+    let mut links: Links = Vec::new();
+    let mut quarantined: Quarantined = Vec::new();
     let mut done = 0u64;
     log.scan(0, |e| {
         let r = Recorded {
@@ -392,20 +399,7 @@ pub fn rebuild(
          CREATE INDEX sessions_by_action ON sessions (action, session_id);",
     )?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: index");
-    {
-        let mut link = tx.prepare_cached(
-            "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)",
-        )?;
-        for (id, seq) in &links {
-            link.execute(params![id, i64_of(*seq)])?;
-        }
-        let mut q = tx.prepare_cached(
-            "INSERT INTO quarantine (seq, session_id, reason) VALUES (?1, ?2, ?3)",
-        )?;
-        for (seq, id, reason) in &quarantined {
-            q.execute(params![i64_of(*seq), id, reason])?;
-        }
-    }
+    write_links(&tx, &links, &quarantined)?;
     set_checkpoint(&tx, PROJECTOR, p.last_seq)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: links");
     tx.commit()?;

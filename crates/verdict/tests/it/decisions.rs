@@ -38,19 +38,11 @@ async fn session(s: &Server, id: &str) -> Value {
 
 /// Waits (bounded) until the session's decision satisfies `ok` and is stored (has a seq).
 async fn decided(s: &Server, id: &str, ok: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let body = session(s, id).await;
-        let d = &body["decision"];
-        if d.is_object() && d["seq"].is_u64() && ok(d) {
-            return d.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no such decision for {id}: {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(&format!("a decision for {id}"), async || {
+        let d = session(s, id).await["decision"].take();
+        (d.is_object() && d["seq"].is_u64() && ok(&d)).then_some(d)
+    })
+    .await
 }
 
 #[tokio::test]
@@ -171,11 +163,10 @@ async fn an_older_finished_event_arriving_later_decides_nothing() {
     assert_eq!(d["action"], "approve");
     s.post_seon(REVIEW, Some("r-rev"), SEON_SECRET).await;
     // Wait until the late event is folded, then check nothing was decided on it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while session(&s, SID).await["event_count"].as_u64() < Some(3) {
-        assert!(Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("the late event folded", async || {
+        (session(&s, SID).await["event_count"].as_u64() >= Some(3)).then_some(())
+    })
+    .await;
     let body = session(&s, SID).await;
     assert_eq!(
         (

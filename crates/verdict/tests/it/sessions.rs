@@ -1,8 +1,6 @@
 //! The projector and the `/v1` API against the real server: out-of-order folding, overrides
 //! with roles, history, as_of, lists, quarantine, replay.
 
-use std::time::{Duration, Instant};
-
 use serde_json::{Value, json};
 
 use crate::support::*;
@@ -52,18 +50,14 @@ async fn post_override(s: &Server, id: &str, token: &str, body: Value) -> (u16, 
 /// Waits (bounded) until the session shows `event_count` entries: the projector runs after the
 /// 200, woken by the commit.
 async fn settled(s: &Server, id: &str, event_count: u64) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (status, body) = get(s, &format!("/v1/sessions/{id}"), Some("tok-rob")).await;
-        if status == 200 && body["event_count"] == event_count {
-            return body;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "session {id} never reached {event_count} entries: {status} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        &format!("session {id} with {event_count} entries"),
+        async || {
+            let (status, body) = get(s, &format!("/v1/sessions/{id}"), Some("tok-rob")).await;
+            (status == 200 && body["event_count"] == event_count).then_some(body)
+        },
+    )
+    .await
 }
 
 #[tokio::test]
@@ -292,18 +286,13 @@ async fn unknown_and_unparseable_events_are_quarantined_and_visible() {
             .contains("unknown event type")
     );
     // The garbage body names no session: wait (bounded) until the projector has passed it.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let events = loop {
+    let events = eventually("seq 3 quarantined", async || {
         let (_, events) = get(&s, "/v1/events?after=1", Some("tok-rob")).await;
-        if events["events"][1]["quarantined"].is_string() {
-            break events;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "seq 3 never quarantined: {events}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+        events["events"][1]["quarantined"]
+            .is_string()
+            .then_some(events)
+    })
+    .await;
     assert!(
         events["events"][0]["quarantined"]
             .as_str()
