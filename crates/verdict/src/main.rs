@@ -8,6 +8,7 @@ mod config;
 mod logcmd;
 mod policycmd;
 mod projections;
+mod reload;
 mod serve;
 mod sessioncmd;
 mod simulate;

@@ -62,8 +62,8 @@ fn i64_of(v: u64) -> i64 {
 /// Decides while the projector folds: the active policy and where decision events go.
 #[derive(Debug, Clone)]
 pub struct Decider {
-    /// The active policy.
-    pub policy: std::sync::Arc<verdict_rules::Policy>,
+    /// The active policy (swapped atomically on reload).
+    pub policy: std::sync::Arc<arc_swap::ArcSwap<verdict_rules::Policy>>,
     /// Where decisions are appended.
     pub writer: verdict_log::LogWriter,
 }
@@ -194,7 +194,7 @@ pub fn apply_entries(
             }
             if let Some(s) = touched.get_mut(id) {
                 let change = s.apply(&r, &fact);
-                if let Some(d) = decider.and_then(|dc| decide(s, e, change, &dc.policy)) {
+                if let Some(d) = decider.and_then(|dc| decide(s, e, change, &dc.policy.load())) {
                     // Current at once, so a later entry of this batch compares against it; the
                     // decision event, folded later, sets the same value with its seq.
                     s.decision = Some((d.clone(), 0));

@@ -74,15 +74,18 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
 
 /// The compiled policy with the text it was compiled from.
 #[derive(Debug)]
-struct ActivePolicy {
-    policy: verdict_rules::Policy,
-    text: String,
-    path: std::path::PathBuf,
+pub struct ActivePolicy {
+    /// The compiled policy.
+    pub policy: verdict_rules::Policy,
+    /// Its text.
+    pub text: String,
+    /// Where it was read.
+    pub path: std::path::PathBuf,
 }
 
 /// Appends `policy:activated` with the policy's full text, once per distinct text (the dedupe
 /// key is its SHA-256), so every decision can be re-derived from the log alone.
-async fn record_activation(writer: &LogWriter, active: &ActivePolicy) -> anyhow::Result<u64> {
+pub async fn record_activation(writer: &LogWriter, active: &ActivePolicy) -> anyhow::Result<u64> {
     let p = &active.policy;
     let body = serde_json::json!({
         "name": p.name,
@@ -123,10 +126,23 @@ async fn serve(
     let max_body = *loaded.config.server.max_body_bytes.get_ref();
     let ingress = Ingress::new(sources, max_body, writer.clone());
     let decider_present = policy.is_some();
-    let decider = policy.map(|active| crate::projections::Decider {
-        policy: std::sync::Arc::new(active.policy),
-        writer: writer.clone(),
-    });
+    let mut _watcher = None;
+    let decider = match policy {
+        Some(active) => {
+            let path = active.path.clone();
+            let current = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(active.policy));
+            let stats = std::sync::Arc::new(crate::reload::ReloadStats::default());
+            _watcher = Some(
+                crate::reload::start(path, std::sync::Arc::clone(&current), writer.clone(), stats)
+                    .context("watching the policy file")?,
+            );
+            Some(crate::projections::Decider {
+                policy: current,
+                writer: writer.clone(),
+            })
+        }
+        None => None,
+    };
     let projector = crate::projections::spawn_runner(
         db.clone(),
         writer.subscribe(),
@@ -162,10 +178,11 @@ async fn serve(
     });
     tracing::info!(addr = %local, db = %db.display(), "verdict listening");
     // A line on stdout for scripts and tests that need the bound port (listen = "...:0").
+    let shutdown = shutdown_signal()?;
     println!("verdict listening on http://{local}");
 
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(shutdown)
         .await
         .context("serving HTTP")?;
     tracing::info!("HTTP stopped; committing queued appends");
@@ -186,22 +203,16 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
     (StatusCode::OK, "ready")
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if tokio::signal::ctrl_c().await.is_err() {
-            std::future::pending::<()>().await;
+/// Installs the SIGTERM and SIGINT handlers now (before the server announces itself, so a
+/// signal sent right after the announcement is never lost) and resolves on the first signal.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = int.recv() => tracing::info!("SIGINT: shutting down"),
+            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         }
-    };
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    tokio::select! {
-        () = ctrl_c => tracing::info!("SIGINT: shutting down"),
-        () = term => tracing::info!("SIGTERM: shutting down"),
-    }
+    })
 }

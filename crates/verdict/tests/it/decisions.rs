@@ -184,3 +184,78 @@ async fn an_older_finished_event_arriving_later_decides_nothing() {
         .count();
     assert_eq!(decisions, 1);
 }
+
+fn export_types(s: &Server) -> Vec<Value> {
+    let out = verdict(&s.config(), &["log", "export"]);
+    text(&out.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn activations(s: &Server) -> Vec<Value> {
+    export_types(s)
+        .into_iter()
+        .filter(|e| e["type"] == "policy:activated")
+        .collect()
+}
+
+/// Replaces the file by rename, as editors and ConfigMaps do.
+fn replace(path: &std::path::Path, text: &str) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+#[tokio::test]
+async fn the_policy_reloads_on_change_and_a_broken_one_is_rejected() {
+    let policies = tempfile::tempdir().unwrap();
+    let path = policies.path().join("kyc.toml");
+    let shipped = include_str!("../../../../config/policies/kyc.toml");
+    std::fs::write(&path, shipped).unwrap();
+    let s = Server::start_with(&format!(
+        "[policy]\npath = {:?}\n\n[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice\"\n",
+        path.display().to_string()
+    ));
+    assert_eq!(activations(&s).len(), 1);
+
+    replace(
+        &path,
+        &shipped.replace("version = \"1\"", "version = \"2\""),
+    );
+    let found = eventually("version 2 activated", async || {
+        let a = activations(&s);
+        (a.len() == 2).then_some(a)
+    })
+    .await;
+    assert_eq!(found[1]["payload"]["version"], "2");
+
+    // A broken replacement is rejected; the old policy stays and the sidecar stays ready.
+    replace(
+        &path,
+        "[policy]\nname = \"kyc\"\nversion = \"3\"\ndefault_action = \"approve\"\n[[rules]]\nid = \"x\"\nwhen = 'details.'\naction = \"decline\"\nreason = \"r\"\n",
+    );
+    eventually("the rejection logged", async || {
+        s.stderr().contains("policy reload failed").then_some(())
+    })
+    .await;
+    assert_eq!(activations(&s).len(), 2);
+    assert_eq!(
+        s.http.get(s.url("/readyz")).send().await.unwrap().status(),
+        200
+    );
+
+    // Fixed again, and SIGHUP forces a check as well: version 3 decides from now on.
+    replace(
+        &path,
+        &shipped.replace("version = \"1\"", "version = \"3\""),
+    );
+    s.signal("HUP");
+    eventually("version 3 activated", async || {
+        (activations(&s).len() == 3).then_some(())
+    })
+    .await;
+    s.post_seon(APPROVED, Some("r-app"), SEON_SECRET).await;
+    let d = decided(&s, APPROVED_SID, |d| d["source"] == "policy").await;
+    assert_eq!(d["policy"]["version"], "3");
+}

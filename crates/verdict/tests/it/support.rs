@@ -213,6 +213,14 @@ impl Server {
         self.post("seon-idv", &h, body.to_owned()).await
     }
 
+    /// Sends a signal (`kill -NAME`) to the server.
+    pub fn signal(&self, name: &str) {
+        let _ = Command::new("kill")
+            .arg(format!("-{name}"))
+            .arg(self.child.0.id().to_string())
+            .status();
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> (ExitStatus, tempfile::TempDir) {
         let _ = Command::new("kill")

@@ -1,0 +1,127 @@
+//! Policy hot reload: the policy file's directory is watched (debounced; editors and Kubernetes
+//! ConfigMaps replace files by rename, so any change in the directory triggers a check) and
+//! SIGHUP forces a check. A new text is compiled fully before it is swapped in atomically;
+//! readers never wait. A text that does not compile is rejected with its diagnostics in the
+//! log; the old policy stays active and `/readyz` stays ready.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify_debouncer_full::notify::RecursiveMode;
+use verdict_log::LogWriter;
+use verdict_rules::Policy;
+
+/// Reload outcomes, for metrics.
+#[derive(Debug, Default)]
+pub struct ReloadStats {
+    /// New policies activated.
+    pub ok: AtomicU64,
+    /// Replacements rejected (unreadable or not compiling).
+    pub failed: AtomicU64,
+}
+
+/// Watches `path` and swaps `current` when its text changes and compiles. Runs until the
+/// runtime stops. Returns the watcher, which must be kept alive.
+pub fn start(
+    path: PathBuf,
+    current: Arc<ArcSwap<Policy>>,
+    writer: LogWriter,
+    stats: Arc<ReloadStats>,
+) -> anyhow::Result<
+    notify_debouncer_full::Debouncer<
+        notify_debouncer_full::notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(8);
+    let file_tx = tx.clone();
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(200),
+        None,
+        move |result: notify_debouncer_full::DebounceEventResult| {
+            if result.is_ok_and(|events| !events.is_empty()) {
+                let _ = file_tx.try_send("file changed");
+            }
+        },
+    )?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), PathBuf::from);
+    debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
+    // Installed now, not in the task: a SIGHUP arriving before the task first runs must not
+    // fall back to the default action (terminating the process).
+    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP; file watching only");
+            None
+        }
+    };
+    tokio::spawn(async move {
+        loop {
+            let why = tokio::select! {
+                Some(why) = rx.recv() => why,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
+                else => return,
+            };
+            check(&path, &current, &writer, &stats, why).await;
+        }
+    });
+    drop(tx);
+    Ok(debouncer)
+}
+
+async fn check(
+    path: &std::path::Path,
+    current: &ArcSwap<Policy>,
+    writer: &LogWriter,
+    stats: &ReloadStats,
+    why: &str,
+) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => {
+            // A rename in progress can leave the name missing for a moment; the next event retries.
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(path = %path.display(), error = %e, why, "policy reload failed: cannot read the file; keeping the active policy");
+            return;
+        }
+    };
+    let sha = verdict_log::sha256(text.as_bytes());
+    if hex::encode(sha) == current.load().sha256 {
+        return;
+    }
+    match Policy::parse(&text) {
+        Ok(policy) => {
+            let active = crate::serve::ActivePolicy {
+                policy,
+                text,
+                path: path.to_owned(),
+            };
+            if let Err(e) = crate::serve::record_activation(writer, &active).await {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %format!("{e:#}"), "policy reload failed: cannot record it; keeping the active policy");
+                return;
+            }
+            tracing::info!(why, name = %active.policy.name, version = %active.policy.version, sha256 = %active.policy.sha256, "policy reloaded");
+            current.store(Arc::new(active.policy));
+            stats.ok.fetch_add(1, Ordering::Relaxed);
+        }
+        Err(diagnostics) => {
+            stats.failed.fetch_add(1, Ordering::Relaxed);
+            let rendered: Vec<String> = diagnostics
+                .iter()
+                .map(|d| crate::policycmd::render(path, &text, d))
+                .collect();
+            tracing::error!(
+                why,
+                "policy reload failed; keeping the active policy:\n{}",
+                rendered.join("\n")
+            );
+        }
+    }
+}
