@@ -147,14 +147,14 @@ async fn receive<A: Appender>(
 ) -> Response {
     let Some(source) = ing.sources.get(&name) else {
         ing.observe(&name, Outcome::UnknownSource);
-        return json(
+        return json_response(
             StatusCode::NOT_FOUND,
             r#"{"error":"unknown source"}"#.to_owned(),
         );
     };
     let too_large = || {
         ing.observe(&name, Outcome::Rejected("too_large"));
-        json(
+        json_response(
             StatusCode::PAYLOAD_TOO_LARGE,
             format!(
                 r#"{{"error":"body larger than {} bytes"}}"#,
@@ -175,7 +175,7 @@ async fn receive<A: Appender>(
         Err(e) => {
             tracing::debug!(source = %name, error = %e, "could not read request body");
             ing.observe(&name, Outcome::Rejected("unreadable_body"));
-            return json(
+            return json_response(
                 StatusCode::BAD_REQUEST,
                 r#"{"error":"could not read body"}"#.to_owned(),
             );
@@ -184,7 +184,7 @@ async fn receive<A: Appender>(
     let envelope = Envelope::read(&bytes);
     if envelope.is_ping() && source.verifier.scheme().accepts_ping() {
         ing.observe(&name, Outcome::Ping);
-        return json(StatusCode::OK, r#"{"status":"ping"}"#.to_owned());
+        return json_response(StatusCode::OK, r#"{"status":"ping"}"#.to_owned());
     }
     let verified = match source.verifier.verify(&headers, &bytes, now_secs()) {
         Ok(v) => v,
@@ -195,7 +195,7 @@ async fn receive<A: Appender>(
                 Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
                 _ => StatusCode::UNAUTHORIZED,
             };
-            return json(
+            return json_response(
                 status,
                 serde_json::json!({ "error": rejection.to_string() }).to_string(),
             );
@@ -205,14 +205,14 @@ async fn receive<A: Appender>(
     match ing.appender.append(event).await {
         Ok(Appended::New { seq, .. }) => {
             ing.observe(&name, Outcome::Accepted);
-            json(
+            json_response(
                 StatusCode::OK,
                 format!(r#"{{"status":"accepted","seq":{seq}}}"#),
             )
         }
         Ok(Appended::Duplicate { seq }) => {
             ing.observe(&name, Outcome::Duplicate);
-            json(
+            json_response(
                 StatusCode::OK,
                 format!(r#"{{"status":"duplicate","seq":{seq}}}"#),
             )
@@ -220,7 +220,7 @@ async fn receive<A: Appender>(
         Err(e) => {
             ing.observe(&name, Outcome::Unavailable);
             tracing::error!(source = %name, error = %e, "delivery not stored");
-            let mut resp = json(
+            let mut resp = json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 r#"{"error":"the log cannot be written; retry later"}"#.to_owned(),
             );
@@ -249,7 +249,8 @@ fn now_secs() -> i64 {
     verdict_log::now_ms() / 1000
 }
 
-fn json(status: StatusCode, body: String) -> Response {
+/// A response with a JSON body (already serialised) and its content type.
+pub fn json_response(status: StatusCode, body: String) -> Response {
     (
         status,
         [(

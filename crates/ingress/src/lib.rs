@@ -19,4 +19,6 @@ pub mod envelope;
 mod handler;
 pub mod signature;
 
-pub use handler::{Appender, Ingress, NullAppender, Observer, Outcome, Source, router};
+pub use handler::{
+    Appender, Ingress, NullAppender, Observer, Outcome, Source, json_response, router,
+};

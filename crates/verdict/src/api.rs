@@ -19,6 +19,7 @@ use verdict_projector::{Action, OverrideBody};
 
 use crate::config::{Role, Secret};
 use crate::projections;
+use verdict_ingress::json_response;
 
 /// A configured token: its holder, role and the SHA-256 of the token (compared in constant
 /// time; the token itself is not kept).
@@ -149,7 +150,7 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        json(self.0, serde_json::json!({ "error": self.1 }).to_string())
+        json_response(self.0, serde_json::json!({ "error": self.1 }).to_string())
     }
 }
 
@@ -158,18 +159,6 @@ impl From<anyhow::Error> for ApiError {
         tracing::error!(error = %format!("{e:#}"), "API request failed");
         Self(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
     }
-}
-
-fn json(status: StatusCode, body: String) -> Response {
-    (
-        status,
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        body,
-    )
-        .into_response()
 }
 
 /// The `/v1` routes.
@@ -230,7 +219,7 @@ async fn show(
         })
         .await?;
     match found {
-        Some(s) => Ok(json(
+        Some(s) => Ok(json_response(
             StatusCode::OK,
             projections::session_json(&s).to_string(),
         )),
@@ -244,7 +233,7 @@ async fn history(State(api): State<Api>, Path(id): Path<String>) -> Result<Respo
         .run(move |log| projections::history_json(log, &id))
         .await?
     {
-        Some(body) => Ok(json(StatusCode::OK, body)),
+        Some(body) => Ok(json_response(StatusCode::OK, body)),
         None => Err(ApiError(StatusCode::NOT_FOUND, "unknown session".into())),
     }
 }
@@ -283,7 +272,7 @@ async fn list(State(api): State<Api>, Query(q): Query<ListQuery>) -> Result<Resp
         "sessions": sessions.iter().map(projections::session_json).collect::<Vec<_>>(),
         "next": next,
     });
-    Ok(json(StatusCode::OK, body.to_string()))
+    Ok(json_response(StatusCode::OK, body.to_string()))
 }
 
 #[derive(Debug, Deserialize)]
@@ -318,7 +307,7 @@ async fn events(
             ))
         })
         .await?;
-    Ok(json(StatusCode::OK, body))
+    Ok(json_response(StatusCode::OK, body))
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,5 +384,5 @@ async fn override_session(
         None
     };
     let answer = serde_json::json!({ "status": "recorded", "seq": seq, "override": body, "decision": decision });
-    Ok(json(StatusCode::OK, answer.to_string()))
+    Ok(json_response(StatusCode::OK, answer.to_string()))
 }

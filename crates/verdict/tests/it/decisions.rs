@@ -26,14 +26,9 @@ fn config() -> String {
 }
 
 async fn session(s: &Server, id: &str) -> Value {
-    let resp = s
-        .http
-        .get(s.url(&format!("/v1/sessions/{id}")))
-        .bearer_auth("tok-alice")
-        .send()
+    get(s, &format!("/v1/sessions/{id}"), Some("tok-alice"))
         .await
-        .unwrap();
-    resp.json().await.unwrap_or(Value::Null)
+        .1
 }
 
 /// Waits (bounded) until the session's decision satisfies `ok` and is stored (has a seq).

@@ -24,29 +24,6 @@ const UPDATED: &str =
 const APPROVED: &str = include_str!("../../../../fixtures/seon/session_finished_approved.json");
 const SID: &str = "2a7c9e11-4b3d-4f60-a2b8-c9d0e1f2a3b4";
 
-async fn get(s: &Server, path: &str, token: Option<&str>) -> (u16, Value) {
-    let mut req = s.http.get(s.url(path));
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-async fn post_override(s: &Server, id: &str, token: &str, body: Value) -> (u16, Value) {
-    let resp = s
-        .http
-        .post(s.url(&format!("/v1/sessions/{id}/override")))
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
 /// Waits (bounded) until the session shows `event_count` entries: the projector runs after the
 /// 200, woken by the commit.
 async fn settled(s: &Server, id: &str, event_count: u64) -> Value {

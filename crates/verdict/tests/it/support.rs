@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use hmac::{Hmac, KeyInit, Mac};
+use serde_json::Value;
 use sha2::Sha256;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_verdict");
@@ -272,4 +273,29 @@ pub async fn eventually<T>(what: &str, mut probe: impl AsyncFnMut() -> Option<T>
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// GET a JSON document with an optional bearer token: (status, body).
+pub async fn get(s: &Server, path: &str, token: Option<&str>) -> (u16, Value) {
+    let mut req = s.http.get(s.url(path));
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// POST an override as the token's holder: (status, body).
+pub async fn post_override(s: &Server, id: &str, token: &str, body: Value) -> (u16, Value) {
+    let resp = s
+        .http
+        .post(s.url(&format!("/v1/sessions/{id}/override")))
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
 }
