@@ -7,6 +7,9 @@ pub enum StoreError {
     /// Callers answer 503 and let the sender retry; nothing was committed.
     #[error("sqlite: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// An operation outside SQLite failed (starting the writer thread). Callers stop.
+    #[error("{0}")]
+    Io(String),
     /// The database was written by a newer verdict (its `user_version` is beyond ours).
     /// Callers stop: running an old binary on a newer schema could corrupt it.
     #[error("database schema version {found} is newer than this verdict supports ({supported})")]

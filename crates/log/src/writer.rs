@@ -100,9 +100,7 @@ impl LogWriter {
         std::thread::Builder::new()
             .name("verdict-log-writer".into())
             .spawn(move || run(store, rx, &committed_tx, &thread_healthy, &config))
-            .map_err(|e| {
-                StoreError::Sqlite(rusqlite::Error::ToSqlConversionFailure(Box::new(e)))
-            })?;
+            .map_err(|e| StoreError::Io(format!("starting the writer thread: {e}")))?;
         Ok(Self {
             tx,
             committed,

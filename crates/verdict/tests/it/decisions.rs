@@ -68,18 +68,10 @@ async fn policy_vendor_and_analyst_decisions_follow_the_session() {
         (Some("approve"), Some("analyst@example.com"))
     );
 
-    let resp = s
-        .http
-        .post(s.url(&format!("/v1/sessions/{SID}/override")))
-        .bearer_auth("tok-alice")
-        .json(
-            &json!({"action": "decline", "reason": "document reused elsewhere", "ticket": "KYC-7"}),
-        )
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let answer: Value = resp.json().await.unwrap();
+    let body =
+        json!({"action": "decline", "reason": "document reused elsewhere", "ticket": "KYC-7"});
+    let (status, answer) = post_override(&s, SID, "tok-alice", body).await;
+    assert_eq!(status, 200);
     assert_eq!(
         (
             answer["decision"]["source"].as_str(),
@@ -98,21 +90,19 @@ async fn policy_vendor_and_analyst_decisions_follow_the_session() {
 
     // The same action by the same source again records nothing new.
     let before = s.count();
-    s.http
-        .post(s.url(&format!("/v1/sessions/{SID}/override")))
-        .bearer_auth("tok-alice")
-        .json(&json!({"action": "decline", "reason": "still reused"}))
-        .send()
-        .await
-        .unwrap();
-    let resp = s
-        .http
-        .get(s.url(&format!("/v1/sessions/{SID}/history")))
-        .bearer_auth("tok-alice")
-        .send()
-        .await
-        .unwrap();
-    let history: Value = resp.json().await.unwrap();
+    post_override(
+        &s,
+        SID,
+        "tok-alice",
+        json!({"action": "decline", "reason": "still reused"}),
+    )
+    .await;
+    let (_, history) = get(
+        &s,
+        &format!("/v1/sessions/{SID}/history"),
+        Some("tok-alice"),
+    )
+    .await;
     let kinds: Vec<&str> = history["entries"]
         .as_array()
         .unwrap()
@@ -133,14 +123,7 @@ async fn policy_vendor_and_analyst_decisions_follow_the_session() {
     assert!(out.status.success(), "{}", text(&out.stdout));
 
     // Lists filter on the current decision's action.
-    let resp = s
-        .http
-        .get(s.url("/v1/sessions?action=approve"))
-        .bearer_auth("tok-alice")
-        .send()
-        .await
-        .unwrap();
-    let page: Value = resp.json().await.unwrap();
+    let (_, page) = get(&s, "/v1/sessions?action=approve", Some("tok-alice")).await;
     let ids: Vec<&str> = page["sessions"]
         .as_array()
         .unwrap()
