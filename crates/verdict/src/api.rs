@@ -117,6 +117,8 @@ pub struct Api {
     pub decides: bool,
     /// The projector's progress (newest seq folded).
     pub projected: tokio::sync::watch::Receiver<u64>,
+    /// Becomes true at shutdown (ends long polls).
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The session's decision once the projector has folded `seq` (an override just recorded),
@@ -169,6 +171,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(api: Api) -> Router<S> {
         .route("/v1/sessions/{id}/history", get(history))
         .route("/v1/sessions/{id}/override", post(override_session))
         .route("/v1/events", get(events))
+        .route("/v1/decisions", get(decisions))
         .route_layer(middleware::from_fn_with_state(api.clone(), auth))
         .with_state(api)
 }
@@ -385,4 +388,98 @@ async fn override_session(
     };
     let answer = serde_json::json!({ "status": "recorded", "seq": seq, "override": body, "decision": decision });
     Ok(json_response(StatusCode::OK, answer.to_string()))
+}
+
+#[derive(Debug, Deserialize)]
+struct DecisionsQuery {
+    after: Option<u64>,
+    limit: Option<usize>,
+    wait: Option<u64>,
+}
+
+/// The longest long poll.
+const MAX_WAIT_SECS: u64 = 60;
+
+/// `GET /v1/decisions?after=SEQ&limit=N[&wait=SECS]`: decisions after a seq, oldest first;
+/// with `wait`, held until one exists, woken by the writer's commits, or the time is up.
+async fn decisions(
+    State(api): State<Api>,
+    Query(q): Query<DecisionsQuery>,
+) -> Result<Response, ApiError> {
+    let after = q.after.unwrap_or(0);
+    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
+    let wait = std::time::Duration::from_secs(q.wait.unwrap_or(0).min(MAX_WAIT_SECS));
+    let deadline = tokio::time::Instant::now() + wait;
+    let mut committed = api.writer.subscribe();
+    let mut stop = api.stop.clone();
+    loop {
+        // Marked seen before reading, so a commit during the read still wakes the wait below.
+        committed.borrow_and_update();
+        let (items, next) = api
+            .reads
+            .run(move |log| decisions_after(log, after, limit))
+            .await?;
+        if !items.is_empty() || tokio::time::Instant::now() >= deadline || *stop.borrow() {
+            let body = format!(r#"{{"decisions":[{}],"next":{next}}}"#, items.join(","));
+            return Ok(json_response(StatusCode::OK, body));
+        }
+        let writer_gone = tokio::select! {
+            changed = committed.changed() => changed.is_err(),
+            () = tokio::time::sleep_until(deadline) => false,
+            _ = stop.changed() => false,
+        };
+        if writer_gone {
+            let body = format!(r#"{{"decisions":[],"next":{next}}}"#);
+            return Ok(json_response(StatusCode::OK, body));
+        }
+    }
+}
+
+/// Up to `limit` decisions after `after`, as JSON objects with their seq, and the cursor: the
+/// last decision's seq, or the head that was read when fewer than `limit` were found (so the
+/// next call skips the entries already looked at).
+fn decisions_after(
+    log: &SqliteLog,
+    after: u64,
+    limit: usize,
+) -> anyhow::Result<(Vec<String>, u64)> {
+    let head = log.head()?.map_or(0, |h| h.seq);
+    let conn = log.connection();
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, body, body_encoding FROM events \
+         WHERE seq > ?1 AND seq <= ?2 AND source = ?3 AND type = ?4 ORDER BY seq LIMIT ?5",
+    )?;
+    let rows = stmt.query_map(
+        rusqlite::params![
+            i64::try_from(after).unwrap_or(i64::MAX),
+            i64::try_from(head).unwrap_or(i64::MAX),
+            verdict_log::INTERNAL_SOURCE,
+            verdict_projector::fact::DECISION,
+            i64::try_from(limit).unwrap_or(1000)
+        ],
+        |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, Vec<u8>>(1)?,
+                r.get::<_, i64>(2)?,
+            ))
+        },
+    )?;
+    let mut items = Vec::new();
+    let mut last = after;
+    for row in rows {
+        let (seq, stored, encoding) = row?;
+        let seq = u64::try_from(seq).unwrap_or(0);
+        let body = verdict_log::decode_body(encoding, stored)
+            .ok_or_else(|| anyhow::anyhow!("decision seq {seq}: undecodable body"))?;
+        let d: verdict_projector::DecisionBody = serde_json::from_slice(&body)?;
+        items.push(crate::outbox::decision_json(&d, seq)?);
+        last = seq;
+    }
+    let next = if items.len() < limit {
+        head.max(after)
+    } else {
+        last
+    };
+    Ok((items, next))
 }

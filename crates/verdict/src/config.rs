@@ -73,6 +73,9 @@ pub struct Config {
     /// `[[sinks]]`.
     #[serde(default)]
     pub sinks: Vec<SinkConfig>,
+    /// `[delivery]`: how decisions are delivered to the sinks.
+    #[serde(default)]
+    pub delivery: DeliveryConfig,
     /// `[[tokens]]`.
     #[serde(default)]
     pub tokens: Vec<TokenConfig>,
@@ -166,6 +169,58 @@ fn default_tolerance() -> u64 {
 pub struct PolicyConfig {
     /// The active policy file.
     pub path: Spanned<PathBuf>,
+}
+
+/// `[delivery]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeliveryConfig {
+    /// Per attempt, in seconds.
+    pub timeout_secs: u64,
+    /// The wait after the first failed attempt, in milliseconds; it doubles after each failure.
+    pub initial_backoff_ms: u64,
+    /// The longest wait between attempts (and the cap on `Retry-After`), in seconds.
+    pub max_backoff_secs: u64,
+    /// Attempts in all before a delivery is dead-lettered.
+    pub max_attempts: u32,
+    /// Relative jitter of each wait, 0 to 1.
+    pub jitter: f64,
+    /// Mark an undelivered decision superseded when a newer one of the same session is pending.
+    pub supersede: bool,
+    /// Attempts in flight at once.
+    pub concurrency: usize,
+}
+
+impl Default for DeliveryConfig {
+    fn default() -> Self {
+        let s = verdict_delivery::Schedule::default();
+        Self {
+            timeout_secs: 10,
+            initial_backoff_ms: u64::try_from(s.initial.as_millis()).unwrap_or(2000),
+            max_backoff_secs: s.max_delay.as_secs(),
+            max_attempts: s.max_attempts,
+            jitter: s.jitter,
+            supersede: true,
+            concurrency: 16,
+        }
+    }
+}
+
+impl DeliveryConfig {
+    /// The dispatcher's settings.
+    pub fn settings(&self) -> crate::outbox::Settings {
+        crate::outbox::Settings {
+            schedule: verdict_delivery::Schedule {
+                initial: std::time::Duration::from_millis(self.initial_backoff_ms),
+                max_delay: std::time::Duration::from_secs(self.max_backoff_secs),
+                max_attempts: self.max_attempts,
+                jitter: self.jitter,
+            },
+            timeout: std::time::Duration::from_secs(self.timeout_secs),
+            supersede: self.supersede,
+            concurrency: self.concurrency,
+        }
+    }
 }
 
 /// One `[[sinks]]` entry.
@@ -319,7 +374,28 @@ impl Loaded {
                 return self.err(t.name.span(), "token name must not be empty");
             }
         }
+        let d = &c.delivery;
+        if d.timeout_secs == 0 || d.max_attempts == 0 || d.concurrency == 0 {
+            return Err(ConfigError {
+                location: self.file.display().to_string(),
+                message: "[delivery] timeout_secs, max_attempts and concurrency must be at least 1"
+                    .into(),
+            });
+        }
+        if !(0.0..=1.0).contains(&d.jitter) {
+            return Err(ConfigError {
+                location: self.file.display().to_string(),
+                message: "[delivery] jitter must be between 0 and 1".into(),
+            });
+        }
+        let mut sink_names = HashSet::new();
         for s in &c.sinks {
+            if !sink_names.insert(s.name.get_ref().as_str()) {
+                return self.err(
+                    s.name.span(),
+                    format!("sink {:?} is defined twice", s.name.get_ref()),
+                );
+            }
             let url = s.url.get_ref();
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return self.err(
@@ -413,17 +489,21 @@ impl Loaded {
             .collect()
     }
 
-    /// Every sink, resolved: (name, url, secret).
-    pub fn sinks(&self) -> Result<Vec<(String, String, Secret)>, ConfigError> {
+    /// Every sink, resolved, its secret checked to be a Standard Webhooks secret.
+    pub fn sinks(&self) -> Result<Vec<crate::outbox::Sink>, ConfigError> {
         self.config
             .sinks
             .iter()
             .map(|s| {
-                Ok((
-                    s.name.get_ref().clone(),
-                    s.url.get_ref().clone(),
-                    self.secret(&s.secret)?,
-                ))
+                let secret = self.secret(&s.secret)?;
+                let signer = verdict_delivery::Signer::new(secret.expose()).or_else(|e| {
+                    self.err(s.secret.span(), format!("sink {:?}: {e}", s.name.get_ref()))
+                })?;
+                Ok(crate::outbox::Sink {
+                    name: s.name.get_ref().clone(),
+                    url: s.url.get_ref().clone(),
+                    signer,
+                })
             })
             .collect()
     }

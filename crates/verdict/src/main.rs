@@ -5,7 +5,9 @@
 
 mod api;
 mod config;
+mod deliverycmd;
 mod logcmd;
+mod outbox;
 mod policycmd;
 mod projections;
 mod reload;
@@ -95,6 +97,11 @@ enum Command {
         #[arg(long, default_value_t = 32)]
         concurrency: usize,
     },
+    /// Decision deliveries to the sinks: list, redrive dead letters, re-enable a sink.
+    Deliveries {
+        #[command(subcommand)]
+        command: DeliveriesCommand,
+    },
     /// Record an analyst override of a session.
     Override {
         /// The session id.
@@ -142,6 +149,38 @@ enum SessionCommand {
     History {
         /// The session id.
         id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum DeliveriesCommand {
+    /// Deliveries not yet delivered (pending and dead), newest first.
+    List {
+        /// Only dead-lettered deliveries.
+        #[arg(long, conflicts_with = "all")]
+        dead: bool,
+        /// Every delivery, delivered and superseded included.
+        #[arg(long)]
+        all: bool,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object a line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue a dead (or superseded) delivery again, from a fresh schedule.
+    Retry {
+        /// The delivery id (from `deliveries list`).
+        id: Option<i64>,
+        /// Every dead delivery.
+        #[arg(long)]
+        all_dead: bool,
+    },
+    /// Resume a sink that was disabled because it answered 410 Gone.
+    Enable {
+        /// The sink's name.
+        sink: String,
     },
 }
 
@@ -276,6 +315,25 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         Command::Session {
             command: SessionCommand::History { id },
         } => sessioncmd::history(&loaded, id),
+        Command::Deliveries { command } => match command {
+            DeliveriesCommand::List {
+                dead,
+                all,
+                limit,
+                json,
+            } => {
+                let filter = match (dead, all) {
+                    (true, _) => outbox::Filter::Dead,
+                    (false, true) => outbox::Filter::All,
+                    (false, false) => outbox::Filter::Undelivered,
+                };
+                deliverycmd::list(&loaded, filter, *limit, *json)
+            }
+            DeliveriesCommand::Retry { id, all_dead } => {
+                deliverycmd::retry(&loaded, *id, *all_dead)
+            }
+            DeliveriesCommand::Enable { sink } => deliverycmd::enable(&loaded, sink),
+        },
         Command::Override {
             id,
             action,

@@ -12,6 +12,8 @@ use serde_json::value::RawValue;
 use tokio::sync::watch;
 use verdict_log::{Entry, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
 use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
+
+use crate::outbox::OUTBOX;
 use verdict_projector::{
     Action, Change, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Projection,
     Recorded, Session, fact_session, read,
@@ -173,16 +175,31 @@ pub fn apply_entries(
     conn: &mut Connection,
     entries: &[Entry],
     decider: Option<&Decider>,
+    feed: Option<&crate::outbox::Feed>,
 ) -> anyhow::Result<u64> {
     let start = checkpoint(conn, PROJECTOR)?;
+    // The outbox may lag the projector (after `verdict replay`): its entries are read again,
+    // folded no more, and only their decisions enqueued.
+    let outbox_from = checkpoint(conn, OUTBOX)?;
     let mut cp = start;
+    let mut outbox_cp = outbox_from;
+    let mut enqueue: Vec<(u64, String, String)> = Vec::new();
     let mut touched: HashMap<String, Session> = HashMap::new();
     let mut links: Links = Vec::new();
     let mut quarantined: Quarantined = Vec::new();
     let mut decisions: Vec<DecisionBody> = Vec::new();
-    for e in entries.iter().filter(|e| e.seq > start) {
+    for e in entries.iter().filter(|e| e.seq > start.min(outbox_from)) {
         let r = recorded(e);
         let fact = read(&r);
+        if e.seq > outbox_from {
+            if let Fact::Decision(d) = &fact {
+                enqueue.push((e.seq, d.session_id.clone(), d.decision_id.clone()));
+            }
+            outbox_cp = e.seq;
+        }
+        if e.seq <= start {
+            continue;
+        }
         if let Fact::Quarantined { session_id, reason } = &fact {
             quarantined.push((e.seq, session_id.clone(), reason.clone()));
         }
@@ -217,7 +234,19 @@ pub fn apply_entries(
     write_links(&tx, &links, &quarantined)?;
     save_sessions(&tx, touched.values())?;
     set_checkpoint(&tx, PROJECTOR, cp)?;
+    let now = verdict_log::now_ms();
+    if let Some(feed) = feed {
+        for (seq, session, decision) in &enqueue {
+            crate::outbox::enqueue(&tx, &feed.sinks, *seq, session, decision, now)?;
+        }
+    }
+    if outbox_cp > outbox_from {
+        set_checkpoint(&tx, OUTBOX, outbox_cp)?;
+    }
     tx.commit()?;
+    if let Some(feed) = feed.filter(|f| !enqueue.is_empty() && !f.sinks.is_empty()) {
+        feed.wake.notify_one();
+    }
     Ok(cp)
 }
 
@@ -271,6 +300,20 @@ fn set_checkpoint(tx: &Connection, name: &str, seq: u64) -> rusqlite::Result<()>
     Ok(())
 }
 
+/// Prepares the projector's connection: projections are derived state, checkpointed in the
+/// same transaction, so they commit without an fsync of their own (`synchronous=NORMAL`; WAL
+/// keeps them atomic, and a transaction lost to a power cut is folded again). The outbox
+/// checkpoint starts where the projector is, so a log made before the outbox existed does not
+/// send its history.
+fn prepare(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.execute(
+        "INSERT OR IGNORE INTO checkpoints (name, seq)          SELECT ?1, COALESCE((SELECT seq FROM checkpoints WHERE name = ?2), 0)",
+        params![OUTBOX, PROJECTOR],
+    )?;
+    Ok(())
+}
+
 /// The projector thread and its progress.
 #[derive(Debug)]
 pub struct Runner {
@@ -288,6 +331,7 @@ pub fn spawn_runner(
     mut committed: watch::Receiver<u64>,
     handle: tokio::runtime::Handle,
     decider: Option<Decider>,
+    feed: Option<crate::outbox::Feed>,
 ) -> std::io::Result<Runner> {
     let (progress, projected) = watch::channel(0u64);
     let thread = std::thread::Builder::new()
@@ -304,19 +348,28 @@ pub fn spawn_runner(
                     }
                 }
             };
+            if let Err(e) = prepare(log.connection()) {
+                tracing::error!(error = %e, "projector cannot prepare its connection");
+            }
             if let Ok(cp) = checkpoint(log.connection(), PROJECTOR) {
                 progress.send_replace(cp);
             }
             loop {
                 let head = *committed.borrow_and_update();
                 let step = checkpoint(log.connection(), PROJECTOR)
+                    .and_then(|cp| Ok(cp.min(checkpoint(log.connection(), OUTBOX)?)))
                     .map_err(anyhow::Error::from)
-                    .and_then(|cp| {
-                        if cp >= head {
+                    .and_then(|from| {
+                        if from >= head {
                             return Ok(false);
                         }
-                        let entries = log.read_after(cp, BATCH)?;
-                        let done = apply_entries(log.connection_mut(), &entries, decider.as_ref())?;
+                        let entries = log.read_after(from, BATCH)?;
+                        let done = apply_entries(
+                            log.connection_mut(),
+                            &entries,
+                            decider.as_ref(),
+                            feed.as_ref(),
+                        )?;
                         progress.send_replace(done);
                         Ok(true)
                     });

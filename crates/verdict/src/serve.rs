@@ -69,7 +69,7 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
         .thread_name("verdict-worker")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(loaded, sources, tokens, policy))
+    runtime.block_on(serve(loaded, sources, tokens, sinks, policy))
 }
 
 /// The compiled policy with the text it was compiled from.
@@ -114,8 +114,11 @@ async fn serve(
     loaded: &Loaded,
     sources: Vec<verdict_ingress::Source>,
     tokens: Vec<crate::api::Token>,
+    sinks: Vec<crate::outbox::Sink>,
     policy: Option<ActivePolicy>,
 ) -> anyhow::Result<()> {
+    // Set once SIGTERM/SIGINT arrives: ends long polls and the dispatcher.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let db = &loaded.config.storage.path;
     let writer = LogWriter::open(db, WriterConfig::default())
         .with_context(|| format!("opening the log at {}", db.display()))?;
@@ -143,11 +146,30 @@ async fn serve(
         }
         None => None,
     };
+    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let feed = crate::outbox::Feed {
+        sinks: sinks.iter().map(|s| s.name.clone()).collect(),
+        wake: std::sync::Arc::clone(&wake),
+    };
+    let dispatcher = if sinks.is_empty() {
+        None
+    } else {
+        let names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+        tracing::info!(sinks = ?names, "delivering decisions");
+        Some(crate::outbox::spawn_dispatcher(
+            db,
+            sinks,
+            loaded.config.delivery.settings(),
+            wake,
+            stop.clone(),
+        )?)
+    };
     let projector = crate::projections::spawn_runner(
         db.clone(),
         writer.subscribe(),
         tokio::runtime::Handle::current(),
         decider,
+        Some(feed),
     )
     .context("starting the projector")?;
     let api = crate::api::Api {
@@ -156,6 +178,7 @@ async fn serve(
         tokens: std::sync::Arc::new(tokens),
         decides: decider_present,
         projected: projector.projected.clone(),
+        stop: stop.clone(),
     };
     let state = AppState {
         writer: writer.clone(),
@@ -178,7 +201,11 @@ async fn serve(
     });
     tracing::info!(addr = %local, db = %db.display(), "verdict listening");
     // A line on stdout for scripts and tests that need the bound port (listen = "...:0").
-    let shutdown = shutdown_signal()?;
+    let signal = shutdown_signal()?;
+    let shutdown = async move {
+        signal.await;
+        let _ = stop_tx.send(true);
+    };
     println!("verdict listening on http://{local}");
 
     axum::serve(listener, app)
@@ -189,6 +216,9 @@ async fn serve(
     writer.close().await;
     // The writer is gone, so the projector's wait ends once it has caught up.
     let _ = tokio::task::spawn_blocking(move || projector.thread.join()).await;
+    if let Some(d) = dispatcher {
+        let _ = tokio::task::spawn_blocking(move || d.thread.join()).await;
+    }
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -5,6 +5,7 @@
 
 mod commands;
 mod decisions;
+mod delivery;
 mod ingress;
 mod sessions;
 mod support;

@@ -1,0 +1,100 @@
+//! `verdict deliveries list|retry|enable`: the dead-letter queue and redrive.
+//!
+//! These write the outbox table directly (a short transaction beside a running `serve`); the
+//! server's dispatcher rescans at least every second, so a redrive is picked up promptly.
+
+use std::io::Write as _;
+use std::process::ExitCode;
+
+use verdict_log::SqliteLog;
+
+use crate::config::Loaded;
+use crate::outbox::{self, Filter};
+use crate::{UsageError, logcmd};
+
+fn open_rw(loaded: &Loaded) -> anyhow::Result<SqliteLog> {
+    drop(logcmd::open(loaded)?); // exit 2 when there is no log
+    Ok(SqliteLog::open(&loaded.config.storage.path)?)
+}
+
+/// Prints deliveries, newest first: a table, or one JSON object a line.
+pub fn list(loaded: &Loaded, filter: Filter, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let log = logcmd::open(loaded)?;
+    let rows = outbox::list(log.connection(), filter, limit)?;
+    let disabled = outbox::disabled(log.connection())?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        for r in &rows {
+            writeln!(out, "{}", serde_json::to_string(r)?)?;
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    for (sink, at, reason) in &disabled {
+        writeln!(
+            out,
+            "sink {sink} DISABLED since {at} ({reason}); `verdict deliveries enable {sink}` resumes it"
+        )?;
+    }
+    writeln!(
+        out,
+        "{:>6}  {:<12} {:>8}  {:<36}  {:<10} {:>8}  {:<24}  last",
+        "id", "sink", "seq", "session", "state", "attempts", "next attempt"
+    )?;
+    for r in &rows {
+        let last = match (&r.last_status, &r.last_error) {
+            (Some(s), _) => format!("HTTP {s}"),
+            (None, Some(e)) => e.clone(),
+            (None, None) => String::new(),
+        };
+        writeln!(
+            out,
+            "{:>6}  {:<12} {:>8}  {:<36}  {:<10} {:>8}  {:<24}  {last}",
+            r.id,
+            r.sink,
+            r.seq,
+            r.session_id,
+            r.state,
+            r.attempts,
+            r.next_attempt_at.as_deref().unwrap_or("-"),
+        )?;
+    }
+    writeln!(out, "{} deliveries", rows.len())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Queues deliveries again: one by id, or every dead one.
+pub fn retry(loaded: &Loaded, id: Option<i64>, all_dead: bool) -> anyhow::Result<ExitCode> {
+    let log = match (id, all_dead) {
+        (Some(_), false) | (None, true) => open_rw(loaded)?,
+        _ => {
+            return Err(UsageError(crate::config::ConfigError::usage(
+                "give a delivery ID or --all-dead (not both)",
+            ))
+            .into());
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    if let Some(id) = id {
+        if !outbox::retry_one(log.connection(), id)? {
+            writeln!(out, "no delivery {id}")?;
+            return Ok(ExitCode::from(1));
+        }
+        writeln!(out, "delivery {id} queued again")?;
+    } else {
+        let n = outbox::retry_dead(log.connection())?;
+        writeln!(out, "{n} dead deliveries queued again")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Enables a sink that answered 410 Gone.
+pub fn enable(loaded: &Loaded, sink: &str) -> anyhow::Result<ExitCode> {
+    let log = open_rw(loaded)?;
+    let mut out = std::io::stdout().lock();
+    if outbox::enable(log.connection(), sink)? {
+        writeln!(out, "sink {sink} enabled")?;
+    } else {
+        writeln!(out, "sink {sink} was not disabled")?;
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,543 @@
+//! Delivery of decisions to a real HTTP sink on a free port: signatures checked by an
+//! independent implementation, retries, Retry-After, dead letters and redrive, a restart in the
+//! middle of a schedule, per-session order, superseded decisions, 410, and the pull feed.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::http::{HeaderMap, StatusCode};
+use serde_json::{Value, json};
+
+use crate::support::*;
+
+const SINK_SECRET: &str = "whsec_c2luay1zZWNyZXQtZm9yLXRlc3Rz"; // base64("sink-secret-for-tests")
+const SINK_KEY: &[u8] = b"sink-secret-for-tests";
+
+/// One request the sink received.
+#[derive(Debug, Clone)]
+struct Received {
+    at: Instant,
+    at_ms: i64,
+    headers: HeaderMap,
+    body: Vec<u8>,
+    json: Value,
+}
+
+type Responder = dyn Fn(&Received, &[Received]) -> (u16, Option<String>) + Send + Sync;
+
+/// A decision sink: records every request, answers as its responder says (status, Retry-After).
+struct Sink {
+    url: String,
+    received: Arc<Mutex<Vec<Received>>>,
+    responder: Arc<Mutex<Arc<Responder>>>,
+}
+
+impl Sink {
+    async fn start(responder: Arc<Responder>) -> Self {
+        let received: Arc<Mutex<Vec<Received>>> = Arc::default();
+        let responder = Arc::new(Mutex::new(responder));
+        let (r, a) = (Arc::clone(&received), Arc::clone(&responder));
+        let app = axum::Router::new().route(
+            "/decisions",
+            axum::routing::post(move |headers: HeaderMap, body: axum::body::Bytes| {
+                let (received, responder) = (Arc::clone(&r), Arc::clone(&a));
+                async move {
+                    let got = Received {
+                        at: Instant::now(),
+                        at_ms: now_ms(),
+                        json: serde_json::from_slice(&body).unwrap_or(Value::Null),
+                        headers,
+                        body: body.to_vec(),
+                    };
+                    let respond = Arc::clone(&responder.lock().unwrap());
+                    let (status, retry_after) = {
+                        let earlier = received.lock().unwrap().clone();
+                        respond(&got, &earlier)
+                    };
+                    received.lock().unwrap().push(got);
+                    let mut resp = axum::response::Response::new(axum::body::Body::from("ok"));
+                    *resp.status_mut() = StatusCode::from_u16(status).unwrap();
+                    if let Some(ra) = retry_after {
+                        resp.headers_mut()
+                            .insert("retry-after", ra.parse().unwrap());
+                    }
+                    resp
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/decisions", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            url,
+            received,
+            responder,
+        }
+    }
+
+    fn respond(&self, responder: Arc<Responder>) {
+        *self.responder.lock().unwrap() = responder;
+    }
+
+    fn received(&self) -> Vec<Received> {
+        self.received.lock().unwrap().clone()
+    }
+
+    async fn wait_for(&self, what: &str, n: usize) -> Vec<Received> {
+        eventually(what, async || {
+            let r = self.received();
+            (r.len() >= n).then_some(r)
+        })
+        .await
+    }
+}
+
+fn ok() -> Arc<Responder> {
+    Arc::new(|_: &Received, _: &[Received]| (200, None))
+}
+
+fn always(status: u16) -> Arc<Responder> {
+    Arc::new(move |_: &Received, _: &[Received]| (status, None))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+fn config(sink: &Sink, delivery: &str) -> String {
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/policies/kyc.toml"
+    );
+    format!(
+        "[policy]\npath = {policy:?}\n\n[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice\"\n\n\
+         [[sinks]]\nname = \"backend\"\nurl = {:?}\nsecret = {SINK_SECRET:?}\n\n[delivery]\n{delivery}\n",
+        sink.url
+    )
+}
+
+/// Checks the Standard Webhooks headers with code written here (HMAC over id.ts.body).
+fn check_signature(r: &Received) {
+    let h = |n: &str| r.headers.get(n).unwrap().to_str().unwrap().to_owned();
+    let (id, ts, sig) = (
+        h("webhook-id"),
+        h("webhook-timestamp"),
+        h("webhook-signature"),
+    );
+    let expected = format!(
+        "v1,{}",
+        b64(&hmac(
+            SINK_KEY,
+            &[id.as_bytes(), b".", ts.as_bytes(), b".", &r.body]
+        ))
+    );
+    assert_eq!(sig, expected, "signature over id.timestamp.body");
+    assert_eq!(id, r.json["decision_id"].as_str().unwrap());
+    assert!((ts.parse::<i64>().unwrap() - now()).abs() < 60);
+    assert_eq!(h("content-type"), "application/json");
+}
+
+fn deliveries(s: &Server, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["deliveries", "list", "--json"];
+    all.extend_from_slice(args);
+    let out = verdict(&s.config(), &all);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+async fn finish(s: &Server, session: &str) {
+    let (status, _) = s
+        .post_seon(
+            &seon_body(session, "APPROVED"),
+            Some(&format!("req-{session}")),
+            SEON_SECRET,
+        )
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_reach_the_sink_signed() {
+    let sink = Sink::start(ok()).await;
+    let s = Server::start_with(&config(&sink, ""));
+    finish(&s, "sess-1").await;
+    let got = sink.wait_for("the decision at the sink", 1).await;
+    let r = &got[0];
+    check_signature(r);
+    // verdict's own receiving side (the ingress verifier) agrees.
+    let v = verdict_ingress::signature::Verifier::new(
+        verdict_ingress::signature::Scheme::StandardWebhooks,
+        None,
+        &[SINK_SECRET],
+        300,
+    )
+    .unwrap();
+    assert!(v.verify(&r.headers, &r.body, now()).is_ok());
+    let d = &r.json;
+    assert_eq!(d["session_id"], "sess-1");
+    assert_eq!(d["source"], "policy");
+    assert!(d["seq"].as_u64().unwrap() > d["trigger_seq"].as_u64().unwrap());
+    for field in [
+        "action",
+        "rules",
+        "reasons",
+        "policy",
+        "decided_at",
+        "decision_id",
+    ] {
+        assert!(d.get(field).is_some(), "{field} in {d}");
+    }
+    // The decision matches the session's current one.
+    let (_, session) = get(&s, "/v1/sessions/sess-1", Some("tok-alice")).await;
+    assert_eq!(session["decision"]["decision_id"], d["decision_id"]);
+    let rows = eventually("the delivery recorded", async || {
+        let rows = deliveries(&s, &["--all"]);
+        (rows.first().is_some_and(|r| r["state"] == "delivered")).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["attempts"], 1);
+    assert_eq!(rows[0]["last_status"], 200);
+    // One delivery only, even after a while and a duplicate webhook.
+    finish(&s, "sess-1").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(sink.received().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_500_is_retried_and_retry_after_is_honoured() {
+    // 500, then 503 with Retry-After: 2, then 200.
+    let sink = Sink::start(Arc::new(
+        |_: &Received, earlier: &[Received]| match earlier.len() {
+            0 => (500, None),
+            1 => (503, Some("2".into())),
+            _ => (200, None),
+        },
+    ))
+    .await;
+    let s = Server::start_with(&config(&sink, "initial_backoff_ms = 100\njitter = 0.0\n"));
+    finish(&s, "sess-r").await;
+    let got = sink.wait_for("three attempts", 3).await;
+    let first_gap = got[1].at - got[0].at;
+    let second_gap = got[2].at - got[1].at;
+    assert!(first_gap >= Duration::from_millis(100), "{first_gap:?}");
+    assert!(
+        first_gap < Duration::from_millis(1900),
+        "backoff, not Retry-After: {first_gap:?}"
+    );
+    assert!(
+        second_gap >= Duration::from_millis(1990),
+        "Retry-After: 2 honoured: {second_gap:?}"
+    );
+    for r in &got {
+        check_signature(r);
+        assert_eq!(r.json["decision_id"], got[0].json["decision_id"]);
+    }
+    let rows = eventually("delivered after 3 attempts", async || {
+        let rows = deliveries(&s, &["--all"]);
+        rows.first()
+            .is_some_and(|r| r["state"] == "delivered")
+            .then_some(rows)
+    })
+    .await;
+    assert_eq!(rows[0]["attempts"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_and_redriven() {
+    let sink = Sink::start(always(500)).await;
+    let s = Server::start_with(&config(
+        &sink,
+        "initial_backoff_ms = 50\njitter = 0.0\nmax_attempts = 2\n",
+    ));
+    finish(&s, "sess-d").await;
+    let dead = eventually("a dead letter", async || {
+        let rows = deliveries(&s, &["--dead"]);
+        (!rows.is_empty()).then_some(rows)
+    })
+    .await;
+    assert_eq!(dead[0]["attempts"], 2);
+    assert_eq!(dead[0]["last_status"], 500);
+    assert_eq!(sink.received().len(), 2);
+    // The table names it too.
+    let out = verdict(&s.config(), &["deliveries", "list", "--dead"]);
+    assert!(text(&out.stdout).contains("dead"), "{}", text(&out.stdout));
+
+    sink.respond(ok());
+    let out = verdict(&s.config(), &["deliveries", "retry", "--all-dead"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("1 dead deliveries queued again"));
+    let got = sink.wait_for("the redriven delivery", 3).await;
+    check_signature(&got[2]);
+    eventually("delivered", async || {
+        deliveries(&s, &["--all"])
+            .first()
+            .is_some_and(|r| r["state"] == "delivered")
+            .then_some(())
+    })
+    .await;
+    assert!(deliveries(&s, &["--dead"]).is_empty());
+    // Redriving by id: an unknown id is exit 1; a delivered one is refused.
+    let id = deliveries(&s, &["--all"])[0]["id"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        verdict(&s.config(), &["deliveries", "retry", "9999"])
+            .status
+            .code(),
+        Some(1)
+    );
+    let out = verdict(&s.config(), &["deliveries", "retry", &id]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("delivered already"));
+    assert_eq!(
+        verdict(&s.config(), &["deliveries", "retry"]).status.code(),
+        Some(2)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_the_schedule() {
+    let sink = Sink::start(always(500)).await;
+    let s = Server::start_with(&config(&sink, "initial_backoff_ms = 3000\njitter = 0.0\n"));
+    finish(&s, "sess-x").await;
+    sink.wait_for("the first attempt", 1).await;
+    let row = eventually("the failed attempt recorded", async || {
+        deliveries(&s, &[]).into_iter().find(|r| r["attempts"] == 1)
+    })
+    .await;
+    let (status, dir) = s.terminate();
+    assert!(status.success());
+    let conn = rusqlite::Connection::open(dir.path().join("verdict.db")).unwrap();
+    let (attempts, next): (i64, i64) = conn
+        .query_row(
+            "SELECT attempts, next_attempt_at FROM outbox WHERE id = ?1",
+            [row["id"].as_i64().unwrap()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!(attempts, 1);
+    drop(conn);
+    sink.respond(ok());
+    let s = Server::start_in(dir);
+    let got = sink
+        .wait_for("the second attempt after the restart", 2)
+        .await;
+    // Not at start-up: at the recorded time (same clock; 50 ms for rounding).
+    assert!(
+        got[1].at_ms >= next - 50,
+        "sent {} ms before its time",
+        next - got[1].at_ms
+    );
+    let rows = eventually("delivered", async || {
+        let rows = deliveries(&s, &["--all"]);
+        rows.first()
+            .is_some_and(|r| r["state"] == "delivered")
+            .then_some(rows)
+    })
+    .await;
+    assert_eq!(rows[0]["attempts"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_session_order_holds_while_other_sessions_proceed() {
+    // Session A's first decision fails twice; A's second decision must wait for it, B must not.
+    let sink = Sink::start(Arc::new(|r: &Received, earlier: &[Received]| {
+        let a_before = earlier
+            .iter()
+            .filter(|e| e.json["session_id"] == "sess-a")
+            .count();
+        if r.json["session_id"] == "sess-a" && a_before < 2 {
+            (500, None)
+        } else {
+            (200, None)
+        }
+    }))
+    .await;
+    let s = Server::start_with(&config(
+        &sink,
+        "initial_backoff_ms = 300\njitter = 0.0\nsupersede = false\n",
+    ));
+    finish(&s, "sess-a").await;
+    sink.wait_for("A's first attempt", 1).await;
+    let (status, _) = post_override(
+        &s,
+        "sess-a",
+        "tok-alice",
+        json!({"action": "decline", "reason": "document forged"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    finish(&s, "sess-b").await;
+    let got = sink
+        .wait_for("A twice failed, A delivered twice, B", 5)
+        .await;
+    let order: Vec<(String, String, u64)> = got
+        .iter()
+        .map(|r| {
+            (
+                r.json["session_id"].as_str().unwrap().to_owned(),
+                r.json["source"].as_str().unwrap().to_owned(),
+                r.json["seq"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let a: Vec<&(String, String, u64)> = order.iter().filter(|o| o.0 == "sess-a").collect();
+    assert_eq!(
+        a.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(),
+        ["policy", "policy", "policy", "analyst"],
+        "{order:?}"
+    );
+    let b_at = order.iter().position(|o| o.0 == "sess-b").unwrap();
+    let a_delivered_at = order
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| o.0 == "sess-a")
+        .nth(2)
+        .unwrap()
+        .0;
+    assert!(
+        b_at < a_delivered_at,
+        "B went ahead while A was retried: {order:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_undelivered_decision_is_superseded() {
+    let sink = Sink::start(always(500)).await;
+    let s = Server::start_with(&config(&sink, "initial_backoff_ms = 1500\njitter = 0.0\n"));
+    finish(&s, "sess-s").await;
+    sink.wait_for("the first attempt", 1).await;
+    sink.respond(ok());
+    let (status, _) = post_override(
+        &s,
+        "sess-s",
+        "tok-alice",
+        json!({"action": "decline", "reason": "forged"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    let rows = eventually("superseded and delivered", async || {
+        let rows = deliveries(&s, &["--all"]);
+        let states: Vec<&str> = rows.iter().map(|r| r["state"].as_str().unwrap()).collect();
+        (states == ["delivered", "superseded"]).then_some(rows)
+    })
+    .await;
+    assert_eq!(rows[0]["attempts"], 1);
+    let got = sink.received();
+    assert_eq!(got.last().unwrap().json["source"], "analyst");
+    assert!(
+        got.iter()
+            .filter(|r| r.json["source"] == "policy")
+            .all(|r| r.at < got.last().unwrap().at),
+        "the stale decision is not sent after the new one"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_410_disables_the_sink_until_enabled() {
+    let sink = Sink::start(always(410)).await;
+    let s = Server::start_with(&config(&sink, "initial_backoff_ms = 50\n"));
+    finish(&s, "sess-g").await;
+    sink.wait_for("the 410", 1).await;
+    let out = eventually("the sink disabled", async || {
+        let out = text(&verdict(&s.config(), &["deliveries", "list"]).stdout);
+        out.contains("DISABLED").then_some(out)
+    })
+    .await;
+    assert!(out.contains("sink backend"), "{out}");
+    // More decisions wait; nothing is dead-lettered.
+    finish(&s, "sess-h").await;
+    eventually("two pending", async || {
+        (deliveries(&s, &[]).len() == 2).then_some(())
+    })
+    .await;
+    assert_eq!(sink.received().len(), 1);
+    sink.respond(ok());
+    let out = verdict(&s.config(), &["deliveries", "enable", "backend"]);
+    assert!(out.status.success());
+    sink.wait_for("both after enable", 3).await;
+    assert!(s.stderr().contains("410 Gone"), "{}", s.stderr());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_pull_feed_long_polls_and_wakes_promptly() {
+    let s = Server::start_with(&format!(
+        "[policy]\npath = {:?}\n\n[[tokens]]\nname = \"r\"\nrole = \"reader\"\ntoken = \"tok-r\"\n",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/policies/kyc.toml"
+        )
+    ));
+    finish(&s, "sess-p1").await;
+    let first = eventually("the first decision in the feed", async || {
+        let (_, v) = get(&s, "/v1/decisions?after=0", Some("tok-r")).await;
+        (!v["decisions"].as_array().unwrap().is_empty()).then_some(v)
+    })
+    .await;
+    let d = &first["decisions"][0];
+    assert_eq!(d["session_id"], "sess-p1");
+    let next = first["next"].as_u64().unwrap();
+    assert!(next >= d["seq"].as_u64().unwrap());
+    // Nothing new: an immediate answer without wait, the same cursor.
+    let (status, v) = get(&s, &format!("/v1/decisions?after={next}"), Some("tok-r")).await;
+    assert_eq!(status, 200);
+    assert_eq!(v["decisions"], json!([]));
+    assert_eq!(v["next"].as_u64().unwrap(), next);
+    // A long poll is answered as soon as the next decision is committed.
+    let url = s.url(&format!("/v1/decisions?after={next}&wait=30"));
+    let http = reqwest::Client::new();
+    let started = Instant::now();
+    let poll = tokio::spawn(async move {
+        let v: Value = http
+            .get(url)
+            .bearer_auth("tok-r")
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        (v, Instant::now())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!poll.is_finished(), "the long poll waits");
+    let posted = Instant::now();
+    finish(&s, "sess-p2").await;
+    let (v, answered) = poll.await.unwrap();
+    assert_eq!(v["decisions"][0]["session_id"], "sess-p2");
+    assert!(
+        answered - posted < Duration::from_secs(5),
+        "woken by the commit, not the 30 s timeout: {:?}",
+        answered - started
+    );
+    // 401 without a token.
+    let (status, _) = get(&s, "/v1/decisions", None).await;
+    assert_eq!(status, 401);
+    // A long poll ends at shutdown: SIGTERM is not held up by it.
+    let url = s.url("/v1/decisions?after=1000000&wait=60");
+    let pending = tokio::spawn(async move {
+        reqwest::Client::new()
+            .get(url)
+            .bearer_auth("tok-r")
+            .send()
+            .await
+            .map(|r| r.status().as_u16())
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let stopping = Instant::now();
+    let (status, _dir) = tokio::task::spawn_blocking(move || s.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+    assert!(stopping.elapsed() < Duration::from_secs(20));
+    assert_eq!(pending.await.unwrap().ok(), Some(200));
+}
