@@ -1,8 +1,8 @@
 -- The decision outbox: one row per (sink, decision), with the state of its delivery.
--- Rows are added by the projector (in the same transaction as its checkpoint, from the
--- `outbox` checkpoint on) and advanced by the dispatcher; every attempt is recorded here, so a
--- restart resumes each schedule exactly. Like the projections, this is derived from the log,
--- but it also remembers what was delivered: it is not rebuilt by `verdict replay`.
+-- Rows are written by the log writer in the same transaction as the decision event (the
+-- transactional outbox: a decision exists if and only if its deliveries are queued) and
+-- advanced by the dispatcher; every attempt is recorded here, so a restart resumes each
+-- schedule exactly. It remembers what was delivered: `verdict replay` leaves it alone.
 CREATE TABLE outbox (
     id              INTEGER PRIMARY KEY,    -- the delivery id shown by `verdict deliveries list`
     sink            TEXT    NOT NULL,

@@ -44,6 +44,7 @@ fn prepare(v: &Verifier, headers: &HeaderMap) -> NewEvent {
         .unwrap_or_else(|e| unreachable!("{e}"));
     let env = Envelope::read(BODY);
     NewEvent {
+        outbox: None,
         source: "seon-idv".into(),
         event_type: env.event_type,
         event_version: 1,

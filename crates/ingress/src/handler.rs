@@ -233,6 +233,7 @@ async fn receive<A: Appender>(
 
 fn new_event(source: &str, env: Envelope, v: Verified, body: Bytes) -> NewEvent {
     NewEvent {
+        outbox: None,
         source: source.to_owned(),
         event_type: env.event_type,
         event_version: 1,

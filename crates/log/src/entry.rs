@@ -35,6 +35,20 @@ pub struct NewEvent {
     /// The body as it will be stored, when already encoded ([`NewEvent::encode`]); the writer
     /// encodes it itself otherwise.
     pub encoded: Option<EncodedBody>,
+    /// Outbox rows to write in the same transaction, if the event is new (not a duplicate).
+    pub outbox: Option<OutboxEntries>,
+}
+
+/// The transactional outbox: rows of the `outbox` table written atomically with an event, one
+/// per target, so that an event exists if and only if its deliveries are queued.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntries {
+    /// Where the event goes (sink names).
+    pub targets: Vec<String>,
+    /// The ordering key: deliveries with the same key go out in seq order (the session id).
+    pub key: String,
+    /// The id the receiver deduplicates on (the decision id).
+    pub id: String,
 }
 
 /// How a body is stored in the `body` column.
@@ -148,6 +162,7 @@ impl NewEvent {
             body,
             body_sha256,
             encoded: None,
+            outbox: None,
         }
     }
 

@@ -38,8 +38,8 @@ mod verify;
 mod writer;
 
 pub use entry::{
-    BodyEncoding, EncodedBody, Entry, GENESIS, Hash, Headers, NewEvent, decode_body, entry_hash,
-    now_ms, sha256,
+    BodyEncoding, EncodedBody, Entry, GENESIS, Hash, Headers, NewEvent, OutboxEntries, decode_body,
+    entry_hash, now_ms, sha256,
 };
 pub use error::{AppendError, StoreError};
 pub use export::{ExportedEntry, one_line_json, rfc3339_ms};
@@ -48,7 +48,7 @@ pub use sqlite::{EntryRef, SqliteLog};
 pub use store::{Appended, EventStore, Head};
 pub use uuid::Uuid;
 pub use verify::{Problem, VerifyReport, verify};
-pub use writer::{LogWriter, WriterConfig, WriterStats};
+pub use writer::{LogWriter, PendingAppend, WriterConfig, WriterStats};
 
 /// The `source` of events verdict writes itself (overrides, decisions, policy activations).
 pub const INTERNAL_SOURCE: &str = "verdict";

@@ -41,6 +41,24 @@ pub struct SqliteLog {
 const COLUMNS: &str = "seq, event_id, source, type, event_version, dedupe_key, recorded_at, \
                        vendor_time, headers, body, body_sha256, prev_hash, hash, body_encoding";
 
+/// SQLite's busy handler: called with the number of earlier calls while another connection
+/// holds the write lock; `true` tries again. SQLite's own (`busy_timeout`) sleeps 1, 2, 5, 10,
+/// 15, 20, 25... ms between tries, far longer than the commits verdict waits for (a WAL commit
+/// holds the lock for well under a millisecond plus its fsync), so a writer woke up late and
+/// every stage behind it lagged. This one polls every 100 µs for the first 0.1 s, then every
+/// millisecond, and gives up (SQLITE_BUSY) after about 5 s, like the old timeout.
+fn wait_for_lock(tries: i32) -> bool {
+    let pause = if tries < 1000 {
+        Duration::from_micros(100)
+    } else if tries < 5900 {
+        Duration::from_millis(1)
+    } else {
+        return false;
+    };
+    std::thread::sleep(pause);
+    true
+}
+
 impl SqliteLog {
     /// Opens (creating if needed) the log at `path` for reading and writing, and migrates it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
@@ -50,7 +68,7 @@ impl SqliteLog {
             let _ = std::fs::create_dir_all(dir);
         }
         let mut conn = Connection::open(path)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.busy_handler(Some(wait_for_lock))?;
         // 8 KiB pages hold two or three typical (compressed) webhook bodies; only takes effect
         // when the file is created.
         conn.pragma_update(None, "page_size", 8192)?;
@@ -63,11 +81,11 @@ impl SqliteLog {
 
     /// Opens an existing log read-only. Fails if the file does not exist.
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self, StoreError> {
-        let conn = Connection::open_with_flags(
+        let mut conn = Connection::open_with_flags(
             path,
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
-        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.busy_handler(Some(wait_for_lock))?;
         Ok(Self { conn })
     }
 
@@ -229,6 +247,16 @@ impl EventStore for SqliteLog {
                 if inserted == 1 {
                     seq = next;
                     prev = hash;
+                    if let Some(o) = &ev.outbox {
+                        let mut row = tx.prepare_cached(
+                            "INSERT OR IGNORE INTO outbox (sink, seq, session_id, decision_id, \
+                             state, attempts, next_attempt_at, created_at, updated_at) \
+                             VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5)",
+                        )?;
+                        for target in &o.targets {
+                            row.execute(params![target, to_i64(seq), o.key, o.id, recorded_at])?;
+                        }
+                    }
                     out.push(Appended::New { seq, event_id });
                 } else {
                     let original = find_in(&tx, &ev.source, &ev.dedupe_key)?.ok_or_else(|| {

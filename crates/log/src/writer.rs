@@ -17,6 +17,8 @@ pub struct WriterStats {
     pub elapsed: Duration,
     /// Whether the transaction committed.
     pub ok: bool,
+    /// New events that carried outbox rows (committed with them).
+    pub outbox: usize,
 }
 
 /// Settings of the writer thread.
@@ -26,7 +28,8 @@ pub struct WriterConfig {
     pub queue_capacity: usize,
     /// Most events committed in one transaction.
     pub max_batch: usize,
-    /// Called after every batch, on the writer thread (keep it cheap).
+    /// Called after every batch (after its commit, before the callers are answered), on the
+    /// writer thread (keep it cheap).
     pub on_batch: Option<Arc<dyn Fn(WriterStats) + Send + Sync>>,
 }
 
@@ -47,6 +50,17 @@ impl fmt::Debug for WriterConfig {
             .field("max_batch", &self.max_batch)
             .field("on_batch", &self.on_batch.is_some())
             .finish()
+    }
+}
+
+/// Events submitted with [`LogWriter::submit_blocking`], not yet known to be durable.
+#[derive(Debug)]
+pub struct PendingAppend(oneshot::Receiver<Result<Vec<Appended>, AppendError>>);
+
+impl PendingAppend {
+    /// Blocks the current (non-async) thread until the events are durable.
+    pub fn wait_blocking(self) -> Result<Vec<Appended>, AppendError> {
+        self.0.blocking_recv().map_err(|_| AppendError::Closed)?
     }
 }
 
@@ -151,6 +165,18 @@ impl LogWriter {
         self.healthy.load(Ordering::Relaxed) && !self.tx.is_closed()
     }
 
+    /// Queues several events (atomically, in order after everything queued before) without
+    /// waiting: the returned [`PendingAppend`] resolves once they are durable. For a caller
+    /// that keeps working while the writer commits, and needs the order of its submissions kept.
+    pub fn submit_blocking(&self, mut events: Vec<NewEvent>) -> Result<PendingAppend, AppendError> {
+        events.iter_mut().for_each(NewEvent::encode);
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .blocking_send(Msg::Append(Job { events, reply }))
+            .map_err(|_| AppendError::Closed)?;
+        Ok(PendingAppend(rx))
+    }
+
     /// Commits everything queued before this call, then stops the thread. Appends sent after
     /// it are answered [`AppendError::Closed`].
     pub async fn close(&self) {
@@ -221,10 +247,19 @@ fn commit<S: EventStore>(
         "batch"
     );
     if let Some(cb) = &config.on_batch {
+        let outbox = match &result {
+            Ok(appended) => events
+                .iter()
+                .zip(appended)
+                .filter(|(e, a)| e.outbox.is_some() && !a.is_duplicate())
+                .count(),
+            Err(_) => 0,
+        };
         cb(WriterStats {
             events: n,
             elapsed,
             ok: result.is_ok(),
+            outbox,
         });
     }
     match result {

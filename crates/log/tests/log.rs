@@ -230,3 +230,48 @@ fn large_bodies_are_compressed_and_read_back_byte_exact() -> R {
     );
     Ok(())
 }
+
+#[test]
+fn outbox_rows_are_written_with_a_new_event_only() -> R {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("v.db");
+    let mut log = SqliteLog::open(&path)?;
+    let with_outbox = |key: &str| {
+        let mut e = NewEvent::new("verdict", "decision", key, b"{}".to_vec());
+        e.outbox = Some(verdict_log::OutboxEntries {
+            targets: vec!["backend".into(), "audit".into()],
+            key: "sess-1".into(),
+            id: format!("id-{key}"),
+        });
+        e
+    };
+    let out = log.append_batch(&[&with_outbox("d1"), &ev("x", "{}"), &with_outbox("d1")])?;
+    assert_eq!(out[2], Appended::Duplicate { seq: 1 });
+    let conn = Connection::open(&path)?;
+    let rows: Vec<(String, i64, String, String, String)> = conn
+        .prepare("SELECT sink, seq, session_id, decision_id, state FROM outbox ORDER BY sink")?
+        .query_map([], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })?
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        rows,
+        [
+            (
+                "audit".into(),
+                1,
+                "sess-1".into(),
+                "id-d1".into(),
+                "pending".into()
+            ),
+            (
+                "backend".into(),
+                1,
+                "sess-1".into(),
+                "id-d1".into(),
+                "pending".into()
+            ),
+        ]
+    );
+    Ok(())
+}

@@ -1,33 +1,37 @@
 //! Decision delivery: the outbox table (`migrations/0003_outbox.sql`), the dispatcher that
 //! POSTs each decision to every sink, and the queries behind `verdict deliveries`.
 //!
-//! The projector adds one outbox row per (sink, decision) in the same transaction as its
-//! checkpoint ([`enqueue`]). The dispatcher runs on its own thread (its SQLite calls never block
-//! the HTTP workers), woken by the projector after each batch and by finished attempts; between
-//! wake-ups it sleeps until the next due attempt, at most [`RESCAN`] (so a redrive by
-//! `verdict deliveries retry` in another process is picked up within that time).
+//! A decision's outbox rows (one per sink) are written by the log writer in the same
+//! transaction as the decision event (`verdict_log::OutboxEntries`: the transactional
+//! outbox), so a decision exists if and only if its deliveries are queued. The dispatcher runs
+//! on its own thread (its SQLite calls never block the HTTP workers), woken by the writer when a
+//! batch committed outbox rows and by finished attempts; between wake-ups it sleeps until the next due attempt, at
+//! most [`RESCAN`] (so a redrive by `verdict deliveries retry` in another process is picked up
+//! within that time).
 //!
 //! Invariants:
 //! - Per (sink, session) only the lowest-seq pending delivery may be attempted: a later decision
 //!   waits for an earlier one; other sessions proceed.
-//! - An attempt first claims its row by moving `next_attempt_at` to the end of a lease
-//!   (timeout + 5 s); a crash mid-attempt therefore retries after the lease, never loses it.
+//! - A delivery being attempted is held in memory (never attempted twice at once) until its
+//!   result is written; a crash mid-attempt leaves it pending, so it is attempted again at the
+//!   next start (at least once, never lost).
 //! - Every attempt's result (count, status or error, next time) is written before the next
-//!   attempt is considered, so a restart resumes the schedule exactly.
+//!   attempt of that delivery is considered, so a restart resumes the schedule exactly. Results
+//!   that finish together are written in one transaction (the dispatcher reads without locks
+//!   and writes once per pass, so it competes little with the log writer).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::Serialize;
+use std::sync::Arc;
+
 use tokio::sync::{Notify, watch};
 use verdict_delivery::{Outcome, Schedule, Signer, classify};
 use verdict_log::{EventStore as _, SqliteLog, now_ms, rfc3339_ms};
 use verdict_projector::DecisionBody;
 
-/// The outbox's checkpoint name: decisions up to this seq have their outbox rows.
-pub const OUTBOX: &str = "outbox";
 /// The longest sleep of the dispatcher without a wake-up.
 pub const RESCAN: Duration = Duration::from_secs(1);
 
@@ -68,34 +72,6 @@ pub struct Settings {
     pub concurrency: usize,
 }
 
-/// What the projector needs to fill the outbox.
-#[derive(Debug, Clone)]
-pub struct Feed {
-    /// The configured sinks' names.
-    pub sinks: Vec<String>,
-    /// Wakes the dispatcher.
-    pub wake: Arc<Notify>,
-}
-
-/// Adds one pending row per sink for a decision (no-op for a row that exists).
-pub fn enqueue(
-    tx: &Connection,
-    sinks: &[String],
-    seq: u64,
-    session_id: &str,
-    decision_id: &str,
-    now: i64,
-) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO outbox (sink, seq, session_id, decision_id, state, attempts, \
-         next_attempt_at, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, 'pending', 0, ?5, ?5, ?5)",
-    )?;
-    for sink in sinks {
-        insert.execute(params![sink, i64_of(seq), session_id, decision_id, now])?;
-    }
-    Ok(())
-}
-
 fn i64_of(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
@@ -108,12 +84,20 @@ fn u32_of(v: i64) -> u32 {
     u32::try_from(v).unwrap_or(u32::MAX)
 }
 
-/// A claimed delivery.
+/// An eligible delivery: when it is due, and whether a newer one of its session is pending.
+#[derive(Debug)]
+struct Candidate {
+    pick: Pick,
+    due: i64,
+    stale: bool,
+}
+
+/// A delivery to attempt.
 #[derive(Debug, Clone)]
 struct Pick {
-    id: i64,
     sink: String,
     seq: u64,
+    session_id: String,
     decision_id: String,
     attempts: u32,
 }
@@ -145,74 +129,62 @@ impl Store {
         })
     }
 
-    /// Supersedes what a newer pending decision makes stale, then claims up to `limit` due
-    /// deliveries (their lease ends at `lease_end`).
-    fn claim(
+    /// The first eligible deliveries by due time (at most `limit`), with whether a newer
+    /// pending decision of the same session makes each one stale. A read: no lock is taken.
+    fn candidates(&self, limit: usize) -> anyhow::Result<Vec<Candidate>> {
+        let mut stmt = self.log.connection().prepare_cached(&format!(
+            "SELECT o.sink, o.seq, o.session_id, o.decision_id, o.attempts, o.next_attempt_at, \
+             EXISTS (SELECT 1 FROM outbox n WHERE n.state = 'pending' AND n.sink = o.sink \
+                     AND n.session_id = o.session_id AND n.seq > o.seq) \
+             FROM outbox o WHERE {ELIGIBLE} ORDER BY o.next_attempt_at, o.seq LIMIT ?2"
+        ))?;
+        let rows = stmt
+            .query_map(
+                params![self.sinks_json, i64::try_from(limit).unwrap_or(i64::MAX)],
+                |r| {
+                    Ok(Candidate {
+                        pick: Pick {
+                            sink: r.get(0)?,
+                            seq: u64_of(r.get(1)?),
+                            session_id: r.get(2)?,
+                            decision_id: r.get(3)?,
+                            attempts: u32_of(r.get(4)?),
+                        },
+                        due: r.get(5)?,
+                        stale: r.get(6)?,
+                    })
+                },
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Marks deliveries superseded and records finished attempts, in one transaction.
+    fn write(
         &mut self,
-        now: i64,
-        lease_end: i64,
-        limit: usize,
-        supersede: bool,
-    ) -> anyhow::Result<Vec<Pick>> {
+        superseded: &[(String, u64)],
+        results: &[(Pick, Attempted)],
+        settings: &Settings,
+    ) -> anyhow::Result<()> {
         let tx = self
             .log
             .connection_mut()
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        if supersede {
-            let n = tx
-                .prepare_cached(
-                    "UPDATE outbox SET state = 'superseded', updated_at = ?2 \
-                     WHERE state = 'pending' AND next_attempt_at <= ?2 \
-                     AND sink IN (SELECT value FROM json_each(?1)) \
-                     AND EXISTS (SELECT 1 FROM outbox n WHERE n.state = 'pending' \
-                                 AND n.sink = outbox.sink AND n.session_id = outbox.session_id \
-                                 AND n.seq > outbox.seq)",
-                )?
-                .execute(params![self.sinks_json, now])?;
-            if n > 0 {
-                tracing::info!(count = n, "deliveries superseded by newer decisions");
+        let now = now_ms();
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE outbox SET state = 'superseded', updated_at = ?3 \
+                 WHERE sink = ?1 AND seq = ?2 AND state = 'pending'",
+            )?;
+            for (sink, seq) in superseded {
+                stmt.execute(params![sink, i64_of(*seq), now])?;
             }
         }
-        let picks = {
-            let mut stmt = tx.prepare_cached(&format!(
-                "SELECT o.id, o.sink, o.seq, o.decision_id, o.attempts FROM outbox o \
-                 WHERE {ELIGIBLE} AND o.next_attempt_at <= ?2 \
-                 ORDER BY o.next_attempt_at, o.seq LIMIT ?3"
-            ))?;
-            stmt.query_map(
-                params![self.sinks_json, now, i64::try_from(limit).unwrap_or(0)],
-                |r| {
-                    Ok(Pick {
-                        id: r.get(0)?,
-                        sink: r.get(1)?,
-                        seq: u64_of(r.get(2)?),
-                        decision_id: r.get(3)?,
-                        attempts: u32_of(r.get(4)?),
-                    })
-                },
-            )?
-            .collect::<rusqlite::Result<Vec<_>>>()?
-        };
-        {
-            let mut lease =
-                tx.prepare_cached("UPDATE outbox SET next_attempt_at = ?2 WHERE id = ?1")?;
-            for p in &picks {
-                lease.execute(params![p.id, lease_end])?;
-            }
+        for (pick, result) in results {
+            record(&tx, pick, result, settings, now)?;
         }
         tx.commit()?;
-        Ok(picks)
-    }
-
-    /// When the next eligible delivery is due (unix ms), if any.
-    fn next_due(&self) -> anyhow::Result<Option<i64>> {
-        Ok(self
-            .log
-            .connection()
-            .prepare_cached(&format!(
-                "SELECT MIN(o.next_attempt_at) FROM outbox o WHERE {ELIGIBLE}"
-            ))?
-            .query_row(params![self.sinks_json], |r| r.get::<_, Option<i64>>(0))?)
+        Ok(())
     }
 
     /// The body to send: the decision event's JSON with its seq.
@@ -225,52 +197,56 @@ impl Store {
             .with_context(|| format!("seq {seq} is not a decision"))?;
         Ok(decision_json(&body, seq)?.into_bytes())
     }
+}
 
-    /// Records an attempt's result.
-    fn record(&self, pick: &Pick, result: &Attempted, settings: &Settings) -> anyhow::Result<()> {
-        let now = now_ms();
-        let attempts = pick.attempts.saturating_add(1);
-        let conn = self.log.connection();
-        let (status, error) = (result.status.map(i64::from), result.error.as_deref());
-        match result.outcome {
-            Outcome::Delivered => {
-                conn.prepare_cached(
-                    "UPDATE outbox SET state = 'delivered', attempts = ?2, last_status = ?3, \
-                     last_error = NULL, updated_at = ?4 WHERE id = ?1 AND state = 'pending'",
-                )?
-                .execute(params![pick.id, attempts, status, now])?;
-            }
-            Outcome::Gone => {
-                conn.prepare_cached(
-                    "INSERT OR REPLACE INTO sink_status (sink, disabled_at, reason) VALUES (?1, ?2, ?3)",
-                )?
-                .execute(params![pick.sink, now, "410 Gone"])?;
-                conn.prepare_cached(
-                    "UPDATE outbox SET attempts = ?2, last_status = ?3, last_error = NULL, \
-                     next_attempt_at = ?4, updated_at = ?4 WHERE id = ?1 AND state = 'pending'",
-                )?
-                .execute(params![pick.id, attempts, status, now])?;
-            }
-            Outcome::Retry { after } => {
-                if settings.schedule.exhausted(attempts) {
-                    conn.prepare_cached(
-                        "UPDATE outbox SET state = 'dead', attempts = ?2, last_status = ?3, \
-                         last_error = ?4, updated_at = ?5 WHERE id = ?1 AND state = 'pending'",
-                    )?
-                    .execute(params![pick.id, attempts, status, error, now])?;
-                } else {
-                    let delay = settings.schedule.delay(attempts, after, fastrand::f64());
-                    let next = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(0));
-                    conn.prepare_cached(
-                        "UPDATE outbox SET attempts = ?2, last_status = ?3, last_error = ?4, \
-                         next_attempt_at = ?5, updated_at = ?6 WHERE id = ?1 AND state = 'pending'",
-                    )?
-                    .execute(params![pick.id, attempts, status, error, next, now])?;
-                }
-            }
+/// Records an attempt's result (an upsert, so a row is never lost even if it went missing).
+fn record(
+    conn: &Connection,
+    pick: &Pick,
+    result: &Attempted,
+    settings: &Settings,
+    now: i64,
+) -> anyhow::Result<()> {
+    let attempts = pick.attempts.saturating_add(1);
+    let (status, error) = (result.status.map(i64::from), result.error.as_deref());
+    let (state, next) = match result.outcome {
+        Outcome::Delivered => ("delivered", now),
+        Outcome::Gone => {
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO sink_status (sink, disabled_at, reason) VALUES (?1, ?2, ?3)",
+            )?
+            .execute(params![pick.sink, now, "410 Gone"])?;
+            ("pending", now)
         }
-        Ok(())
-    }
+        Outcome::Retry { .. } if settings.schedule.exhausted(attempts) => ("dead", now),
+        Outcome::Retry { after } => {
+            let delay = settings.schedule.delay(attempts, after, fastrand::f64());
+            let next = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(0));
+            ("pending", next)
+        }
+    };
+    conn.prepare_cached(
+        "INSERT INTO outbox (sink, seq, session_id, decision_id, state, attempts, next_attempt_at, \
+         last_status, last_error, created_at, updated_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?10) \
+         ON CONFLICT (sink, seq) DO UPDATE SET state = excluded.state, \
+         attempts = excluded.attempts, next_attempt_at = excluded.next_attempt_at, \
+         last_status = excluded.last_status, last_error = excluded.last_error, \
+         updated_at = excluded.updated_at WHERE outbox.state = 'pending'",
+    )?
+    .execute(params![
+        pick.sink,
+        i64_of(pick.seq),
+        pick.session_id,
+        pick.decision_id,
+        state,
+        attempts,
+        next,
+        status,
+        error,
+        now
+    ])?;
+    Ok(())
 }
 
 /// One attempt's result.
@@ -320,78 +296,144 @@ pub fn spawn_dispatcher(
     Ok(Dispatcher { thread })
 }
 
+/// Deliveries being attempted, by (sink, seq), and their (sink, session)s: kept until their
+/// result is written, so none is attempted twice at once and no session has two in flight.
+#[derive(Debug, Default)]
+struct Busy {
+    deliveries: std::collections::HashSet<(String, u64)>,
+    sessions: std::collections::HashSet<(String, String)>,
+}
+
+impl Busy {
+    fn has(&self, p: &Pick) -> bool {
+        self.deliveries.contains(&(p.sink.clone(), p.seq))
+    }
+    fn session_busy(&self, sink: &str, session: &str) -> bool {
+        self.sessions
+            .contains(&(sink.to_owned(), session.to_owned()))
+    }
+    fn take(&mut self, p: &Pick) {
+        self.deliveries.insert((p.sink.clone(), p.seq));
+        self.sessions.insert((p.sink.clone(), p.session_id.clone()));
+    }
+    fn release(&mut self, p: &Pick) {
+        self.deliveries.remove(&(p.sink.clone(), p.seq));
+        self.sessions
+            .remove(&(p.sink.clone(), p.session_id.clone()));
+    }
+    fn len(&self) -> usize {
+        self.deliveries.len()
+    }
+}
+
+type Inflight = tokio::task::JoinSet<(Pick, Option<Attempted>)>;
+
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
-    store: Store,
+    mut store: Store,
     client: reqwest::Client,
     sinks: Vec<Sink>,
     settings: Settings,
     wake: Arc<Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let store = std::rc::Rc::new(std::cell::RefCell::new(store));
     let sinks = std::rc::Rc::new(sinks);
-    let settings = std::rc::Rc::new(settings);
-    let mut inflight = tokio::task::JoinSet::new();
-    let lease =
-        i64::try_from((settings.timeout + Duration::from_secs(5)).as_millis()).unwrap_or(i64::MAX);
+    let mut inflight = Inflight::new();
+    let mut busy = Busy::default();
+    let mut finished: Vec<(Pick, Attempted)> = Vec::new();
+    let mut superseded: Vec<(String, u64)> = Vec::new();
     let mut failures = 0u32;
+    let spawn = |inflight: &mut Inflight, pick: Pick, body: anyhow::Result<Vec<u8>>| {
+        let (sinks, client, settings) =
+            (std::rc::Rc::clone(&sinks), client.clone(), settings.clone());
+        inflight.spawn_local(async move {
+            let result = attempt(body, &client, &sinks, &settings, &pick).await;
+            (pick, result)
+        });
+    };
     loop {
+        // Collect what finished without waiting.
+        while let Some(joined) = inflight.try_join_next() {
+            if let Ok(joined) = joined {
+                collect(joined, &mut busy, &mut finished);
+            }
+        }
         if *stop.borrow() {
             break;
         }
-        let now = now_ms();
         let room = settings.concurrency.saturating_sub(inflight.len());
-        let claimed = if room > 0 {
-            store
-                .borrow_mut()
-                .claim(now, now.saturating_add(lease), room, settings.supersede)
-        } else {
-            Ok(Vec::new())
-        };
-        let mut wait = match claimed {
-            Ok(picks) => {
+        let now = now_ms();
+        let mut wait = RESCAN;
+        match store.candidates(busy.len() + room + 1) {
+            Ok(candidates) => {
                 failures = 0;
-                for pick in picks {
-                    let (store, sinks, settings, client, wake) = (
-                        std::rc::Rc::clone(&store),
-                        std::rc::Rc::clone(&sinks),
-                        std::rc::Rc::clone(&settings),
-                        client.clone(),
-                        Arc::clone(&wake),
-                    );
-                    inflight.spawn_local(async move {
-                        attempt(&store, &client, &sinks, &settings, &pick).await;
-                        wake.notify_one();
-                    });
+                let mut started = 0;
+                for c in candidates {
+                    if busy.has(&c.pick) {
+                        continue;
+                    }
+                    if c.due > now {
+                        wait = Duration::from_millis(u64::try_from(c.due - now).unwrap_or(0));
+                        break;
+                    }
+                    if c.stale && settings.supersede {
+                        superseded.push((c.pick.sink.clone(), c.pick.seq));
+                        continue;
+                    }
+                    if busy.session_busy(&c.pick.sink, &c.pick.session_id) {
+                        continue; // a fresh attempt of this session is in flight
+                    }
+                    if started == room {
+                        break;
+                    }
+                    started += 1;
+                    busy.take(&c.pick);
+                    let body = store.body(c.pick.seq);
+                    spawn(&mut inflight, c.pick, body);
                 }
-                match store.borrow().next_due() {
-                    Ok(Some(due)) => {
-                        Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0))
-                    }
-                    Ok(None) => RESCAN,
-                    Err(e) => {
-                        tracing::error!(error = %format!("{e:#}"), "delivery: reading the outbox failed");
-                        RESCAN
-                    }
+                if started > 0 {
+                    // Let the new attempts send their requests before this thread blocks on
+                    // SQLite to write results.
+                    tokio::task::yield_now().await;
                 }
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
-                tracing::error!(error = %format!("{e:#}"), "delivery: claiming work failed; retrying");
-                Duration::from_millis(100u64 << failures.min(5))
+                tracing::error!(error = %format!("{e:#}"), "delivery: reading the outbox failed; retrying");
+                wait = Duration::from_millis(100u64 << failures.min(5));
             }
-        };
-        if room == 0 {
-            wait = RESCAN; // a finished attempt wakes us
         }
-        let wait = wait.min(RESCAN);
-        if wait.is_zero() && room > 0 {
-            continue;
+        let rescan = !superseded.is_empty();
+        if !(finished.is_empty() && superseded.is_empty()) {
+            let written = store.write(&superseded, &finished, &settings);
+            if let Err(e) = written {
+                failures = failures.saturating_add(1);
+                tracing::error!(error = %format!("{e:#}"), "delivery: writing results failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100u64 << failures.min(5))).await;
+                continue;
+            }
+            if !superseded.is_empty() {
+                tracing::info!(
+                    count = superseded.len(),
+                    "deliveries superseded by newer decisions"
+                );
+            }
+            for (pick, _) in finished.drain(..) {
+                busy.release(&pick);
+            }
+            superseded.clear();
+        }
+        if rescan {
+            continue; // the successors of what was superseded
         }
         tokio::select! {
             () = wake.notified() => {}
-            Some(_) = inflight.join_next(), if !inflight.is_empty() => {}
-            () = tokio::time::sleep(wait) => {}
+            Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
+                if let Ok(joined) = joined {
+                    collect(joined, &mut busy, &mut finished);
+                }
+            }
+            () = tokio::time::sleep(wait.min(RESCAN)) => {}
             changed = stop.changed() => {
                 if changed.is_err() {
                     break; // the server is gone
@@ -399,30 +441,48 @@ async fn dispatch(
             }
         }
     }
-    // Let attempts in flight finish (bounded by their timeout); an unfinished one is retried
-    // after its lease by the next start.
+    // Let attempts in flight finish (bounded by their timeout) and record them; an unfinished
+    // one stays pending and is attempted again at the next start.
     let grace = settings.timeout + Duration::from_secs(1);
     let _ = tokio::time::timeout(grace, async {
-        while inflight.join_next().await.is_some() {}
+        while let Some(joined) = inflight.join_next().await {
+            if let Ok(joined) = joined {
+                collect(joined, &mut busy, &mut finished);
+            }
+        }
     })
     .await;
+    if let Err(e) = store.write(&[], &finished, &settings) {
+        tracing::error!(error = %format!("{e:#}"), "delivery: writing the last results failed; those deliveries will be attempted again");
+    }
+}
+
+/// Takes a finished attempt: its result is written next; without one (the body could not be
+/// built) the delivery is left for a later pass.
+fn collect(
+    joined: (Pick, Option<Attempted>),
+    busy: &mut Busy,
+    finished: &mut Vec<(Pick, Attempted)>,
+) {
+    match joined {
+        (pick, Some(result)) => finished.push((pick, result)),
+        (pick, None) => busy.release(&pick),
+    }
 }
 
 async fn attempt(
-    store: &std::cell::RefCell<Store>,
+    body: anyhow::Result<Vec<u8>>,
     client: &reqwest::Client,
     sinks: &[Sink],
     settings: &Settings,
     pick: &Pick,
-) {
-    let Some(sink) = sinks.iter().find(|s| s.name == pick.sink) else {
-        return;
-    };
-    let body = match store.borrow().body(pick.seq) {
+) -> Option<Attempted> {
+    let sink = sinks.iter().find(|s| s.name == pick.sink)?;
+    let body = match body {
         Ok(b) => b,
         Err(e) => {
             tracing::error!(sink = %sink.name, seq = pick.seq, error = %format!("{e:#}"), "delivery: cannot build the body");
-            return;
+            return None;
         }
     };
     let ts = now_ms() / 1000;
@@ -476,9 +536,7 @@ async fn attempt(
             );
         }
     }
-    if let Err(e) = store.borrow().record(pick, &result, settings) {
-        tracing::error!(sink = %sink.name, seq = pick.seq, error = %format!("{e:#}"), "delivery: recording the attempt failed; it will be retried after its lease");
-    }
+    Some(result)
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

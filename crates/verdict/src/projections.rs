@@ -13,7 +13,6 @@ use tokio::sync::watch;
 use verdict_log::{Entry, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
 use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
 
-use crate::outbox::OUTBOX;
 use verdict_projector::{
     Action, Change, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Projection,
     Recorded, Session, fact_session, read,
@@ -21,8 +20,10 @@ use verdict_projector::{
 
 /// The projector's checkpoint name.
 pub const PROJECTOR: &str = "projector";
-/// Entries folded per transaction by the runner.
+/// Entries folded per read, and the most written per transaction, by the runner.
 const BATCH: usize = 2000;
+/// The longest the runner keeps folded entries before writing them.
+const FLUSH_EVERY: Duration = Duration::from_millis(5);
 
 /// The projector's view of a log entry.
 pub fn recorded(e: &Entry) -> Recorded<'_> {
@@ -68,6 +69,8 @@ pub struct Decider {
     pub policy: std::sync::Arc<arc_swap::ArcSwap<verdict_rules::Policy>>,
     /// Where decisions are appended.
     pub writer: verdict_log::LogWriter,
+    /// The sinks each decision is delivered to (its outbox rows).
+    pub sinks: Vec<String>,
 }
 
 /// The decision an applied entry calls for, if any: an override is an analyst decision; the
@@ -157,97 +160,139 @@ fn decide(
 
 /// The log event of a decision; its dedupe key is the trigger, so a batch folded again after a
 /// crash does not decide twice.
-pub fn decision_event(d: &DecisionBody) -> anyhow::Result<NewEvent> {
-    Ok(NewEvent::new(
+/// With `sinks`, its outbox rows are written in the same transaction (one per sink).
+pub fn decision_event(d: &DecisionBody, sinks: &[String]) -> anyhow::Result<NewEvent> {
+    let mut event = NewEvent::new(
         INTERNAL_SOURCE,
         DECISION,
         format!("decision:{}", d.trigger_seq),
         serde_json::to_vec(d)?,
-    ))
+    );
+    if !sinks.is_empty() {
+        event.outbox = Some(verdict_log::OutboxEntries {
+            targets: sinks.to_vec(),
+            key: d.session_id.clone(),
+            id: d.decision_id.clone(),
+        });
+    }
+    Ok(event)
 }
 
-/// Folds `entries` (in seq order, after the checkpoint) into the stored projections, appends
-/// the decisions they call for (when a decider is given), and moves the checkpoint. The fold
-/// and the decisions happen before the projection transaction opens (the log writer needs the
-/// write lock to append them); the projections and the checkpoint are then written in one
-/// transaction. Returns the new checkpoint.
-pub fn apply_entries(
-    conn: &mut Connection,
-    entries: &[Entry],
-    decider: Option<&Decider>,
-    feed: Option<&crate::outbox::Feed>,
-) -> anyhow::Result<u64> {
-    let start = checkpoint(conn, PROJECTOR)?;
-    // The outbox may lag the projector (after `verdict replay`): its entries are read again,
-    // folded no more, and only their decisions enqueued.
-    let outbox_from = checkpoint(conn, OUTBOX)?;
-    let mut cp = start;
-    let mut outbox_cp = outbox_from;
-    let mut enqueue: Vec<(u64, String, String)> = Vec::new();
-    let mut touched: HashMap<String, Session> = HashMap::new();
-    let mut links: Links = Vec::new();
-    let mut quarantined: Quarantined = Vec::new();
-    let mut decisions: Vec<DecisionBody> = Vec::new();
-    for e in entries.iter().filter(|e| e.seq > start.min(outbox_from)) {
-        let r = recorded(e);
-        let fact = read(&r);
-        if e.seq > outbox_from {
-            if let Fact::Decision(d) = &fact {
-                enqueue.push((e.seq, d.session_id.clone(), d.decision_id.clone()));
+/// What the projector has folded but not yet written: sessions, links, quarantined entries,
+/// the newest seq folded, and the decision appends submitted to the writer and not yet known to
+/// be durable. The runner folds batches into it as they are committed and writes it (one
+/// transaction, the checkpoint included) every [`FLUSH_EVERY`] or [`BATCH`] entries; decisions
+/// do not wait for that write (they are appended, with their outbox rows, as they are made).
+#[derive(Debug, Default)]
+pub struct Unflushed {
+    touched: HashMap<String, Session>,
+    links: Links,
+    quarantined: Quarantined,
+    /// The newest seq folded (0: nothing yet).
+    cp: u64,
+    entries: usize,
+    since: Option<std::time::Instant>,
+    appends: Vec<(verdict_log::PendingAppend, Vec<String>)>,
+}
+
+impl Unflushed {
+    /// Whether nothing is waiting to be written.
+    pub fn is_empty(&self) -> bool {
+        self.entries == 0
+    }
+
+    /// Folds `entries` (in seq order; those at or below `checkpoint` and the newest folded are
+    /// skipped) and submits the decisions they call for.
+    pub fn fold(
+        &mut self,
+        conn: &Connection,
+        checkpoint: u64,
+        entries: &[Entry],
+        decider: Option<&Decider>,
+    ) -> anyhow::Result<()> {
+        let start = self.cp.max(checkpoint);
+        let mut decisions: Vec<DecisionBody> = Vec::new();
+        for e in entries.iter().filter(|e| e.seq > start) {
+            let r = recorded(e);
+            let fact = read(&r);
+            if let Fact::Quarantined { session_id, reason } = &fact {
+                self.quarantined
+                    .push((e.seq, session_id.clone(), reason.clone()));
             }
-            outbox_cp = e.seq;
-        }
-        if e.seq <= start {
-            continue;
-        }
-        if let Fact::Quarantined { session_id, reason } = &fact {
-            quarantined.push((e.seq, session_id.clone(), reason.clone()));
-        }
-        if let Some(id) = fact_session(&fact) {
-            links.push((id.to_owned(), e.seq));
-            if !touched.contains_key(id) {
-                let s = load_session(conn, id)?.unwrap_or_else(|| Session::new(id));
-                touched.insert(id.to_owned(), s);
+            if let Some(id) = fact_session(&fact) {
+                self.links.push((id.to_owned(), e.seq));
+                if !self.touched.contains_key(id) {
+                    let s = load_session(conn, id)?.unwrap_or_else(|| Session::new(id));
+                    self.touched.insert(id.to_owned(), s);
+                }
+                if let Some(s) = self.touched.get_mut(id) {
+                    let change = s.apply(&r, &fact);
+                    if let Some(d) = decider.and_then(|dc| decide(s, e, change, &dc.policy.load()))
+                    {
+                        // Current at once, so a later entry compares against it; its seq is set
+                        // when the append is durable, and again when its entry is folded.
+                        s.decision = Some((d.clone(), 0));
+                        decisions.push(d);
+                    }
+                }
             }
-            if let Some(s) = touched.get_mut(id) {
-                let change = s.apply(&r, &fact);
-                if let Some(d) = decider.and_then(|dc| decide(s, e, change, &dc.policy.load())) {
-                    // Current at once, so a later entry of this batch compares against it; the
-                    // decision event, folded later, sets the same value with its seq.
-                    s.decision = Some((d.clone(), 0));
-                    decisions.push(d);
+            self.cp = e.seq;
+            self.entries += 1;
+            self.since.get_or_insert_with(std::time::Instant::now);
+        }
+        if let (Some(dc), false) = (decider, decisions.is_empty()) {
+            let events = decisions
+                .iter()
+                .map(|d| decision_event(d, &dc.sinks))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let pending = dc
+                .writer
+                .submit_blocking(events)
+                .map_err(|e| anyhow::anyhow!("appending decisions: {e}"))?;
+            let ids = decisions.into_iter().map(|d| d.decision_id).collect();
+            self.appends.push((pending, ids));
+        }
+        Ok(())
+    }
+
+    /// Whether it is time to write.
+    fn due(&self) -> bool {
+        self.entries >= BATCH || self.since.is_some_and(|t| t.elapsed() >= FLUSH_EVERY)
+    }
+
+    /// Waits for the submitted decisions to be durable (setting their seqs in the sessions),
+    /// then writes everything and the checkpoint in one transaction. Returns the checkpoint.
+    /// On an error nothing is written: the caller drops this and folds again from the stored
+    /// checkpoint (decisions are deduplicated by their trigger).
+    pub fn flush(&mut self, conn: &mut Connection) -> anyhow::Result<u64> {
+        let mut seqs: HashMap<String, u64> = HashMap::new();
+        for (pending, ids) in self.appends.drain(..) {
+            let appended = pending
+                .wait_blocking()
+                .map_err(|e| anyhow::anyhow!("appending decisions: {e}"))?;
+            for (a, id) in appended.iter().zip(ids) {
+                if !a.is_duplicate() {
+                    seqs.insert(id, a.seq());
                 }
             }
         }
-        cp = e.seq;
-    }
-    if let (Some(dc), false) = (decider, decisions.is_empty()) {
-        let events = decisions
-            .iter()
-            .map(decision_event)
-            .collect::<anyhow::Result<Vec<_>>>()?;
-        dc.writer
-            .append_all_blocking(events)
-            .map_err(|e| anyhow::anyhow!("appending decisions: {e}"))?;
-    }
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    write_links(&tx, &links, &quarantined)?;
-    save_sessions(&tx, touched.values())?;
-    set_checkpoint(&tx, PROJECTOR, cp)?;
-    let now = verdict_log::now_ms();
-    if let Some(feed) = feed {
-        for (seq, session, decision) in &enqueue {
-            crate::outbox::enqueue(&tx, &feed.sinks, *seq, session, decision, now)?;
+        for s in self.touched.values_mut() {
+            if let Some((d, seq)) = &mut s.decision
+                && *seq == 0
+                && let Some(n) = seqs.get(&d.decision_id)
+            {
+                *seq = *n;
+            }
         }
+        let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        write_links(&tx, &self.links, &self.quarantined)?;
+        save_sessions(&tx, self.touched.values())?;
+        set_checkpoint(&tx, PROJECTOR, self.cp)?;
+        tx.commit()?;
+        let cp = self.cp;
+        *self = Self::default();
+        Ok(cp)
     }
-    if outbox_cp > outbox_from {
-        set_checkpoint(&tx, OUTBOX, outbox_cp)?;
-    }
-    tx.commit()?;
-    if let Some(feed) = feed.filter(|f| !enqueue.is_empty() && !f.sinks.is_empty()) {
-        feed.wake.notify_one();
-    }
-    Ok(cp)
 }
 
 /// Which entries belong to which session, and the quarantined entries with their reasons.
@@ -300,20 +345,6 @@ fn set_checkpoint(tx: &Connection, name: &str, seq: u64) -> rusqlite::Result<()>
     Ok(())
 }
 
-/// Prepares the projector's connection: projections are derived state, checkpointed in the
-/// same transaction, so they commit without an fsync of their own (`synchronous=NORMAL`; WAL
-/// keeps them atomic, and a transaction lost to a power cut is folded again). The outbox
-/// checkpoint starts where the projector is, so a log made before the outbox existed does not
-/// send its history.
-fn prepare(conn: &Connection) -> rusqlite::Result<()> {
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
-    conn.execute(
-        "INSERT OR IGNORE INTO checkpoints (name, seq)          SELECT ?1, COALESCE((SELECT seq FROM checkpoints WHERE name = ?2), 0)",
-        params![OUTBOX, PROJECTOR],
-    )?;
-    Ok(())
-}
-
 /// The projector thread and its progress.
 #[derive(Debug)]
 pub struct Runner {
@@ -325,13 +356,12 @@ pub struct Runner {
 }
 
 /// Tails the log from the projector's checkpoint, woken by the writer's commits (no polling),
-/// until the writer stops. Runs on its own thread; a failed batch is retried after a pause.
+/// until the writer stops. Runs on its own thread; a failed batch is folded again after a pause.
 pub fn spawn_runner(
     path: PathBuf,
     mut committed: watch::Receiver<u64>,
     handle: tokio::runtime::Handle,
     decider: Option<Decider>,
-    feed: Option<crate::outbox::Feed>,
 ) -> std::io::Result<Runner> {
     let (progress, projected) = watch::channel(0u64);
     let thread = std::thread::Builder::new()
@@ -348,40 +378,79 @@ pub fn spawn_runner(
                     }
                 }
             };
-            if let Err(e) = prepare(log.connection()) {
-                tracing::error!(error = %e, "projector cannot prepare its connection");
+            // Projections are derived state, checkpointed in the same transaction: they commit
+            // without an fsync of their own (WAL keeps them atomic; a transaction lost to a
+            // power cut is folded again).
+            if let Err(e) = log
+                .connection()
+                .pragma_update(None, "synchronous", "NORMAL")
+
+            {
+                tracing::warn!(error = %e, "projector: cannot set up its connection");
             }
-            if let Ok(cp) = checkpoint(log.connection(), PROJECTOR) {
-                progress.send_replace(cp);
-            }
+            let mut stored = loop {
+                match checkpoint(log.connection(), PROJECTOR) {
+                    Ok(cp) => break cp,
+                    Err(e) => {
+                        tracing::error!(error = %e, "projector cannot read its checkpoint; retrying");
+                        handle.block_on(tokio::time::sleep(backoff));
+                    }
+                }
+            };
+            progress.send_replace(stored);
+            let mut unflushed = Unflushed::default();
             loop {
                 let head = *committed.borrow_and_update();
-                let step = checkpoint(log.connection(), PROJECTOR)
-                    .and_then(|cp| Ok(cp.min(checkpoint(log.connection(), OUTBOX)?)))
-                    .map_err(anyhow::Error::from)
-                    .and_then(|from| {
-                        if from >= head {
-                            return Ok(false);
-                        }
+                let from = stored.max(unflushed.cp);
+                let step = (|| -> anyhow::Result<bool> {
+                    if from < head {
                         let entries = log.read_after(from, BATCH)?;
-                        let done = apply_entries(
-                            log.connection_mut(),
-                            &entries,
-                            decider.as_ref(),
-                            feed.as_ref(),
-                        )?;
-                        progress.send_replace(done);
-                        Ok(true)
-                    });
+                        unflushed.fold(log.connection(), stored, &entries, decider.as_ref())?;
+                    }
+                    if !unflushed.is_empty() && (from >= head || unflushed.due()) {
+                        let caught_up = from >= head;
+                        if caught_up && !unflushed.due() {
+                            return Ok(false); // wait a little for more before writing
+                        }
+                        stored = unflushed.flush(log.connection_mut())?;
+                        progress.send_replace(stored);
+                    }
+                    Ok(from < head)
+                })();
                 match step {
                     Ok(true) => backoff = Duration::from_millis(100),
                     Ok(false) => {
-                        if handle.block_on(committed.changed()).is_err() {
-                            return; // the writer has stopped
+                        // Caught up: wait for the next commit, but not past the flush deadline.
+                        let wait = unflushed
+                            .since
+                            .map(|t| FLUSH_EVERY.saturating_sub(t.elapsed()));
+                        let changed = match wait {
+                            Some(w) => handle
+                                .block_on(async {
+                                    tokio::time::timeout(w, committed.changed()).await
+                                })
+                                .unwrap_or(Ok(())),
+                            None => handle.block_on(committed.changed()),
+                        };
+                        if changed.is_err() {
+                            // The writer has stopped: write what is folded, then end.
+                            if !unflushed.is_empty() {
+                                match unflushed.flush(log.connection_mut()) {
+                                    Ok(cp) => {
+                                        progress.send_replace(cp);
+                                    }
+                                    Err(e) => {
+                                        tracing::warn!(error = %e, "projector: last write failed; it is folded again at the next start");
+                                    }
+                                }
+                            }
+                            return;
                         }
                     }
                     Err(e) => {
-                        tracing::error!(error = %e, "projector batch failed; retrying");
+                        tracing::error!(error = %e, "projector batch failed; folding again");
+                        unflushed = Unflushed::default();
+                        stored = checkpoint(log.connection(), PROJECTOR).unwrap_or(stored);
                         handle.block_on(tokio::time::sleep(backoff));
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }

@@ -120,7 +120,20 @@ async fn serve(
     // Set once SIGTERM/SIGINT arrives: ends long polls and the dispatcher.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let db = &loaded.config.storage.path;
-    let writer = LogWriter::open(db, WriterConfig::default())
+    // Wakes the delivery dispatcher when a batch committed outbox rows (decisions for sinks).
+    let outbox_wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let on_batch_wake = std::sync::Arc::clone(&outbox_wake);
+    let writer_config = WriterConfig {
+        on_batch: Some(std::sync::Arc::new(
+            move |stats: verdict_log::WriterStats| {
+                if stats.ok && stats.outbox > 0 {
+                    on_batch_wake.notify_one();
+                }
+            },
+        )),
+        ..WriterConfig::default()
+    };
+    let writer = LogWriter::open(db, writer_config)
         .with_context(|| format!("opening the log at {}", db.display()))?;
     if let Some(active) = &policy {
         record_activation(&writer, active).await?;
@@ -142,14 +155,10 @@ async fn serve(
             Some(crate::projections::Decider {
                 policy: current,
                 writer: writer.clone(),
+                sinks: sinks.iter().map(|s| s.name.clone()).collect(),
             })
         }
         None => None,
-    };
-    let wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let feed = crate::outbox::Feed {
-        sinks: sinks.iter().map(|s| s.name.clone()).collect(),
-        wake: std::sync::Arc::clone(&wake),
     };
     let dispatcher = if sinks.is_empty() {
         None
@@ -160,7 +169,7 @@ async fn serve(
             db,
             sinks,
             loaded.config.delivery.settings(),
-            wake,
+            outbox_wake,
             stop.clone(),
         )?)
     };
@@ -169,7 +178,6 @@ async fn serve(
         writer.subscribe(),
         tokio::runtime::Handle::current(),
         decider,
-        Some(feed),
     )
     .context("starting the projector")?;
     let api = crate::api::Api {
