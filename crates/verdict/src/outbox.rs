@@ -274,6 +274,11 @@ pub fn spawn_dispatcher(
 ) -> anyhow::Result<Dispatcher> {
     let store = Store::open(path, &sinks)
         .with_context(|| format!("opening the outbox at {}", path.display()))?;
+    let recorder = spawn_recorder(
+        Store::open(path, &sinks)
+            .with_context(|| format!("opening the outbox at {}", path.display()))?,
+        settings.clone(),
+    )?;
     let client = reqwest::Client::builder()
         .timeout(settings.timeout)
         .user_agent(concat!("verdict/", env!("CARGO_PKG_VERSION")))
@@ -289,7 +294,7 @@ pub fn spawn_dispatcher(
             let local = tokio::task::LocalSet::new();
             local.block_on(
                 &runtime,
-                dispatch(store, client, sinks, settings, wake, stop),
+                dispatch(store, recorder, client, sinks, settings, wake, stop),
             );
         })
         .context("starting the delivery thread")?;
@@ -330,7 +335,8 @@ type Inflight = tokio::task::JoinSet<(Pick, Option<Attempted>)>;
 
 #[allow(clippy::too_many_arguments)]
 async fn dispatch(
-    mut store: Store,
+    store: Store,
+    recorder: Recorder,
     client: reqwest::Client,
     sinks: Vec<Sink>,
     settings: Settings,
@@ -342,6 +348,14 @@ async fn dispatch(
     let mut busy = Busy::default();
     let mut finished: Vec<(Pick, Attempted)> = Vec::new();
     let mut superseded: Vec<(String, u64)> = Vec::new();
+    // Superseded, handed to the recorder, not yet written.
+    let mut superseding: std::collections::HashSet<(String, u64)> =
+        std::collections::HashSet::new();
+    let Recorder {
+        tx: to_recorder,
+        mut written,
+        thread: recorder_thread,
+    } = recorder;
     let mut failures = 0u32;
     let spawn = |inflight: &mut Inflight, pick: Pick, body: anyhow::Result<Vec<u8>>| {
         let (sinks, client, settings) =
@@ -369,7 +383,8 @@ async fn dispatch(
                 failures = 0;
                 let mut started = 0;
                 for c in candidates {
-                    if busy.has(&c.pick) {
+                    if busy.has(&c.pick) || superseding.contains(&(c.pick.sink.clone(), c.pick.seq))
+                    {
                         continue;
                     }
                     if c.due > now {
@@ -391,11 +406,6 @@ async fn dispatch(
                     let body = store.body(c.pick.seq);
                     spawn(&mut inflight, c.pick, body);
                 }
-                if started > 0 {
-                    // Let the new attempts send their requests before this thread blocks on
-                    // SQLite to write results.
-                    tokio::task::yield_now().await;
-                }
             }
             Err(e) => {
                 failures = failures.saturating_add(1);
@@ -403,31 +413,28 @@ async fn dispatch(
                 wait = Duration::from_millis(100u64 << failures.min(5));
             }
         }
-        let rescan = !superseded.is_empty();
         if !(finished.is_empty() && superseded.is_empty()) {
-            let written = store.write(&superseded, &finished, &settings);
-            if let Err(e) = written {
-                failures = failures.saturating_add(1);
-                tracing::error!(error = %format!("{e:#}"), "delivery: writing results failed; retrying");
-                tokio::time::sleep(Duration::from_millis(100u64 << failures.min(5))).await;
-                continue;
+            // Written on the recorder's thread: this one never waits for the write lock.
+            superseding.extend(superseded.iter().cloned());
+            let batch = Batch {
+                superseded: std::mem::take(&mut superseded),
+                finished: std::mem::take(&mut finished),
+            };
+            if to_recorder.send(batch).is_err() {
+                tracing::error!("delivery: the recorder has stopped");
+                break;
             }
-            if !superseded.is_empty() {
-                tracing::info!(
-                    count = superseded.len(),
-                    "deliveries superseded by newer decisions"
-                );
-            }
-            for (pick, _) in finished.drain(..) {
-                busy.release(&pick);
-            }
-            superseded.clear();
-        }
-        if rescan {
-            continue; // the successors of what was superseded
         }
         tokio::select! {
             () = wake.notified() => {}
+            Some(done) = written.recv() => {
+                for key in &done.superseded {
+                    superseding.remove(key);
+                }
+                for (pick, _) in &done.finished {
+                    busy.release(pick);
+                }
+            }
             Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
                 if let Ok(joined) = joined {
                     collect(joined, &mut busy, &mut finished);
@@ -452,9 +459,78 @@ async fn dispatch(
         }
     })
     .await;
-    if let Err(e) = store.write(&[], &finished, &settings) {
-        tracing::error!(error = %format!("{e:#}"), "delivery: writing the last results failed; those deliveries will be attempted again");
-    }
+    let _ = to_recorder.send(Batch {
+        superseded: Vec::new(),
+        finished,
+    });
+    drop(to_recorder);
+    let _ = tokio::task::spawn_blocking(move || recorder_thread.join()).await;
+}
+
+/// Results and supersessions for the recorder to write.
+#[derive(Debug, Default)]
+struct Batch {
+    superseded: Vec<(String, u64)>,
+    finished: Vec<(Pick, Attempted)>,
+}
+
+/// The thread that writes attempt results, and the channel of what it has written.
+struct Recorder {
+    tx: std::sync::mpsc::Sender<Batch>,
+    written: tokio::sync::mpsc::UnboundedReceiver<Batch>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+/// Starts the recorder: it writes every batch queued since its last write in one transaction
+/// (retrying a failed write with backoff; results stay in memory meanwhile) and reports what
+/// it wrote, so the dispatcher can release those deliveries.
+fn spawn_recorder(mut store: Store, settings: Settings) -> anyhow::Result<Recorder> {
+    let (tx, rx) = std::sync::mpsc::channel::<Batch>();
+    let (done, written) = tokio::sync::mpsc::unbounded_channel();
+    let thread = std::thread::Builder::new()
+        .name("verdict-delivery-recorder".into())
+        .spawn(move || {
+            while let Ok(mut batch) = rx.recv() {
+                let mut closing = false;
+                loop {
+                    match rx.try_recv() {
+                        Ok(more) => {
+                            batch.superseded.extend(more.superseded);
+                            batch.finished.extend(more.finished);
+                        }
+                        Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                        Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                            closing = true;
+                            break;
+                        }
+                    }
+                }
+                let mut backoff = Duration::from_millis(50);
+                let mut tries = 0u32;
+                while let Err(e) = store.write(&batch.superseded, &batch.finished, &settings) {
+                    tries += 1;
+                    tracing::error!(error = %format!("{e:#}"), tries, "delivery: writing results failed; retrying");
+                    if closing && tries >= 3 {
+                        tracing::error!("delivery: giving up at shutdown; those deliveries are attempted again at the next start");
+                        return;
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                if !batch.superseded.is_empty() {
+                    tracing::info!(count = batch.superseded.len(), "deliveries superseded by newer decisions");
+                }
+                if done.send(batch).is_err() {
+                    return;
+                }
+            }
+        })
+        .context("starting the delivery recorder")?;
+    Ok(Recorder {
+        tx,
+        written,
+        thread,
+    })
 }
 
 /// Takes a finished attempt: its result is written next; without one (the body could not be
