@@ -63,6 +63,7 @@ type Book = Arc<Mutex<HashMap<String, Times>>>;
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()

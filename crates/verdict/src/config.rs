@@ -117,10 +117,10 @@ fn default_max_body() -> Spanned<usize> {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// PEM certificate chain.
-    pub cert: PathBuf,
-    /// PEM private key.
-    pub key: PathBuf,
+    /// PEM certificate chain (leaf first).
+    pub cert: Spanned<PathBuf>,
+    /// PEM private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: Spanned<PathBuf>,
 }
 
 /// `[storage]`.
@@ -508,20 +508,23 @@ impl Loaded {
             .collect()
     }
 
-    /// Refuses settings this build cannot honour yet, rather than ignoring them.
-    pub fn check_supported(&self) -> Result<(), ConfigError> {
-        if let Some(tls) = &self.config.server.tls {
-            return Err(ConfigError {
-                location: self.file.display().to_string(),
-                message: format!(
-                    "[server.tls] (cert {}, key {}) is not supported by this build yet; \
-                     terminate TLS at a proxy in front and remove [server.tls]",
-                    tls.cert.display(),
-                    tls.key.display()
-                ),
-            });
+    /// The TLS certificate store when `[server.tls]` is set, its files read and checked (the
+    /// key must match the certificate); an error names the file and the problem.
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<crate::tls::CertStore>>, ConfigError> {
+        let Some(tls) = &self.config.server.tls else {
+            return Ok(None);
+        };
+        match crate::tls::CertStore::open(tls.cert.get_ref(), tls.key.get_ref()) {
+            Ok(store) => Ok(Some(std::sync::Arc::new(store))),
+            Err(e) => {
+                let span = if e.path() == tls.key.get_ref().as_path() {
+                    tls.key.span()
+                } else {
+                    tls.cert.span()
+                };
+                self.err(span, format!("[server.tls] {e}"))
+            }
         }
-        Ok(())
     }
 
     /// The configured policy file, checked to be a readable file.

@@ -14,6 +14,7 @@ mod reload;
 mod serve;
 mod sessioncmd;
 mod simulate;
+mod tls;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -204,6 +205,9 @@ pub struct UsageError(#[from] pub config::ConfigError);
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(cli.log_format);
+    // One crypto provider for the whole process (the HTTP client for sinks and the simulator,
+    // and the TLS server): rustls on ring.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     match run(&cli) {
         Ok(code) => code,
         Err(e) => {

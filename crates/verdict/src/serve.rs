@@ -20,7 +20,7 @@ struct AppState {
 
 /// Runs the sidecar until SIGINT or SIGTERM.
 pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
-    loaded.check_supported().map_err(UsageError)?;
+    let tls = loaded.tls().map_err(UsageError)?;
     let sources = loaded.sources().map_err(UsageError)?;
     // Resolved now so that a missing secret stops start-up (exit 2); used by later stages.
     let tokens: Vec<crate::api::Token> = loaded
@@ -69,7 +69,7 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
         .thread_name("verdict-worker")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(loaded, sources, tokens, sinks, policy))
+    runtime.block_on(serve(loaded, sources, tokens, sinks, policy, tls))
 }
 
 /// The compiled policy with the text it was compiled from.
@@ -116,6 +116,7 @@ async fn serve(
     tokens: Vec<crate::api::Token>,
     sinks: Vec<crate::outbox::Sink>,
     policy: Option<ActivePolicy>,
+    tls: Option<std::sync::Arc<crate::tls::CertStore>>,
 ) -> anyhow::Result<()> {
     // Set once SIGTERM/SIGINT arrives: ends long polls and the dispatcher.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -204,22 +205,39 @@ async fn serve(
         .await
         .with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tracing::info!(addr = %local, db = %db.display(), "verdict listening");
-    // A line on stdout for scripts and tests that need the bound port (listen = "...:0").
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!(addr = %local, scheme, db = %db.display(), "verdict listening");
     let signal = shutdown_signal()?;
     let shutdown = async move {
         signal.await;
         let _ = stop_tx.send(true);
     };
-    println!("verdict listening on http://{local}");
-
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .context("serving HTTP")?;
+    let mut _cert_watcher = None;
+    match tls {
+        None => {
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            // A line on stdout for scripts and tests that need the port (listen = "...:0").
+            println!("verdict listening on http://{local}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("serving HTTP")?;
+        }
+        Some(store) => {
+            _cert_watcher = Some(
+                crate::tls::watch(std::sync::Arc::clone(&store))
+                    .context("watching the TLS files")?,
+            );
+            let listener = crate::tls::TlsListener::new(listener, store.server_config()?)?;
+            println!("verdict listening on https://{local}");
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+                .context("serving HTTPS")?;
+        }
+    }
     tracing::info!("HTTP stopped; committing queued appends");
     writer.close().await;
     // The writer is gone, so the projector's wait ends once it has caught up.
@@ -247,6 +265,15 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    // SIGHUP reloads (the policy and the TLS files listen for it themselves); installing a
+    // handler here too means it never falls back to the default action, terminating verdict,
+    // whatever is configured.
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the policy and the TLS certificate, if configured");
+        }
+    });
     Ok(async move {
         tokio::select! {
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),

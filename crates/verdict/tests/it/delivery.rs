@@ -494,7 +494,7 @@ async fn the_pull_feed_long_polls_and_wakes_promptly() {
     assert_eq!(v["next"].as_u64().unwrap(), next);
     // A long poll is answered as soon as the next decision is committed.
     let url = s.url(&format!("/v1/decisions?after={next}&wait=30"));
-    let http = reqwest::Client::new();
+    let http = client();
     let started = Instant::now();
     let poll = tokio::spawn(async move {
         let v: Value = http
@@ -525,7 +525,7 @@ async fn the_pull_feed_long_polls_and_wakes_promptly() {
     // A long poll ends at shutdown: SIGTERM is not held up by it.
     let url = s.url("/v1/decisions?after=1000000&wait=60");
     let pending = tokio::spawn(async move {
-        reqwest::Client::new()
+        client()
             .get(url)
             .bearer_auth("tok-r")
             .send()

@@ -9,3 +9,4 @@ mod delivery;
 mod ingress;
 mod sessions;
 mod support;
+mod tls;

@@ -43,6 +43,12 @@ scheme = "stripe"
 secrets = ["whsec_stripe"]
 "#;
 
+/// An HTTP client (rustls on ring is the process's crypto provider, as in verdict).
+pub fn client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
+}
+
 pub fn hmac(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     let mut mac = Hmac::<Sha256>::new_from_slice(key).expect("any key length");
     for p in parts {
@@ -154,7 +160,7 @@ impl Server {
             child: ChildGuard(child),
             base,
             dir,
-            http: reqwest::Client::new(),
+            http: client(),
         }
     }
 

@@ -1,0 +1,336 @@
+//! HTTPS served by verdict itself: rustls on the `ring` provider, TLS 1.2 and 1.3, HTTP/2 and
+//! HTTP/1.1 by ALPN, and certificate rotation without a restart.
+//!
+//! The certificate and key are read as PEM files. Every handshake asks [`CertStore`] for the
+//! current pair, an `ArcSwap`: a rotation swaps it atomically, new connections get the new
+//! certificate and connections in flight keep theirs. A replacement is used only if both files
+//! parse and the key matches the certificate; otherwise the old pair keeps serving and the
+//! failure is logged and counted. The files' directories are watched (debounced: cert-manager
+//! and Kubernetes Secrets replace files by renaming a symlink) and SIGHUP forces a check.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify_debouncer_full::notify::RecursiveMode;
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+
+/// Why a certificate or key file cannot be used; each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file cannot be read.
+    #[error("{}: cannot read: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// No PEM certificate in the file.
+    #[error("{}: no PEM certificate (-----BEGIN CERTIFICATE-----) found", path.display())]
+    NoCertificate {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A certificate block that does not decode.
+    #[error("{}: not a valid PEM certificate chain: {why}", path.display())]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// No PEM private key in the file.
+    #[error("{}: no PEM private key (PKCS#8, PKCS#1 or SEC1) found", path.display())]
+    NoKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key that does not decode or that rustls cannot sign with.
+    #[error("{}: the private key cannot be used: {why}", path.display())]
+    BadKey {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// The key is not the certificate's.
+    #[error("{}: the private key does not match the certificate in {}", key.display(), cert.display())]
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+}
+
+impl TlsError {
+    /// The file the problem is in (for a mismatch, the key).
+    pub fn path(&self) -> &Path {
+        match self {
+            Self::Read { path, .. }
+            | Self::NoCertificate { path }
+            | Self::BadCertificate { path, .. }
+            | Self::NoKey { path }
+            | Self::BadKey { path, .. } => path,
+            Self::Mismatch { key, .. } => key,
+        }
+    }
+}
+
+/// Reads a certificate chain and its private key, and checks that they belong together.
+pub fn load(cert: &Path, key: &Path) -> Result<CertifiedKey, TlsError> {
+    let cert_pem = std::fs::read(cert).map_err(|source| TlsError::Read {
+        path: cert.to_owned(),
+        source,
+    })?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::BadCertificate {
+            path: cert.to_owned(),
+            why: e.to_string(),
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert.to_owned(),
+        });
+    }
+    let key_pem = std::fs::read(key).map_err(|source| TlsError::Read {
+        path: key.to_owned(),
+        source,
+    })?;
+    let key_der = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| match e {
+        rustls::pki_types::pem::Error::NoItemsFound => TlsError::NoKey {
+            path: key.to_owned(),
+        },
+        other => TlsError::BadKey {
+            path: key.to_owned(),
+            why: other.to_string(),
+        },
+    })?;
+    let signing = rustls::crypto::ring::default_provider()
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| TlsError::BadKey {
+            path: key.to_owned(),
+            why: e.to_string(),
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(TlsError::Mismatch {
+                cert: cert.to_owned(),
+                key: key.to_owned(),
+            })
+        }
+        Err(e) => Err(TlsError::BadCertificate {
+            path: cert.to_owned(),
+            why: e.to_string(),
+        }),
+    }
+}
+
+/// The served certificate, swapped atomically on rotation.
+#[derive(Debug)]
+pub struct CertStore {
+    cert: PathBuf,
+    key: PathBuf,
+    current: ArcSwap<CertifiedKey>,
+    /// SHA-256 of the certificate and key files last loaded (a no-op reload is skipped).
+    loaded: ArcSwap<[u8; 32]>,
+    /// Rotations done.
+    pub reloads_ok: AtomicU64,
+    /// Replacements rejected.
+    pub reloads_failed: AtomicU64,
+}
+
+fn files_digest(cert: &Path, key: &Path) -> [u8; 32] {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    for p in [cert, key] {
+        h.update(std::fs::read(p).unwrap_or_default());
+        h.update([0u8]);
+    }
+    h.finalize().into()
+}
+
+impl CertStore {
+    /// Loads the pair; an error names the file and the problem.
+    pub fn open(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let pair = load(cert, key)?;
+        Ok(Self {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            current: ArcSwap::from_pointee(pair),
+            loaded: ArcSwap::from_pointee(files_digest(cert, key)),
+            reloads_ok: AtomicU64::new(0),
+            reloads_failed: AtomicU64::new(0),
+        })
+    }
+
+    /// Loads the files again and swaps the pair in if they changed and are good.
+    pub fn reload(&self, why: &str) {
+        let digest = files_digest(&self.cert, &self.key);
+        if **self.loaded.load() == digest {
+            return;
+        }
+        match load(&self.cert, &self.key) {
+            Ok(pair) => {
+                self.current.store(Arc::new(pair));
+                self.loaded.store(Arc::new(digest));
+                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(why, cert = %self.cert.display(), "TLS certificate reloaded");
+            }
+            Err(e) => {
+                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(why, error = %e, "TLS certificate reload failed; the previous certificate keeps serving");
+            }
+        }
+    }
+
+    /// The rustls server configuration: this store as the certificate resolver, TLS 1.3 and
+    /// 1.2, ALPN h2 then http/1.1.
+    pub fn server_config(self: &Arc<Self>) -> anyhow::Result<rustls::ServerConfig> {
+        let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::clone(self) as Arc<dyn ResolvesServerCert>);
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(config)
+    }
+}
+
+impl ResolvesServerCert for CertStore {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.load_full())
+    }
+}
+
+/// Watches the certificate's and key's directories and listens for SIGHUP; reloads the store
+/// on either. Returns the watcher, which must be kept alive.
+pub fn watch(
+    store: Arc<CertStore>,
+) -> anyhow::Result<
+    notify_debouncer_full::Debouncer<
+        notify_debouncer_full::notify::RecommendedWatcher,
+        notify_debouncer_full::RecommendedCache,
+    >,
+> {
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(8);
+    let file_tx = tx.clone();
+    let mut debouncer = notify_debouncer_full::new_debouncer(
+        Duration::from_millis(200),
+        None,
+        move |result: notify_debouncer_full::DebounceEventResult| {
+            if result.is_ok_and(|events| !events.is_empty()) {
+                let _ = file_tx.try_send("file changed");
+            }
+        },
+    )?;
+    let mut dirs: Vec<PathBuf> = [&store.cert, &store.key]
+        .iter()
+        .map(|p| {
+            p.parent()
+                .filter(|d| !d.as_os_str().is_empty())
+                .map_or_else(|| PathBuf::from("."), PathBuf::from)
+        })
+        .collect();
+    dirs.dedup();
+    for dir in &dirs {
+        debouncer.watch(dir, RecursiveMode::NonRecursive)?;
+    }
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    tokio::spawn(async move {
+        loop {
+            let why = tokio::select! {
+                Some(why) = rx.recv() => why,
+                Some(()) = hup.recv() => "SIGHUP",
+                else => return,
+            };
+            let store = Arc::clone(&store);
+            let _ = tokio::task::spawn_blocking(move || store.reload(why)).await;
+        }
+    });
+    drop(tx);
+    Ok(debouncer)
+}
+
+/// A listener that hands axum TLS streams: TCP connections are accepted in the background and
+/// each handshake runs in its own task (bounded by a timeout), so a slow client never holds up
+/// the others.
+#[derive(Debug)]
+pub struct TlsListener {
+    rx: tokio::sync::mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+}
+
+/// How long a client has to finish its handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl TlsListener {
+    /// Serves TLS on `tcp` with `config`.
+    pub fn new(tcp: TcpListener, config: rustls::ServerConfig) -> std::io::Result<Self> {
+        let local = tcp.local_addr()?;
+        let acceptor = TlsAcceptor::from(Arc::new(config));
+        let (tx, rx) = tokio::sync::mpsc::channel(128);
+        tokio::spawn(async move {
+            loop {
+                let (stream, addr) = match tcp.accept().await {
+                    Ok(accepted) => accepted,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a TCP connection failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                if tx.is_closed() {
+                    return; // the server has stopped
+                }
+                let _ = stream.set_nodelay(true);
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, addr)).await;
+                        }
+                        Ok(Err(e)) => {
+                            tracing::debug!(peer = %addr, error = %e, "TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(peer = %addr, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(Self { rx, local })
+    }
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.rx.recv().await {
+            Some(accepted) => accepted,
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
