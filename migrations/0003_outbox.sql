@@ -11,7 +11,7 @@ CREATE TABLE outbox (
     decision_id     TEXT    NOT NULL,       -- sent as webhook-id
     state           TEXT    NOT NULL,       -- pending | delivered | dead | superseded
     attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at INTEGER NOT NULL,       -- unix ms; while an attempt runs, its lease end
+    next_attempt_at INTEGER NOT NULL,       -- unix ms: when the next attempt is due
     last_status     INTEGER,                -- HTTP status of the last attempt, if any
     last_error      TEXT,                   -- transport error of the last attempt, if any
     created_at      INTEGER NOT NULL,       -- unix ms

@@ -41,6 +41,17 @@ pub enum DecisionSource {
     Vendor,
 }
 
+impl DecisionSource {
+    /// `policy`, `analyst` or `vendor`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Policy => "policy",
+            Self::Analyst => "analyst",
+            Self::Vendor => "vendor",
+        }
+    }
+}
+
 /// The policy that made a decision.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PolicyRef {

@@ -375,10 +375,16 @@ impl Loaded {
             }
         }
         let d = &c.delivery;
-        if d.timeout_secs == 0 || d.max_attempts == 0 || d.concurrency == 0 {
+        if d.timeout_secs == 0
+            || d.max_attempts == 0
+            || d.concurrency == 0
+            || d.initial_backoff_ms == 0
+            || d.max_backoff_secs == 0
+        {
             return Err(ConfigError {
                 location: self.file.display().to_string(),
-                message: "[delivery] timeout_secs, max_attempts and concurrency must be at least 1"
+                message: "[delivery] timeout_secs, max_attempts, concurrency, initial_backoff_ms \
+                          and max_backoff_secs must be at least 1"
                     .into(),
             });
         }

@@ -81,8 +81,15 @@ pub fn retry(loaded: &Loaded, id: Option<i64>, all_dead: bool) -> anyhow::Result
         }
         writeln!(out, "delivery {id} queued again")?;
     } else {
-        let n = outbox::retry_dead(log.connection())?;
-        writeln!(out, "{n} dead deliveries queued again")?;
+        let mut log = log;
+        let (queued, superseded) = outbox::retry_dead(log.connection_mut())?;
+        writeln!(out, "{queued} dead deliveries queued again")?;
+        if superseded > 0 {
+            writeln!(
+                out,
+                "{superseded} not queued: a newer decision of their session was delivered since (marked superseded)"
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ mod api;
 mod config;
 mod deliverycmd;
 mod logcmd;
+mod metrics;
 mod outbox;
 mod policycmd;
 mod projections;

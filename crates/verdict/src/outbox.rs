@@ -136,7 +136,8 @@ impl Store {
             "SELECT o.sink, o.seq, o.session_id, o.decision_id, o.attempts, o.next_attempt_at, \
              EXISTS (SELECT 1 FROM outbox n WHERE n.state = 'pending' AND n.sink = o.sink \
                      AND n.session_id = o.session_id AND n.seq > o.seq) \
-             FROM outbox o WHERE {ELIGIBLE} ORDER BY o.next_attempt_at, o.seq LIMIT ?2"
+             FROM outbox o INDEXED BY outbox_due WHERE {ELIGIBLE} \
+             ORDER BY o.next_attempt_at, o.seq LIMIT ?2"
         ))?;
         let rows = stmt
             .query_map(
@@ -155,6 +156,23 @@ impl Store {
                     })
                 },
             )?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Pending deliveries that a newer pending decision of the same session (and sink) makes
+    /// stale, whether due or waiting out a backoff.
+    fn stale(&self) -> anyhow::Result<Vec<(String, u64)>> {
+        let mut stmt = self.log.connection().prepare_cached(
+            "SELECT o.sink, o.seq FROM outbox o INDEXED BY outbox_session \
+             WHERE o.state = 'pending' AND o.sink IN (SELECT value FROM json_each(?1)) \
+             AND EXISTS (SELECT 1 FROM outbox n WHERE n.state = 'pending' AND n.sink = o.sink \
+                         AND n.session_id = o.session_id AND n.seq > o.seq) LIMIT 1000",
+        )?;
+        let rows = stmt
+            .query_map(params![self.sinks_json], |r| {
+                Ok((r.get::<_, String>(0)?, u64_of(r.get(1)?)))
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }
@@ -212,13 +230,19 @@ fn record(
     let (state, next) = match result.outcome {
         Outcome::Delivered => ("delivered", now),
         Outcome::Gone => {
+            metrics::counter!(crate::metrics::SINKS_DISABLED, "sink" => pick.sink.clone())
+                .increment(1);
             conn.prepare_cached(
                 "INSERT OR REPLACE INTO sink_status (sink, disabled_at, reason) VALUES (?1, ?2, ?3)",
             )?
             .execute(params![pick.sink, now, "410 Gone"])?;
             ("pending", now)
         }
-        Outcome::Retry { .. } if settings.schedule.exhausted(attempts) => ("dead", now),
+        Outcome::Retry { .. } if settings.schedule.exhausted(attempts) => {
+            metrics::counter!(crate::metrics::SINK_DEAD_LETTERS, "sink" => pick.sink.clone())
+                .increment(1);
+            ("dead", now)
+        }
         Outcome::Retry { after } => {
             let delay = settings.schedule.delay(attempts, after, fastrand::f64());
             let next = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(0));
@@ -281,6 +305,8 @@ pub fn spawn_dispatcher(
     )?;
     let client = reqwest::Client::builder()
         .timeout(settings.timeout)
+        // A redirect would turn the POST into a GET elsewhere: a 3xx is retried, not followed.
+        .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("verdict/", env!("CARGO_PKG_VERSION")))
         .build()
         .context("building the HTTP client")?;
@@ -357,6 +383,8 @@ async fn dispatch(
         thread: recorder_thread,
     } = recorder;
     let mut failures = 0u32;
+    // New decisions can make waiting ones stale: looked for at start and after each wake-up.
+    let mut check_stale = settings.supersede;
     let spawn = |inflight: &mut Inflight, pick: Pick, body: anyhow::Result<Vec<u8>>| {
         let (sinks, client, settings) =
             (std::rc::Rc::clone(&sinks), client.clone(), settings.clone());
@@ -374,6 +402,19 @@ async fn dispatch(
         }
         if *stop.borrow() {
             break;
+        }
+        if check_stale {
+            check_stale = false;
+            match store.stale() {
+                Ok(stale) => superseded.extend(
+                    stale
+                        .into_iter()
+                        .filter(|k| !superseding.contains(k) && !busy.deliveries.contains(k)),
+                ),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "delivery: looking for superseded decisions failed");
+                }
+            }
         }
         let room = settings.concurrency.saturating_sub(inflight.len());
         let now = now_ms();
@@ -426,7 +467,7 @@ async fn dispatch(
             }
         }
         tokio::select! {
-            () = wake.notified() => {}
+            () = wake.notified() => check_stale = settings.supersede,
             Some(done) = written.recv() => {
                 for key in &done.superseded {
                     superseding.remove(key);
@@ -518,6 +559,8 @@ fn spawn_recorder(mut store: Store, settings: Settings) -> anyhow::Result<Record
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
                 if !batch.superseded.is_empty() {
+                    metrics::counter!(crate::metrics::SUPERSEDED)
+                        .increment(batch.superseded.len() as u64);
                     tracing::info!(count = batch.superseded.len(), "deliveries superseded by newer decisions");
                 }
                 if done.send(batch).is_err() {
@@ -563,6 +606,7 @@ async fn attempt(
     };
     let ts = now_ms() / 1000;
     let signature = sink.signer.sign(&pick.decision_id, ts, &body);
+    let started = std::time::Instant::now();
     let sent = client
         .post(&sink.url)
         .header("content-type", "application/json")
@@ -595,6 +639,15 @@ async fn attempt(
         },
     };
     let attempts = pick.attempts.saturating_add(1);
+    let outcome = match result.outcome {
+        Outcome::Delivered => "delivered",
+        Outcome::Gone => "gone",
+        Outcome::Retry { .. } => "retry",
+    };
+    metrics::counter!(crate::metrics::SINK_ATTEMPTS, "sink" => sink.name.clone(), "outcome" => outcome)
+        .increment(1);
+    metrics::histogram!(crate::metrics::SINK_ATTEMPT_SECONDS, "sink" => sink.name.clone())
+        .record(started.elapsed().as_secs_f64());
     match (&result.outcome, result.status) {
         (Outcome::Delivered, _) => {
             tracing::debug!(sink = %sink.name, seq = pick.seq, decision = %pick.decision_id, attempts, "decision delivered");
@@ -712,6 +765,20 @@ pub fn retry_one(conn: &Connection, id: i64) -> anyhow::Result<bool> {
             "delivery {id} was delivered already; sending it again could put an old decision after a newer one"
         ),
         Some(_) => {
+            let newer: Option<i64> = conn
+                .query_row(
+                    &format!(
+                        "SELECT n.seq FROM outbox o JOIN outbox n {NEWER_DELIVERED} WHERE o.id = ?1"
+                    ),
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(seq) = newer {
+                anyhow::bail!(
+                    "delivery {id}: a newer decision of its session (seq {seq}) was delivered to this sink; sending this one now would overwrite it"
+                );
+            }
             conn.execute(
                 "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?2, \
                  updated_at = ?2 WHERE id = ?1",
@@ -722,13 +789,31 @@ pub fn retry_one(conn: &Connection, id: i64) -> anyhow::Result<bool> {
     }
 }
 
-/// Queues every dead delivery again. Returns how many.
-pub fn retry_dead(conn: &Connection) -> anyhow::Result<usize> {
-    Ok(conn.execute(
+/// Joins a delivery `o` to a newer delivered decision `n` of the same session and sink.
+const NEWER_DELIVERED: &str = "ON n.sink = o.sink AND n.session_id = o.session_id \
+     AND n.seq > o.seq AND n.state = 'delivered'";
+
+/// Queues every dead delivery again, except those whose session has had a newer decision
+/// delivered to the same sink since (sending them would overwrite it): those are marked
+/// superseded. Returns (queued, superseded).
+pub fn retry_dead(conn: &mut Connection) -> anyhow::Result<(usize, usize)> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    let now = now_ms();
+    let superseded = tx.execute(
+        &format!(
+            "UPDATE outbox SET state = 'superseded', updated_at = ?1 WHERE state = 'dead' \
+             AND id IN (SELECT o.id FROM outbox o JOIN outbox n {NEWER_DELIVERED} \
+                        WHERE o.state = 'dead')"
+        ),
+        [now],
+    )?;
+    let queued = tx.execute(
         "UPDATE outbox SET state = 'pending', attempts = 0, next_attempt_at = ?1, \
          updated_at = ?1 WHERE state = 'dead'",
-        [now_ms()],
-    )?)
+        [now],
+    )?;
+    tx.commit()?;
+    Ok((queued, superseded))
 }
 
 /// Enables a sink disabled by a 410. Returns whether it was disabled.

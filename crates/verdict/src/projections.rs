@@ -117,6 +117,7 @@ fn decide(
             .unwrap_or(serde_json::Value::Null);
         let d = policy.evaluate(&verdict_rules::Facts::new(details, session_json(s)));
         for err in &d.errors {
+            metrics::counter!(crate::metrics::RULE_ERRORS, "rule" => err.rule.clone()).increment(1);
             tracing::warn!(session = %s.session_id, rule = %err.rule, error = %err.error, "rule evaluation failed; counted as review");
         }
         let action = Action::parse(d.action.as_str()).unwrap_or(Action::Review);
@@ -216,6 +217,7 @@ impl Unflushed {
             let r = recorded(e);
             let fact = read(&r);
             if let Fact::Quarantined { session_id, reason } = &fact {
+                metrics::counter!(crate::metrics::QUARANTINED).increment(1);
                 self.quarantined
                     .push((e.seq, session_id.clone(), reason.clone()));
             }
@@ -232,6 +234,8 @@ impl Unflushed {
                         // Current at once, so a later entry compares against it; its seq is set
                         // when the append is durable, and again when its entry is folded.
                         s.decision = Some((d.clone(), 0));
+                        metrics::counter!(crate::metrics::DECISIONS, "action" => d.action.as_str(), "source" => d.source.as_str())
+                            .increment(1);
                         decisions.push(d);
                     }
                 }

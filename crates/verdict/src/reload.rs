@@ -87,6 +87,7 @@ async fn check(
         Err(e) => {
             // A rename in progress can leave the name missing for a moment; the next event retries.
             stats.failed.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "failed").increment(1);
             tracing::error!(path = %path.display(), error = %e, why, "policy reload failed: cannot read the file; keeping the active policy");
             return;
         }
@@ -104,15 +105,19 @@ async fn check(
             };
             if let Err(e) = crate::serve::record_activation(writer, &active).await {
                 stats.failed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "failed")
+                    .increment(1);
                 tracing::error!(error = %format!("{e:#}"), "policy reload failed: cannot record it; keeping the active policy");
                 return;
             }
             tracing::info!(why, name = %active.policy.name, version = %active.policy.version, sha256 = %active.policy.sha256, "policy reloaded");
             current.store(Arc::new(active.policy));
             stats.ok.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "ok").increment(1);
         }
         Err(diagnostics) => {
             stats.failed.fetch_add(1, Ordering::Relaxed);
+            metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "failed").increment(1);
             let rendered: Vec<String> = diagnostics
                 .iter()
                 .map(|d| crate::policycmd::render(path, &text, d))

@@ -69,7 +69,16 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
         .thread_name("verdict-worker")
         .build()
         .context("starting the async runtime")?;
-    runtime.block_on(serve(loaded, sources, tokens, sinks, policy, tls))
+    let metrics_handle = crate::metrics::install().context("installing the metrics recorder")?;
+    runtime.block_on(serve(
+        loaded,
+        sources,
+        tokens,
+        sinks,
+        policy,
+        tls,
+        metrics_handle,
+    ))
 }
 
 /// The compiled policy with the text it was compiled from.
@@ -117,6 +126,7 @@ async fn serve(
     sinks: Vec<crate::outbox::Sink>,
     policy: Option<ActivePolicy>,
     tls: Option<std::sync::Arc<crate::tls::CertStore>>,
+    metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<()> {
     // Set once SIGTERM/SIGINT arrives: ends long polls and the dispatcher.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
@@ -130,6 +140,15 @@ async fn serve(
                 if stats.ok && stats.outbox > 0 {
                     on_batch_wake.notify_one();
                 }
+                #[allow(clippy::cast_precision_loss)] // batch sizes are small
+                if stats.ok {
+                    metrics::histogram!(crate::metrics::APPEND_BATCH_EVENTS)
+                        .record(stats.events as f64);
+                    metrics::histogram!(crate::metrics::APPEND_BATCH_SECONDS)
+                        .record(stats.elapsed.as_secs_f64());
+                } else {
+                    metrics::counter!(crate::metrics::APPEND_FAILURES).increment(1);
+                }
             },
         )),
         ..WriterConfig::default()
@@ -141,7 +160,27 @@ async fn serve(
     }
     let policy_loaded = policy.is_some();
     let max_body = *loaded.config.server.max_body_bytes.get_ref();
-    let ingress = Ingress::new(sources, max_body, writer.clone());
+    let ingress = Ingress::new(sources, max_body, writer.clone()).with_observer(
+        std::sync::Arc::new(|source: &str, outcome: verdict_ingress::Outcome| {
+            use verdict_ingress::Outcome as O;
+            let (name, reason) = match outcome {
+                O::Accepted => ("accepted", ""),
+                O::Duplicate => ("duplicate", ""),
+                O::Ping => ("ping", ""),
+                O::Rejected(reason) => ("rejected", reason),
+                O::Unavailable => ("unavailable", ""),
+                O::UnknownSource => ("unknown_source", ""),
+            };
+            // An unknown source's name comes from the URL: not a label (unbounded).
+            let source = if matches!(outcome, O::UnknownSource) {
+                "-".to_owned()
+            } else {
+                source.to_owned()
+            };
+            metrics::counter!(crate::metrics::WEBHOOKS, "source" => source, "outcome" => name, "reason" => reason)
+                .increment(1);
+        }),
+    );
     let decider_present = policy.is_some();
     let mut _watcher = None;
     let decider = match policy {
@@ -197,8 +236,17 @@ async fn serve(
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .with_state(state)
+        .route(
+            "/metrics",
+            get(crate::metrics::render).with_state(std::sync::Arc::new(crate::metrics::Scrape {
+                handle: metrics_handle,
+                committed: writer.subscribe(),
+                projected: projector.projected.clone(),
+            })),
+        )
         .merge(verdict_ingress::router(ingress))
-        .merge(crate::api::router(api));
+        .merge(crate::api::router(api))
+        .layer(axum::middleware::from_fn(request_span));
 
     let addr = loaded.listen();
     let listener = tokio::net::TcpListener::bind(addr)
@@ -247,6 +295,24 @@ async fn serve(
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Runs each request inside a span carrying a request id (the sender's `Request-Id` or
+/// `X-Request-Id` when it has one, else a new UUIDv7), the method and the path, so every log
+/// line of one request can be found together.
+async fn request_span(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use tracing::Instrument as _;
+    let id = ["request-id", "x-request-id"]
+        .iter()
+        .find_map(|h| req.headers().get(*h))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128)
+        .map_or_else(|| verdict_log::Uuid::now_v7().to_string(), str::to_owned);
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    next.run(req).instrument(span).await
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {

@@ -191,10 +191,12 @@ impl CertStore {
                 self.current.store(Arc::new(pair));
                 self.loaded.store(Arc::new(digest));
                 self.reloads_ok.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(why, cert = %self.cert.display(), "TLS certificate reloaded");
             }
             Err(e) => {
                 self.reloads_failed.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "failed").increment(1);
                 tracing::error!(why, error = %e, "TLS certificate reload failed; the previous certificate keeps serving");
             }
         }

@@ -266,6 +266,23 @@ async fn dead_letters_are_listed_and_redriven() {
     assert_eq!(dead[0]["attempts"], 2);
     assert_eq!(dead[0]["last_status"], 500);
     assert_eq!(sink.received().len(), 2);
+    let metrics = s
+        .http
+        .get(s.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains(r#"verdict_sink_dead_letters_total{sink="backend"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"verdict_sink_attempts_total{sink="backend",outcome="retry"} 2"#),
+        "{metrics}"
+    );
     // The table names it too.
     let out = verdict(&s.config(), &["deliveries", "list", "--dead"]);
     assert!(text(&out.stdout).contains("dead"), "{}", text(&out.stdout));
@@ -434,6 +451,9 @@ async fn a_stale_undelivered_decision_is_superseded() {
     assert_eq!(rows[0]["attempts"], 1);
     let got = sink.received();
     assert_eq!(got.last().unwrap().json["source"], "analyst");
+    // Superseded at once, not when the stale one's 1.5 s backoff ran out.
+    let waited = got.last().unwrap().at - got[0].at;
+    assert!(waited < Duration::from_millis(1400), "{waited:?}");
     assert!(
         got.iter()
             .filter(|r| r.json["source"] == "policy")
@@ -540,4 +560,55 @@ async fn the_pull_feed_long_polls_and_wakes_promptly() {
     assert!(status.success());
     assert!(stopping.elapsed() < Duration::from_secs(20));
     assert_eq!(pending.await.unwrap().ok(), Some(200));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redriving_never_sends_an_old_decision_after_a_newer_one() {
+    let sink = Sink::start(always(500)).await;
+    let s = Server::start_with(&config(&sink, "max_attempts = 1\n"));
+    finish(&s, "sess-o").await;
+    let dead = eventually("the policy decision dead", async || {
+        deliveries(&s, &["--dead"]).into_iter().next()
+    })
+    .await;
+    sink.respond(ok());
+    let (status, _) = post_override(
+        &s,
+        "sess-o",
+        "tok-alice",
+        json!({"action": "approve", "reason": "checked by hand"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    sink.wait_for("the analyst decision", 2).await;
+    eventually("the analyst decision delivered", async || {
+        deliveries(&s, &["--all"])
+            .first()
+            .is_some_and(|r| r["state"] == "delivered")
+            .then_some(())
+    })
+    .await;
+    let out = verdict(&s.config(), &["deliveries", "retry", "--all-dead"]);
+    let said = text(&out.stdout);
+    assert!(said.contains("0 dead deliveries queued again"), "{said}");
+    assert!(said.contains("1 not queued"), "{said}");
+    let id = dead["id"].as_i64().unwrap().to_string();
+    let out = verdict(&s.config(), &["deliveries", "retry", &id]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("newer decision"),
+        "{}",
+        text(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(1200)).await; // a rescan would have sent it
+    assert_eq!(
+        sink.received().len(),
+        2,
+        "the old decision is not sent again"
+    );
+    let states: Vec<String> = deliveries(&s, &["--all"])
+        .iter()
+        .map(|r| r["state"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(states, ["delivered", "superseded"]);
 }

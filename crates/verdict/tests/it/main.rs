@@ -7,6 +7,7 @@ mod commands;
 mod decisions;
 mod delivery;
 mod ingress;
+mod ops;
 mod sessions;
 mod support;
 mod tls;

@@ -115,9 +115,16 @@ impl Server {
 
     /// Starts (or restarts) the server on the config already in `dir`.
     pub fn start_in(dir: tempfile::TempDir) -> Self {
+        Self::start_opts(dir, &[], &[])
+    }
+
+    /// Like `start_in`, with more arguments before `serve` and environment variables.
+    pub fn start_opts(dir: tempfile::TempDir, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(BIN)
             .arg("--config")
             .arg(dir.path().join("verdict.toml"))
+            .args(args)
+            .envs(env.iter().copied())
             .arg("serve")
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
