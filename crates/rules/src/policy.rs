@@ -73,8 +73,9 @@ pub struct Policy {
     pub sha256: String,
     binds_details: bool,
     binds_session: bool,
-    /// The top-level keys of `details` the rules name (`None`: bind all of `details`).
-    details_keys: Option<Vec<String>>,
+    /// What the rules read of `details` and of `session` (only that is bound).
+    details_needs: Needs,
+    session_needs: Needs,
     /// The standard library, built once (building it costs more than evaluating the rules).
     base: StdLib,
 }
@@ -212,7 +213,8 @@ impl Policy {
         let header = raw.policy.into_inner();
         let binds_details = rules.iter().any(|r| r.uses_details);
         let binds_session = rules.iter().any(|r| r.uses_session);
-        let details_keys = referenced_keys(rules.iter().map(|r| r.when.as_str()), "details");
+        let details_needs = needs(rules.iter().map(|r| r.when.as_str()), "details");
+        let session_needs = needs(rules.iter().map(|r| r.when.as_str()), "session");
         Ok(Self {
             name: header.name,
             version: header.version,
@@ -221,41 +223,46 @@ impl Policy {
             sha256: hex::encode(Sha256::digest(text.as_bytes())),
             binds_details,
             binds_session,
-            details_keys,
+            details_needs,
+            session_needs,
             base: StdLib(cel::Context::default()),
         })
     }
 
     /// Evaluates every rule against `facts`. Pure: no I/O, no clock.
     pub fn evaluate(&self, facts: &Facts) -> Decision {
+        self.evaluate_bound(facts, true)
+    }
+
+    /// `prune`: bind only what the rules name (see [`Needs`]); otherwise bind everything (the
+    /// reference the pruned evaluation is tested against).
+    fn evaluate_bound(&self, facts: &Facts, prune: bool) -> Decision {
         let mut context = self.base.0.new_inner_scope();
         let mut bind_error = None;
-        let pruned;
-        let details = match (&self.details_keys, &facts.details) {
-            (Some(keys), serde_json::Value::Object(all)) => {
-                pruned = serde_json::Value::Object(
-                    keys.iter()
-                        .filter_map(|k| all.get(k).map(|v| (k.clone(), v.clone())))
-                        .collect(),
-                );
-                &pruned
-            }
-            _ => &facts.details,
-        };
-        for (name, value, wanted) in [
-            ("details", details, self.binds_details),
-            ("session", &facts.session, self.binds_session),
+        for (name, value, wanted, needs) in [
+            (
+                "details",
+                &facts.details,
+                self.binds_details,
+                &self.details_needs,
+            ),
+            (
+                "session",
+                &facts.session,
+                self.binds_session,
+                &self.session_needs,
+            ),
         ] {
             if !wanted {
                 continue;
             }
-            match cel::to_value(value) {
-                Ok(v) => {
-                    if let Err(e) = context.add_variable(name, v) {
-                        bind_error = Some(format!("binding {name}: {e:?}"));
-                    }
-                }
-                Err(e) => bind_error = Some(format!("binding {name}: {e}")),
+            let bound = if prune {
+                pruned_cel(value, needs)
+            } else {
+                json_to_cel(value)
+            };
+            if let Err(e) = context.add_variable(name, bound) {
+                bind_error = Some(format!("binding {name}: {e:?}"));
             }
         }
         let mut decision = Decision {
@@ -301,42 +308,88 @@ impl Policy {
     }
 }
 
-/// The top-level keys of variable `var` that CEL sources name as `var.key`, or `None` when a
-/// source uses `var` any other way (indexing, passing it whole), which binds all of it. Binding
-/// only what is named is an optimisation: a key the scan missed makes its rule fail to
-/// evaluate, which counts as `review`, never as a silent `approve`.
-fn referenced_keys<'a>(sources: impl Iterator<Item = &'a str>, var: &str) -> Option<Vec<String>> {
-    let mut keys = std::collections::BTreeSet::new();
+/// What rules read of a variable: the member paths they name (`details.a.b`), as a tree. A
+/// node is `whole` when a rule uses its value as a whole (compares it, passes it to a function,
+/// calls a method on it, indexes it); a node named only to be compared with `null` or to go
+/// deeper needs just its presence and the named children. Binding only this is what makes an
+/// evaluation cheap (CEL converts maps as it reads them); the scan is conservative (anything it
+/// does not recognise needs the whole value), and a test checks that pruned and full bindings
+/// decide the same.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Needs {
+    whole: bool,
+    fields: std::collections::BTreeMap<String, Needs>,
+}
+
+fn is_ident(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_'
+}
+
+/// The needs of variable `var` over CEL sources.
+fn needs<'a>(sources: impl Iterator<Item = &'a str>, var: &str) -> Needs {
+    let mut root = Needs::default();
     for src in sources {
-        let bytes = src.as_bytes();
         let mut from = 0;
         while let Some(at) = src.get(from..).and_then(|s| s.find(var)).map(|i| i + from) {
             from = at + var.len();
-            let before_ok = at == 0
-                || !(bytes[at - 1].is_ascii_alphanumeric()
-                    || bytes[at - 1] == b'_'
-                    || bytes[at - 1] == b'.');
-            if !before_ok {
-                continue;
+            let before = src[..at].chars().next_back();
+            if before.is_some_and(|c| is_ident(c) || c == '.') {
+                continue; // part of a longer name, or a field called like the variable
             }
-            let after = &src[from..];
-            if !after.starts_with('.') {
-                if after.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
-                    continue; // a longer identifier, e.g. `details2`
+            let mut rest = &src[from..];
+            if rest.starts_with(is_ident) {
+                continue; // a longer identifier, e.g. `details2`
+            }
+            let mut node = &mut root;
+            loop {
+                if let Some(after_dot) = rest.strip_prefix('.') {
+                    let ident: String = after_dot.chars().take_while(|c| is_ident(*c)).collect();
+                    let after = &after_dot[ident.len()..];
+                    if ident.is_empty() || after.trim_start().starts_with('(') {
+                        node.whole = true; // a method call on this value, or odd syntax
+                        break;
+                    }
+                    node = node.fields.entry(ident).or_default();
+                    rest = after;
+                    continue;
                 }
-                return None;
+                let next = rest.trim_start();
+                let nullness = ["!= null", "== null", "!=null", "==null"]
+                    .iter()
+                    .any(|p| next.starts_with(p) && !next[p.len()..].starts_with(is_ident));
+                if !nullness {
+                    node.whole = true;
+                }
+                break;
             }
-            let key: String = after[1..]
-                .chars()
-                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                .collect();
-            if key.is_empty() {
-                return None;
-            }
-            keys.insert(key);
         }
     }
-    Some(keys.into_iter().collect())
+    root
+}
+
+/// `value` as a CEL value, keeping only what `needs` names.
+fn pruned_cel(value: &serde_json::Value, needs: &Needs) -> cel::Value {
+    use std::sync::Arc;
+    match value {
+        serde_json::Value::Object(map) if !needs.whole => {
+            let kept: std::collections::HashMap<cel::objects::Key, cel::Value> = needs
+                .fields
+                .iter()
+                .filter_map(|(k, n)| {
+                    map.get(k).map(|v| {
+                        (
+                            cel::objects::Key::String(Arc::new(k.clone())),
+                            pruned_cel(v, n),
+                        )
+                    })
+                })
+                .collect();
+            cel::Value::Map(cel::objects::Map {
+                map: Arc::new(kept),
+            })
+        }
+        other => json_to_cel(other),
+    }
 }
 
 /// Maps a CEL error position (line 1-based, column 0-based, within the `when` text) to bytes
@@ -501,23 +554,94 @@ mod tests {
         assert!(Policy::parse(&bad_action).is_err());
     }
 
+    fn tree(whole: bool, fields: &[(&str, Needs)]) -> Needs {
+        Needs {
+            whole,
+            fields: fields
+                .iter()
+                .map(|(k, n)| ((*k).to_owned(), n.clone()))
+                .collect(),
+        }
+    }
+
     #[test]
-    fn only_named_keys_are_bound() {
-        let k = |srcs: &[&str]| referenced_keys(srcs.iter().copied(), "details");
+    fn only_what_rules_name_is_bound() {
+        let n = |srcs: &[&str]| needs(srcs.iter().copied(), "details");
+        let leaf = tree(true, &[]);
         assert_eq!(
-            k(&["details.a.b == 1 && details.c", "session.x"]),
-            Some(vec!["a".into(), "c".into()])
+            n(&["details.a.b == 1 && details.c", "session.x"]),
+            tree(
+                false,
+                &[
+                    ("a", tree(false, &[("b", leaf.clone())])),
+                    ("c", leaf.clone())
+                ]
+            )
         );
-        assert_eq!(k(&["details[\"a\"] == 1"]), None);
-        assert_eq!(k(&["size(details) > 0"]), None);
-        assert_eq!(k(&["mydetails.a == 1 || x.details == 2"]), Some(vec![]));
-        // A pruned binding gives the same decision as the full one.
-        let p = policy(&rule("dup", "details.duplicatesFound", "decline"));
-        let d = p.evaluate(&Facts::new(
-            json!({"duplicatesFound": true, "other": {"big": [1, 2, 3]}}),
-            json!({}),
-        ));
-        assert_eq!(d.action, Action::Decline);
+        // Compared with null only: presence, not content.
+        assert_eq!(
+            n(&["details.a != null && details.a.b == 'x'"]),
+            tree(false, &[("a", tree(false, &[("b", leaf.clone())]))])
+        );
+        // Used whole: indexing, functions, methods, the variable itself.
+        assert!(n(&["details[\"a\"] == 1"]).whole);
+        assert!(n(&["size(details) > 0"]).whole);
+        assert_eq!(
+            n(&["details.a.exists(x, x > 1)"]),
+            tree(false, &[("a", leaf)])
+        );
+        assert_eq!(n(&["mydetails.a == 1 || x.details == 2"]), Needs::default());
+    }
+
+    #[test]
+    fn pruned_and_full_bindings_decide_the_same() {
+        let kyc = include_str!("../../../config/policies/kyc.toml");
+        let p = Policy::parse(kyc).unwrap();
+        let fixtures = [
+            include_str!("../../../fixtures/seon/session_finished_approved.json"),
+            include_str!("../../../fixtures/seon/session_finished_declined_forgery.json"),
+            include_str!("../../../fixtures/seon/session_finished_review_face_mismatch.json"),
+            include_str!("../../../fixtures/seon/session_finished_abandoned.json"),
+            include_str!("../../../fixtures/seon/session_finished_duplicate.json"),
+        ];
+        let mut cases = Vec::new();
+        for f in fixtures {
+            let v: serde_json::Value = serde_json::from_str(f).unwrap();
+            let details = v["details"].clone();
+            // The fixture, then variants: each top-level key removed, nulled, made a string.
+            cases.push(details.clone());
+            if let serde_json::Value::Object(m) = &details {
+                for k in m.keys() {
+                    let mut without = m.clone();
+                    without.remove(k);
+                    cases.push(serde_json::Value::Object(without.clone()));
+                    let mut nulled = m.clone();
+                    nulled.insert(k.clone(), serde_json::Value::Null);
+                    cases.push(serde_json::Value::Object(nulled));
+                    let mut stringy = m.clone();
+                    stringy.insert(k.clone(), json!("FAIL"));
+                    cases.push(serde_json::Value::Object(stringy));
+                }
+            }
+        }
+        cases.push(json!(null));
+        cases.push(json!([]));
+        assert!(cases.len() > 100);
+        for (i, details) in cases.into_iter().enumerate() {
+            for status in ["APPROVED", "DECLINED", "REVIEW"] {
+                let facts = Facts::new(
+                    details.clone(),
+                    json!({"vendor_status": status, "event_count": 1, "decision": {"action": "approve"}}),
+                );
+                let (pruned, full) = (
+                    p.evaluate_bound(&facts, true),
+                    p.evaluate_bound(&facts, false),
+                );
+                assert_eq!(pruned.action, full.action, "case {i} {status}");
+                assert_eq!(pruned.rules, full.rules, "case {i} {status}");
+                assert_eq!(pruned.errors.len(), full.errors.len(), "case {i} {status}");
+            }
+        }
     }
 
     #[test]
@@ -531,5 +655,62 @@ mod tests {
         let a = policy(&rule("a", "true", "approve"));
         assert_eq!(a.sha256.len(), 64);
         assert_ne!(a.sha256, policy(&rule("a", "true ", "approve")).sha256);
+    }
+}
+
+/// A JSON value as a CEL value, built directly (no serializer in between): the same values
+/// `cel::to_value` gives (a non-negative integer is a `uint`, a negative one an `int`, any
+/// other number a `double`), several times faster.
+pub fn json_to_cel(v: &serde_json::Value) -> cel::Value {
+    use std::sync::Arc;
+    match v {
+        serde_json::Value::Null => cel::Value::Null,
+        serde_json::Value::Bool(b) => cel::Value::Bool(*b),
+        serde_json::Value::Number(n) => match (n.as_u64(), n.as_i64()) {
+            (Some(u), _) => cel::Value::UInt(u),
+            (None, Some(i)) => cel::Value::Int(i),
+            (None, None) => cel::Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        serde_json::Value::String(s) => cel::Value::String(Arc::new(s.clone())),
+        serde_json::Value::Array(items) => {
+            cel::Value::List(Arc::new(items.iter().map(json_to_cel).collect()))
+        }
+        serde_json::Value::Object(map) => {
+            let map: std::collections::HashMap<cel::objects::Key, cel::Value> = map
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        cel::objects::Key::String(Arc::new(k.clone())),
+                        json_to_cel(v),
+                    )
+                })
+                .collect();
+            cel::Value::Map(cel::objects::Map { map: Arc::new(map) })
+        }
+    }
+}
+
+#[cfg(test)]
+mod conversion_tests {
+    use super::*;
+
+    #[test]
+    fn direct_conversion_equals_the_serializer() {
+        let samples = [
+            serde_json::json!(null),
+            serde_json::json!({"a": 1, "b": -2, "c": 1.5, "d": "x", "e": [true, null, {"f": []}],
+                              "g": u64::MAX, "h": i64::MIN, "i": 0, "j": -0.0, "k": {}}),
+            serde_json::from_str(include_str!(
+                "../../../fixtures/seon/session_finished_approved.json"
+            ))
+            .unwrap(),
+            serde_json::from_str(include_str!(
+                "../../../fixtures/seon/session_finished_declined_forgery.json"
+            ))
+            .unwrap(),
+        ];
+        for v in &samples {
+            assert_eq!(json_to_cel(v), cel::to_value(v).unwrap(), "{v}");
+        }
     }
 }

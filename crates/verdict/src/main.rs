@@ -11,6 +11,7 @@ mod metrics;
 mod outbox;
 mod policycmd;
 mod projections;
+mod rederive;
 mod reload;
 mod serve;
 mod sessioncmd;

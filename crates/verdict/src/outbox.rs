@@ -433,7 +433,10 @@ async fn dispatch(
                         break;
                     }
                     if c.stale && settings.supersede {
-                        superseded.push((c.pick.sink.clone(), c.pick.seq));
+                        let key = (c.pick.sink.clone(), c.pick.seq);
+                        if !superseded.contains(&key) {
+                            superseded.push(key);
+                        }
                         continue;
                     }
                     if busy.session_busy(&c.pick.sink, &c.pick.session_id) {
@@ -469,6 +472,8 @@ async fn dispatch(
         tokio::select! {
             () = wake.notified() => check_stale = settings.supersede,
             Some(done) = written.recv() => {
+                // A failed attempt may now be stale behind a newer decision.
+                check_stale = settings.supersede;
                 for key in &done.superseded {
                     superseding.remove(key);
                 }

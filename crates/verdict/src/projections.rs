@@ -18,6 +18,9 @@ use verdict_projector::{
     Recorded, Session, fact_session, read,
 };
 
+/// The type of the entry that records a policy's text when it becomes active.
+pub const POLICY_ACTIVATED: &str = "policy:activated";
+
 /// The projector's checkpoint name.
 pub const PROJECTOR: &str = "projector";
 /// Entries folded per read, and the most written per transaction, by the runner.
@@ -73,73 +76,121 @@ pub struct Decider {
     pub sinks: Vec<String>,
 }
 
-/// The decision an applied entry calls for, if any: an override is an analyst decision; the
-/// newest vendor event, when it is a status update, a vendor decision, and when it is an
-/// `idv:session_finished`, the policy's decision on its `details`. Older events decide nothing,
-/// and a decision is made only when the action or its source changes.
-fn decide(
-    s: &Session,
-    e: &Entry,
-    change: Change,
-    policy: &verdict_rules::Policy,
-) -> Option<DecisionBody> {
-    let newest_vendor = s.vendor_key.is_some_and(|k| k.seq == e.seq);
-    let (action, source, rules, reasons, policy_ref, actor) = if change.overridden {
+/// What an applied entry calls for: an override an analyst decision; the newest vendor event,
+/// when it is a status update, a vendor decision, and when it is an `idv:session_finished`, the
+/// policy's decision on its `details`. Older events call for nothing. Whether a decision is
+/// recorded then depends on the session's current one (only a change of action or source is).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// A decision that needs no policy (analyst, vendor).
+    Fixed(Derived),
+    /// The policy decides on the entry's `details`.
+    Policy,
+}
+
+/// See [`Call`].
+pub fn call_for(s: &Session, seq: u64, change: Change) -> Option<Call> {
+    let newest_vendor = s.vendor_key.is_some_and(|k| k.seq == seq);
+    if change.overridden {
         let o = s.last_override.as_ref()?;
-        (
-            o.action,
-            DecisionSource::Analyst,
-            Vec::new(),
-            vec![o.reason.clone()],
-            None,
-            Some(o.actor.clone()),
-        )
-    } else if change.status_update && newest_vendor {
+        return Some(Call::Fixed(Derived {
+            action: o.action,
+            source: DecisionSource::Analyst,
+            rules: Vec::new(),
+            reasons: vec![o.reason.clone()],
+            policy: None,
+            actor: Some(o.actor.clone()),
+            errors: Vec::new(),
+        }));
+    }
+    if change.status_update && newest_vendor {
         let status = s.vendor_status.as_deref()?;
         let action = match status {
             "APPROVED" => Action::Approve,
             "DECLINED" => Action::Decline,
             _ => Action::Review,
         };
-        let reason = format!("Vendor status changed to {status}");
-        (
+        return Some(Call::Fixed(Derived {
             action,
-            DecisionSource::Vendor,
-            Vec::new(),
-            vec![reason],
-            None,
-            s.status_update_actor.clone(),
-        )
-    } else if change.finished && newest_vendor {
-        let details = serde_json::from_slice::<serde_json::Value>(&e.body)
-            .ok()
-            .and_then(|mut v| v.get_mut("details").map(serde_json::Value::take))
-            .unwrap_or(serde_json::Value::Null);
-        let d = policy.evaluate(&verdict_rules::Facts::new(details, session_json(s)));
-        for err in &d.errors {
-            metrics::counter!(crate::metrics::RULE_ERRORS, "rule" => err.rule.clone()).increment(1);
-            tracing::warn!(session = %s.session_id, rule = %err.rule, error = %err.error, "rule evaluation failed; counted as review");
-        }
-        let action = Action::parse(d.action.as_str()).unwrap_or(Action::Review);
-        let policy_ref = PolicyRef {
+            source: DecisionSource::Vendor,
+            rules: Vec::new(),
+            reasons: vec![format!("Vendor status changed to {status}")],
+            policy: None,
+            actor: s.status_update_actor.clone(),
+            errors: Vec::new(),
+        }));
+    }
+    (change.finished && newest_vendor).then_some(Call::Policy)
+}
+
+/// The policy's decision on a finished event's body, for a session in state `session` (its
+/// [`session_json`]).
+pub fn policy_decision(
+    policy: &verdict_rules::Policy,
+    body: &[u8],
+    session: serde_json::Value,
+) -> Derived {
+    let details = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|mut v| v.get_mut("details").map(serde_json::Value::take))
+        .unwrap_or(serde_json::Value::Null);
+    let d = policy.evaluate(&verdict_rules::Facts::new(details, session));
+    Derived {
+        action: Action::parse(d.action.as_str()).unwrap_or(Action::Review),
+        source: DecisionSource::Policy,
+        rules: d.rules,
+        reasons: d.reasons,
+        policy: Some(PolicyRef {
             name: policy.name.clone(),
             version: policy.version.clone(),
             sha256: policy.sha256.clone(),
-        };
-        (
-            action,
-            DecisionSource::Policy,
-            d.rules,
-            d.reasons,
-            Some(policy_ref),
-            None,
-        )
-    } else {
-        return None;
+        }),
+        actor: None,
+        errors: d.errors.into_iter().map(|e| (e.rule, e.error)).collect(),
+    }
+}
+
+/// A decision as derived from the state, before it gets an id and a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Derived {
+    /// approve, decline or review.
+    pub action: Action,
+    /// policy, analyst or vendor.
+    pub source: DecisionSource,
+    /// Matched rules.
+    pub rules: Vec<String>,
+    /// Their reasons.
+    pub reasons: Vec<String>,
+    /// The policy (policy decisions).
+    pub policy: Option<PolicyRef>,
+    /// The analyst or vendor actor.
+    pub actor: Option<String>,
+    /// Rules whose evaluation failed (rule id, error); they count as review matches.
+    pub errors: Vec<(String, String)>,
+}
+
+/// The decision to record for an applied entry: [`decision_for`], unless the session's current
+/// decision already has that action and source.
+fn decide(
+    s: &Session,
+    e: &Entry,
+    change: Change,
+    policy: &verdict_rules::Policy,
+) -> Option<DecisionBody> {
+    let d = match call_for(s, e.seq, change)? {
+        Call::Fixed(d) => d,
+        Call::Policy => {
+            let d = policy_decision(policy, &e.body, session_json(s));
+            for (rule, error) in &d.errors {
+                metrics::counter!(crate::metrics::RULE_ERRORS, "rule" => rule.clone()).increment(1);
+                tracing::warn!(session = %s.session_id, rule = %rule, error = %error, "rule evaluation failed; counted as review");
+            }
+            d
+        }
     };
     if s.decision
         .as_ref()
-        .is_some_and(|(d, _)| d.action == action && d.source == source)
+        .is_some_and(|(c, _)| c.action == d.action && c.source == d.source)
     {
         return None;
     }
@@ -148,12 +199,12 @@ fn decide(
         session_id: s.session_id.clone(),
         reference_id: s.reference_id.clone(),
         user_id: s.user_id.clone(),
-        action,
-        source,
-        rules,
-        reasons,
-        policy: policy_ref,
-        actor,
+        action: d.action,
+        source: d.source,
+        rules: d.rules,
+        reasons: d.reasons,
+        policy: d.policy,
+        actor: d.actor,
         decided_at: rfc3339_ms(verdict_log::now_ms()),
         trigger_seq: e.seq,
     })
@@ -469,6 +520,7 @@ pub fn spawn_runner(
 pub fn rebuild(
     log: &mut SqliteLog,
     mut progress: impl FnMut(u64, u64),
+    check: Option<&std::sync::mpsc::SyncSender<crate::rederive::Msg>>,
 ) -> anyhow::Result<Projection> {
     let total = log.head()?.map_or(0, |h| h.seq);
     let started = std::time::Instant::now();
@@ -492,7 +544,42 @@ pub fn rebuild(
         if let Some(id) = fact_session(&fact) {
             links.push((id.to_owned(), e.seq));
         }
-        p.apply_fact(&r, &fact);
+        let applied = p.apply_fact(&r, &fact);
+        if let Some(check) = check {
+            use crate::rederive::Msg;
+            let send = |m: Msg| {
+                let _ = check.send(m);
+            };
+            if let Some((s, change)) = applied {
+                match call_for(s, e.seq, change) {
+                    Some(Call::Fixed(derived)) => send(Msg::Fixed {
+                        seq: e.seq,
+                        session_id: s.session_id.clone(),
+                        derived,
+                    }),
+                    Some(Call::Policy) => send(Msg::Policy {
+                        seq: e.seq,
+                        session_id: s.session_id.clone(),
+                        body: e.body.to_vec(),
+                        session: session_json(s),
+                    }),
+                    None => {}
+                }
+            }
+            if let Fact::Decision(d) = &fact {
+                send(Msg::Recorded {
+                    seq: e.seq,
+                    decision: Box::new(d.clone()),
+                });
+            } else if e.source == INTERNAL_SOURCE
+                && e.event_type == POLICY_ACTIVATED
+                && let Some(text) = serde_json::from_slice::<serde_json::Value>(e.body)
+                    .ok()
+                    .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_owned))
+            {
+                send(Msg::Activated { seq: e.seq, text });
+            }
+        }
         done += 1;
         if done.is_multiple_of(10_000) {
             progress(done, total);

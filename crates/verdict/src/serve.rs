@@ -105,7 +105,7 @@ pub async fn record_activation(writer: &LogWriter, active: &ActivePolicy) -> any
     });
     let event = verdict_log::NewEvent::new(
         verdict_log::INTERNAL_SOURCE,
-        "policy:activated",
+        crate::projections::POLICY_ACTIVATED,
         format!("policy:{}", p.sha256),
         serde_json::to_vec(&body)?,
     );
@@ -128,6 +128,16 @@ async fn serve(
     tls: Option<std::sync::Arc<crate::tls::CertStore>>,
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<()> {
+    // SIGHUP reloads (the policy and the TLS files listen for it themselves); a handler is
+    // installed first thing, so it never falls back to the default action (terminating
+    // verdict), whatever is configured and however long start-up takes.
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing the SIGHUP handler")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the policy and the TLS certificate, if configured");
+        }
+    });
     // Set once SIGTERM/SIGINT arrives: ends long polls and the dispatcher.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let db = &loaded.config.storage.path;
@@ -331,15 +341,6 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    // SIGHUP reloads (the policy and the TLS files listen for it themselves); installing a
-    // handler here too means it never falls back to the default action, terminating verdict,
-    // whatever is configured.
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            tracing::info!("SIGHUP: reloading the policy and the TLS certificate, if configured");
-        }
-    });
     Ok(async move {
         tokio::select! {
             _ = int.recv() => tracing::info!("SIGINT: shutting down"),

@@ -25,7 +25,17 @@ pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
         bar.set_style(style);
     }
     let started = std::time::Instant::now();
-    let p = projections::rebuild(&mut log, |done, _| bar.set_position(done))?;
+    // Every recorded decision is derived again on a second thread while the fold runs.
+    let (check_tx, check_rx) = std::sync::mpsc::sync_channel(4096);
+    let checker = std::thread::Builder::new()
+        .name("verdict-rederive".into())
+        .spawn(move || crate::rederive::run(&check_rx))?;
+    let p = projections::rebuild(&mut log, |done, _| bar.set_position(done), Some(&check_tx));
+    drop(check_tx);
+    let report = checker
+        .join()
+        .map_err(|_| anyhow::anyhow!("the decision check stopped unexpectedly"))?;
+    let p = p?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
@@ -46,7 +56,23 @@ pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
         "DIFFERS".to_owned()
     };
     writeln!(out, "previous digest {live} ({verdict})")?;
-    Ok(ExitCode::SUCCESS)
+    if report.differ == 0 {
+        writeln!(
+            out,
+            "decisions: {} recorded, all derived again the same from the log",
+            report.checked
+        )?;
+        return Ok(ExitCode::SUCCESS);
+    }
+    writeln!(
+        out,
+        "decisions: {} recorded, {} DIFFER when derived again ({} expected but never recorded)",
+        report.checked, report.differ, report.missing
+    )?;
+    for e in &report.examples {
+        writeln!(out, "  {e}")?;
+    }
+    Ok(ExitCode::from(1))
 }
 
 /// Prints a session's JSON; exit 1 for an unknown session.

@@ -236,4 +236,43 @@ async fn the_policy_reloads_on_change_and_a_broken_one_is_rejected() {
     s.post_seon(APPROVED, Some("r-app"), SEON_SECRET).await;
     let d = decided(&s, APPROVED_SID, |d| d["source"] == "policy").await;
     assert_eq!(d["policy"]["version"], "3");
+
+    // Every decision, made under several policies, is derived again the same from the log.
+    let (status, dir) = s.terminate();
+    assert!(status.success());
+    let config = dir.path().join("verdict.toml");
+    let out = verdict(&config, &["replay"]);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("all derived again the same"), "{said}");
+
+    // A forged decision appended behind verdict's back (a valid chain, a wrong decision) is
+    // found: replay exits 1 and names it.
+    let mut log = verdict_log::SqliteLog::open(dir.path().join("verdict.db")).unwrap();
+    let last: Value = serde_json::from_str(
+        text(&verdict(&config, &["log", "export"]).stdout)
+            .lines()
+            .rfind(|l| l.contains(r#""type":"decision""#))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut forged = last["payload"].clone();
+    forged["action"] = "approve".into();
+    forged["rules"] = serde_json::json!([]);
+    forged["decision_id"] = "forged".into();
+    forged["trigger_seq"] = 1.into(); // the first policy activation: calls for nothing
+    use verdict_log::EventStore as _;
+    log.append_batch(&[&verdict_log::NewEvent::new(
+        "verdict",
+        "decision",
+        "decision:forged",
+        serde_json::to_vec(&forged).unwrap(),
+    )])
+    .unwrap();
+    drop(log);
+    let out = verdict(&config, &["replay"]);
+    let said = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(said.contains("1 DIFFER"), "{said}");
+    assert!(said.contains("calls for no decision"), "{said}");
 }

@@ -333,4 +333,5 @@ async fn the_cli_shows_what_the_api_shows_and_replay_matches_the_live_state() {
         "{stdout}"
     );
     assert!(stdout.contains("replayed 23 entries"), "{stdout}");
+    assert!(stdout.contains("all derived again the same"), "{stdout}");
 }

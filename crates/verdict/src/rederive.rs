@@ -1,0 +1,212 @@
+//! `verdict replay`'s check of every recorded decision: each is derived again from the log
+//! alone, with the policy recorded (`policy:activated`) at that point, and compared.
+//!
+//! The replay's scan hands this, in log order, the policies activated, what each applied entry
+//! calls for ([`crate::projections::Call`]) and the decisions recorded. It runs on its own thread
+//! (the policy evaluations overlap the fold) and mirrors the live projector: a decision is
+//! expected only when its action or source differs from the session's current one, and after a
+//! recorded decision the session's current one is the recorded one (so one difference does not
+//! cascade).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use verdict_projector::{Action, DecisionBody, DecisionSource};
+use verdict_rules::Policy;
+
+use crate::projections::{Derived, policy_decision};
+
+/// What the scan sends, in log order.
+#[derive(Debug)]
+pub enum Msg {
+    /// A `policy:activated` entry.
+    Activated {
+        /// Its seq.
+        seq: u64,
+        /// The policy text.
+        text: String,
+    },
+    /// An applied entry calls for a decision that needs no policy.
+    Fixed {
+        /// The entry.
+        seq: u64,
+        /// Its session.
+        session_id: String,
+        /// The decision.
+        derived: Derived,
+    },
+    /// An applied entry calls for the policy's decision.
+    Policy {
+        /// The entry.
+        seq: u64,
+        /// Its session.
+        session_id: String,
+        /// The entry's body.
+        body: Vec<u8>,
+        /// The session's state after the entry (`session_json`).
+        session: serde_json::Value,
+    },
+    /// A recorded decision.
+    Recorded {
+        /// Its seq.
+        seq: u64,
+        /// The decision.
+        decision: Box<DecisionBody>,
+    },
+}
+
+/// The outcome of the check.
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Recorded decisions compared.
+    pub checked: u64,
+    /// How many differ.
+    pub differ: u64,
+    /// The first differences, described.
+    pub examples: Vec<String>,
+    /// Decisions the log calls for that were never recorded, after the last recorded one
+    /// (the projector had not reached them) are not counted here; before it, they differ.
+    pub missing: u64,
+}
+
+impl Report {
+    fn differs(&mut self, what: String) {
+        self.differ += 1;
+        if self.examples.len() < 20 {
+            self.examples.push(what);
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Expected {
+    session_id: String,
+    /// The decision expected (with the policy in force by log order), if it changes anything.
+    main: Option<Derived>,
+    /// Shortly after a reload, the decision of the policy before it (the live projector may
+    /// still have used it for a moment while the new one was being recorded).
+    alt: Option<Derived>,
+}
+
+/// How many entries after an activation the previous policy is also tried.
+const RELOAD_WINDOW: u64 = 10_000;
+
+/// Runs the check over the messages until the channel closes.
+pub fn run(rx: &std::sync::mpsc::Receiver<Msg>) -> Report {
+    let mut report = Report::default();
+    let mut policies: HashMap<String, Arc<Policy>> = HashMap::new();
+    let mut in_force: Option<Arc<Policy>> = None;
+    let mut previous: Option<Arc<Policy>> = None;
+    let mut activated_at = 0u64;
+    let mut current: HashMap<String, (Action, DecisionSource)> = HashMap::new();
+    let mut expected: HashMap<u64, Expected> = HashMap::new();
+    let mut last_recorded_trigger = 0u64;
+    let is_current =
+        |current: &HashMap<String, (Action, DecisionSource)>, id: &str, d: &Derived| {
+            current.get(id) == Some(&(d.action, d.source))
+        };
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::Activated { seq, text } => match Policy::parse(&text) {
+                Ok(p) => {
+                    let p = Arc::new(p);
+                    policies.insert(p.sha256.clone(), Arc::clone(&p));
+                    previous = in_force.replace(p);
+                    activated_at = seq;
+                }
+                Err(_) => report.differs(format!(
+                    "seq {seq}: the recorded policy text does not compile with this verdict"
+                )),
+            },
+            Msg::Fixed {
+                seq,
+                session_id,
+                derived,
+            } => {
+                if !is_current(&current, &session_id, &derived) {
+                    current.insert(session_id.clone(), (derived.action, derived.source));
+                    expected.insert(
+                        seq,
+                        Expected {
+                            session_id,
+                            main: Some(derived),
+                            alt: None,
+                        },
+                    );
+                }
+            }
+            Msg::Policy {
+                seq,
+                session_id,
+                body,
+                session,
+            } => {
+                let Some(policy) = &in_force else { continue };
+                let derived = policy_decision(policy, &body, session.clone());
+                let main = (!is_current(&current, &session_id, &derived)).then_some(derived);
+                if let Some(m) = &main {
+                    current.insert(session_id.clone(), (m.action, m.source));
+                }
+                let alt = previous
+                    .as_ref()
+                    .filter(|_| seq.saturating_sub(activated_at) <= RELOAD_WINDOW)
+                    .map(|old| policy_decision(old, &body, session));
+                if main.is_some() || alt.is_some() {
+                    expected.insert(
+                        seq,
+                        Expected {
+                            session_id,
+                            main,
+                            alt,
+                        },
+                    );
+                }
+            }
+            Msg::Recorded { seq, decision } => {
+                report.checked += 1;
+                let d = *decision;
+                last_recorded_trigger = last_recorded_trigger.max(d.trigger_seq);
+                current.insert(d.session_id.clone(), (d.action, d.source));
+                let Some(exp) = expected.remove(&d.trigger_seq) else {
+                    report.differs(format!(
+                        "seq {seq} (session {}): {} by {} for entry {}, which calls for no decision when derived again",
+                        d.session_id,
+                        d.action.as_str(),
+                        d.source.as_str(),
+                        d.trigger_seq
+                    ));
+                    continue;
+                };
+                let sha = d.policy.as_ref().map(|p| p.sha256.as_str());
+                let matching = exp.main.iter().chain(exp.alt.iter()).find(|c| {
+                    c.source == d.source && c.policy.as_ref().map(|p| p.sha256.as_str()) == sha
+                });
+                match matching {
+                    Some(c) if c.action == d.action && c.rules == d.rules => {}
+                    Some(c) => report.differs(format!(
+                        "seq {seq} (session {}): recorded {} {:?}, derived again {} {:?}",
+                        exp.session_id,
+                        d.action.as_str(),
+                        d.rules,
+                        c.action.as_str(),
+                        c.rules
+                    )),
+                    None => report.differs(format!(
+                        "seq {seq} (session {}): recorded by {}{}, which was not in force at entry {}",
+                        exp.session_id,
+                        d.source.as_str(),
+                        sha.map(|s| format!(" (policy {s})")).unwrap_or_default(),
+                        d.trigger_seq
+                    )),
+                }
+            }
+        }
+    }
+    // Expected before the last recorded decision, yet never recorded: a difference too.
+    report.missing = expected
+        .iter()
+        .filter(|(t, e)| **t < last_recorded_trigger && e.main.is_some())
+        .count() as u64;
+    report.differ += report.missing;
+    report
+}
