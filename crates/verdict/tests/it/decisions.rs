@@ -276,3 +276,68 @@ async fn the_policy_reloads_on_change_and_a_broken_one_is_rejected() {
     assert!(said.contains("1 DIFFER"), "{said}");
     assert!(said.contains("calls for no decision"), "{said}");
 }
+
+#[tokio::test]
+async fn a_backtest_shows_what_a_candidate_would_change() {
+    let s = Server::start_with(&config());
+    s.post_seon(REVIEW, Some("b-review"), SEON_SECRET).await;
+    s.post_seon(APPROVED, Some("b-approved"), SEON_SECRET).await;
+    decided(&s, SID, |d| d["source"] == "policy").await;
+    decided(&s, APPROVED_SID, |d| d["source"] == "policy").await;
+    let (status, _) = post_override(
+        &s,
+        SID,
+        "tok-alice",
+        json!({"action": "decline", "reason": "the face does not match"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    decided(&s, SID, |d| d["source"] == "analyst").await;
+    let (_, dir) = s.terminate();
+
+    // The candidate declines a face mismatch instead of sending it to review.
+    let shipped = include_str!("../../../../config/policies/kyc.toml");
+    let candidate = shipped.replacen(
+        "reason = \"Selfie does not match the document photo\"",
+        "reason = \"Selfie does not match the document photo\"\n# stricter",
+        1,
+    );
+    let candidate = candidate.replacen(
+        "faceMatchingResult == \"FAIL\"'\naction = \"review\"",
+        "faceMatchingResult == \"FAIL\"'\naction = \"decline\"",
+        1,
+    );
+    assert_ne!(candidate, shipped);
+    let path = dir.path().join("candidate.toml");
+    std::fs::write(&path, candidate).unwrap();
+    let config = dir.path().join("verdict.toml");
+    let out = verdict(
+        &config,
+        &["policy", "backtest", "--policy", path.to_str().unwrap()],
+    );
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said} {}", text(&out.stderr));
+    assert!(said.contains("2 finished sessions evaluated"), "{said}");
+    assert!(said.contains("would change: 1 of 2 (50.00%)"), "{said}");
+    assert!(
+        said.lines()
+            .any(|l| l.split_whitespace().collect::<Vec<_>>() == ["review", "decline", "1"]),
+        "{said}"
+    );
+    assert!(
+        said.contains("analyst overrides: 1 sessions; the candidate agrees with 1 (100.0%), the active policy with 0 (0.0%)"),
+        "{said}"
+    );
+    // A candidate that does not compile: diagnostics and exit 1.
+    std::fs::write(&path, "[policy]\nname = 1\n").unwrap();
+    let out = verdict(
+        &config,
+        &["policy", "backtest", "--policy", path.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("candidate.toml:"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -1,0 +1,219 @@
+//! `verdict policy backtest --policy CANDIDATE`: what a candidate policy would decide on every
+//! recorded finished session, next to the active policy, and how often each agrees with the
+//! analysts' overrides.
+//!
+//! Both policies see the same inputs: the `details` of the session's newest
+//! `idv:session_finished` (read from the log) and the session's projected state. Sessions are
+//! read in the order of their finished event (sequential reads of the log) and evaluated on
+//! every core.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use anyhow::Context as _;
+use verdict_log::SqliteLog;
+use verdict_projector::{Action, Session};
+use verdict_rules::Policy;
+
+use crate::config::Loaded;
+use crate::{UsageError, logcmd, policycmd, projections};
+
+/// One session's outcome.
+#[derive(Debug, Clone, Copy)]
+struct Outcome {
+    baseline: Action,
+    candidate: Action,
+    analyst: Option<Action>,
+}
+
+/// Compiles a policy file, printing its diagnostics; `None` if it does not compile.
+fn compile(path: &Path) -> anyhow::Result<Option<Policy>> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        UsageError(crate::config::ConfigError::usage(format!(
+            "cannot read policy {}: {e}",
+            path.display()
+        )))
+    })?;
+    match Policy::parse(&text) {
+        Ok(p) => Ok(Some(p)),
+        Err(diagnostics) => {
+            let mut err = std::io::stderr().lock();
+            for d in &diagnostics {
+                writeln!(err, "{}", policycmd::render(path, &text, d))?;
+            }
+            Ok(None)
+        }
+    }
+}
+
+/// Runs the backtest; exit 0 (1 when a policy does not compile).
+pub fn run(loaded: &Loaded, candidate: &Path, baseline: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let baseline_path = match (baseline, &loaded.config.policy) {
+        (Some(p), _) => p.to_owned(),
+        (None, Some(p)) => p.path.get_ref().clone(),
+        (None, None) => {
+            return Err(UsageError(crate::config::ConfigError::usage(format!(
+                "no [policy] in {} to compare with: give --baseline PATH",
+                loaded.file.display()
+            )))
+            .into());
+        }
+    };
+    let (Some(cand), Some(base)) = (compile(candidate)?, compile(&baseline_path)?) else {
+        return Ok(ExitCode::from(1));
+    };
+    let started = std::time::Instant::now();
+    let log = logcmd::open(loaded)?;
+    // Every session with a finished event, in the order of that event (the states are parsed
+    // by the workers).
+    let mut sessions: Vec<(u64, String)> = Vec::new();
+    {
+        let mut stmt = log.connection().prepare(
+            "SELECT json_extract(state, '$.finished.seq') AS f, state FROM sessions \
+             WHERE f IS NOT NULL ORDER BY f",
+        )?;
+        let mut rows = stmt.query([])?;
+        while let Some(row) = rows.next()? {
+            let seq: i64 = row.get(0)?;
+            sessions.push((u64::try_from(seq).unwrap_or(0), row.get(1)?));
+        }
+    }
+    let total = sessions.len() as u64;
+    let bar = indicatif::ProgressBar::with_draw_target(
+        Some(total),
+        indicatif::ProgressDrawTarget::stderr_with_hz(10),
+    );
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "backtest {bar:40} {pos}/{len} sessions ({per_sec}, {eta} left)",
+    ) {
+        bar.set_style(style);
+    }
+    let done = AtomicU64::new(0);
+    let threads = std::thread::available_parallelism().map_or(2, usize::from);
+    let chunk = sessions.len().div_ceil(threads).max(1);
+    let path = loaded.config.storage.path.clone();
+    let outcomes: Vec<anyhow::Result<Vec<Outcome>>> = std::thread::scope(|scope| {
+        let workers: Vec<_> = sessions
+            .chunks(chunk)
+            .map(|part| {
+                let (cand, base, done, path) = (&cand, &base, &done, &path);
+                scope.spawn(move || -> anyhow::Result<Vec<Outcome>> {
+                    let log = SqliteLog::open_read_only(path)?;
+                    let mut stmt = log
+                        .connection()
+                        .prepare_cached("SELECT body, body_encoding FROM events WHERE seq = ?1")?;
+                    let mut out = Vec::with_capacity(part.len());
+                    let mut memo = verdict_rules::Memo::default();
+                    for (seq, state) in part {
+                        let s: Session = serde_json::from_str(state).context("a stored session")?;
+                        let (stored, encoding): (Vec<u8>, i64) = stmt
+                            .query_row([i64::try_from(*seq).unwrap_or(i64::MAX)], |r| {
+                                Ok((r.get(0)?, r.get(1)?))
+                            })?;
+                        let Some(raw) = verdict_log::decode_body(encoding, stored) else {
+                            anyhow::bail!("seq {seq}: the stored body cannot be decoded");
+                        };
+                        // One parse, one binding of the inputs, both policies.
+                        let details = serde_json::from_slice::<serde_json::Value>(&raw)
+                            .ok()
+                            .and_then(|mut v| v.get_mut("details").map(serde_json::Value::take))
+                            .unwrap_or(serde_json::Value::Null);
+                        let facts =
+                            verdict_rules::Facts::new(details, projections::session_json(&s));
+                        // Conditions both policies share are evaluated once.
+                        memo.clear();
+                        let mut action = |p: &Policy| {
+                            Action::parse(p.evaluate_shared(&facts, &mut memo).action.as_str())
+                                .unwrap_or(Action::Review)
+                        };
+                        out.push(Outcome {
+                            baseline: action(base),
+                            candidate: action(cand),
+                            analyst: s.last_override.as_ref().map(|o| o.action),
+                        });
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Ok(out)
+                })
+            })
+            .collect();
+        while workers.iter().any(|w| !w.is_finished()) {
+            bar.set_position(done.load(Ordering::Relaxed));
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        workers
+            .into_iter()
+            .map(|w| {
+                w.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a backtest thread stopped")))
+            })
+            .collect()
+    });
+    bar.finish_and_clear();
+    let mut changes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
+    let (mut changed, mut overridden, mut agree_base, mut agree_cand) = (0u64, 0u64, 0u64, 0u64);
+    for part in outcomes {
+        for o in part? {
+            if o.baseline != o.candidate {
+                changed += 1;
+                *changes
+                    .entry((o.baseline.as_str(), o.candidate.as_str()))
+                    .or_default() += 1;
+            }
+            if let Some(a) = o.analyst {
+                overridden += 1;
+                agree_base += u64::from(a == o.baseline);
+                agree_cand += u64::from(a == o.candidate);
+            }
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let pct = |n: u64, of: u64| {
+        if of == 0 {
+            0.0
+        } else {
+            100.0 * n as f64 / of as f64
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "backtest: candidate {} version {} ({}) against {} version {} ({})",
+        cand.name,
+        cand.version,
+        &cand.sha256[..12],
+        base.name,
+        base.version,
+        &base.sha256[..12]
+    )?;
+    writeln!(
+        out,
+        "{total} finished sessions evaluated in {secs:.2}s ({:.0}/s)",
+        total as f64 / secs.max(1e-9)
+    )?;
+    writeln!(
+        out,
+        "would change: {changed} of {total} ({:.2}%)",
+        pct(changed, total)
+    )?;
+    if !changes.is_empty() {
+        writeln!(out, "  {:<10} {:<10} {:>10}", "from", "to", "sessions")?;
+        for ((from, to), n) in &changes {
+            writeln!(out, "  {from:<10} {to:<10} {n:>10}")?;
+        }
+    }
+    if overridden == 0 {
+        writeln!(out, "analyst overrides: none recorded")?;
+    } else {
+        writeln!(
+            out,
+            "analyst overrides: {overridden} sessions; the candidate agrees with {agree_cand} ({:.1}%), the active policy with {agree_base} ({:.1}%)",
+            pct(agree_cand, overridden),
+            pct(agree_base, overridden)
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
