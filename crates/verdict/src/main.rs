@@ -7,6 +7,7 @@ mod api;
 mod backtest;
 mod config;
 mod deliverycmd;
+mod demo;
 mod logcmd;
 mod metrics;
 mod outbox;
@@ -58,6 +59,13 @@ enum LogFormat {
 enum Command {
     /// Run the sidecar until SIGINT or SIGTERM, then drain and stop.
     Serve,
+    /// Try verdict in one command: a sidecar, a decision sink and the simulator in a temporary
+    /// directory, decisions shown as they arrive, then a summary.
+    Demo {
+        /// Sessions to simulate.
+        #[arg(long, default_value_t = 40)]
+        sessions: u64,
+    },
     /// Inspect the event log.
     Log {
         #[command(subcommand)]
@@ -253,6 +261,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         } => {
             return policycmd::test(path);
         }
+        // The demo makes its own config.
+        Command::Demo { sessions } => return demo::run(*sessions),
         // The simulator is a client: it needs no config either.
         Command::Simulate {
             url,
@@ -308,7 +318,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             command: LogCommand::Export { after },
         } => logcmd::export(&loaded, *after).map(|()| ExitCode::SUCCESS),
         Command::Replay => sessioncmd::replay(&loaded),
-        Command::Simulate { .. } => Ok(ExitCode::SUCCESS), // handled above, before the config
+        // Handled above, before the config is read.
+        Command::Simulate { .. } | Command::Demo { .. } => Ok(ExitCode::from(2)),
         Command::Policy {
             command: PolicyCommand::Backtest { policy, baseline },
         } => backtest::run(&loaded, policy, baseline.as_deref()),

@@ -269,3 +269,28 @@ async fn the_active_policy_is_recorded_once_with_its_full_text() {
         hex::encode(sha2::Sha256::digest(text_on_disk.as_bytes()))
     );
 }
+
+#[test]
+fn the_demo_runs_end_to_end_and_exits_0() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(BIN)
+        .args(["demo", "--sessions", "12"])
+        .env("TMPDIR", tmp.path())
+        .output()
+        .unwrap();
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "{said}\n{}", text(&out.stderr));
+    assert!(said.contains("decisions delivered to the sink"), "{said}");
+    assert!(said.contains("(0 bad)"), "{said}");
+    assert!(said.contains("the sidecar stopped cleanly: true"), "{said}");
+    // The log it leaves verifies.
+    let config = std::fs::read_dir(tmp.path())
+        .unwrap()
+        .filter_map(Result::ok)
+        .find(|e| e.file_name().to_string_lossy().starts_with("verdict-demo-"))
+        .unwrap()
+        .path()
+        .join("verdict.toml");
+    let out = verdict(&config, &["log", "verify"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
