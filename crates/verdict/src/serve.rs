@@ -307,14 +307,33 @@ async fn serve(
     Ok(())
 }
 
+/// The most header bytes (names and values) a request may carry; more is a 431 before any
+/// handler runs (webhook senders and API clients send a few hundred bytes).
+const MAX_HEADER_BYTES: usize = 32 * 1024;
+
 /// Runs each request inside a span carrying a request id (the sender's `Request-Id` or
 /// `X-Request-Id` when it has one, else a new UUIDv7), the method and the path, so every log
-/// line of one request can be found together.
+/// line of one request can be found together. Oversized header blocks are refused first.
 async fn request_span(
     req: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    use axum::response::IntoResponse as _;
     use tracing::Instrument as _;
+    let header_bytes: usize = req
+        .headers()
+        .iter()
+        .map(|(k, v)| k.as_str().len() + v.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        tracing::warn!(bytes = header_bytes, "request refused: headers too large");
+        return (
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            [("content-type", "application/json")],
+            format!(r#"{{"error":"headers larger than {MAX_HEADER_BYTES} bytes"}}"#),
+        )
+            .into_response();
+    }
     let id = ["request-id", "x-request-id"]
         .iter()
         .find_map(|h| req.headers().get(*h))

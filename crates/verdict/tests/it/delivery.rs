@@ -15,25 +15,25 @@ const SINK_KEY: &[u8] = b"sink-secret-for-tests";
 
 /// One request the sink received.
 #[derive(Debug, Clone)]
-struct Received {
+pub(crate) struct Received {
     at: Instant,
     at_ms: i64,
     headers: HeaderMap,
     body: Vec<u8>,
-    json: Value,
+    pub(crate) json: Value,
 }
 
-type Responder = dyn Fn(&Received, &[Received]) -> (u16, Option<String>) + Send + Sync;
+pub(crate) type Responder = dyn Fn(&Received, &[Received]) -> (u16, Option<String>) + Send + Sync;
 
 /// A decision sink: records every request, answers as its responder says (status, Retry-After).
-struct Sink {
-    url: String,
+pub(crate) struct Sink {
+    pub(crate) url: String,
     received: Arc<Mutex<Vec<Received>>>,
     responder: Arc<Mutex<Arc<Responder>>>,
 }
 
 impl Sink {
-    async fn start(responder: Arc<Responder>) -> Self {
+    pub(crate) async fn start(responder: Arc<Responder>) -> Self {
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let responder = Arc::new(Mutex::new(responder));
         let (r, a) = (Arc::clone(&received), Arc::clone(&responder));
@@ -81,7 +81,7 @@ impl Sink {
         *self.responder.lock().unwrap() = responder;
     }
 
-    fn received(&self) -> Vec<Received> {
+    pub(crate) fn received(&self) -> Vec<Received> {
         self.received.lock().unwrap().clone()
     }
 
@@ -94,7 +94,7 @@ impl Sink {
     }
 }
 
-fn ok() -> Arc<Responder> {
+pub(crate) fn ok() -> Arc<Responder> {
     Arc::new(|_: &Received, _: &[Received]| (200, None))
 }
 

@@ -6,6 +6,7 @@
 mod commands;
 mod decisions;
 mod delivery;
+mod faults;
 mod ingress;
 mod ops;
 mod sessions;

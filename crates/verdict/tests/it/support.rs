@@ -235,6 +235,13 @@ impl Server {
             .status();
     }
 
+    /// SIGKILL: no chance to clean up, like a crash or the OOM killer.
+    pub fn kill(mut self) -> tempfile::TempDir {
+        let _ = self.child.0.kill();
+        let _ = self.child.0.wait();
+        self.dir
+    }
+
     /// Sends SIGTERM and waits for the exit status.
     pub fn terminate(mut self) -> (ExitStatus, tempfile::TempDir) {
         let _ = Command::new("kill")
