@@ -40,7 +40,14 @@ async fn load(
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 n += 1;
                 let id = format!("crash-{round}-{w}-{n}");
-                let body = seon_body(&id, if n % 3 == 0 { "DECLINED" } else { "APPROVED" });
+                let body = seon_body(
+                    &id,
+                    if n.is_multiple_of(3) {
+                        "DECLINED"
+                    } else {
+                        "APPROVED"
+                    },
+                );
                 let sig = hex::encode(hmac(SEON_SECRET.as_bytes(), &[body.as_bytes()]));
                 let sent = http
                     .post(&url)
@@ -180,7 +187,8 @@ async fn hostile_input_gets_a_clear_4xx_and_stores_nothing() {
     let good = seon_body("h-1", "APPROVED");
     let sig = hex::encode(hmac(SEON_SECRET.as_bytes(), &[good.as_bytes()]));
     let nested = format!("{}{}", "[".repeat(20_000), "]".repeat(20_000));
-    let cases: Vec<(&str, Vec<(&str, String)>, Vec<u8>, &[u16])> = vec![
+    type Case<'a> = (&'a str, Vec<(&'a str, String)>, Vec<u8>, &'a [u16]);
+    let cases: Vec<Case<'_>> = vec![
         (
             "signature not hex",
             vec![("X-Seon-Signature", "zz".repeat(32))],
