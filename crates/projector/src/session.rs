@@ -140,6 +140,14 @@ impl Session {
                         self.user_id.clone_from(user_id);
                     }
                 }
+                // A re-delivery of the event already reflected (same time, same status: a
+                // replay under a new Request-Id) moves nothing forward: it decides nothing.
+                let status_before = self.vendor_status.clone();
+                let moves_on = |k: OrderKey| {
+                    k.vendor_time < key.vendor_time
+                        || k.terminal < key.terminal
+                        || *status != status_before
+                };
                 if status.is_some() && self.vendor_key.is_none_or(|k| key > k) {
                     change.vendor_status = self.vendor_status != *status;
                     self.vendor_key = Some(key);
@@ -147,13 +155,13 @@ impl Session {
                 }
                 match kind {
                     VendorKind::Finished if self.finished.is_none_or(|k| key > k) => {
+                        change.finished = self.finished.is_none_or(moves_on);
                         self.finished = Some(key);
-                        change.finished = true;
                     }
                     VendorKind::StatusUpdated if self.status_update.is_none_or(|k| key > k) => {
+                        change.status_update = self.status_update.is_none_or(moves_on);
                         self.status_update = Some(key);
                         self.status_update_actor.clone_from(actor);
-                        change.status_update = true;
                     }
                     _ => {}
                 }

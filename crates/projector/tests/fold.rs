@@ -261,3 +261,46 @@ proptest! {
         prop_assert_eq!(shuffled.digest(), in_order.digest());
     }
 }
+
+#[test]
+fn a_redelivery_of_the_reflected_event_changes_nothing_that_decides() {
+    let changes = |events: &[Ev]| -> Vec<(bool, bool)> {
+        let mut p = Projection::default();
+        events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| {
+                let (_, c) = p
+                    .apply(&Recorded {
+                        seq: i as u64 + 1,
+                        source: e.source,
+                        event_type: &e.kind,
+                        recorded_at: 1000,
+                        vendor_time: e.time,
+                        body: e.body.as_bytes(),
+                    })
+                    .unwrap();
+                (c.finished, c.status_update)
+            })
+            .collect()
+    };
+    // The same finished event twice (a replay under a new Request-Id): only the first counts.
+    assert_eq!(
+        changes(&[fin("s-1", "REVIEW", 10), fin("s-1", "REVIEW", 10)]),
+        [(true, false), (false, false)]
+    );
+    // A later one, or one with another status at the same time, does.
+    assert_eq!(
+        changes(&[fin("s-1", "REVIEW", 10), fin("s-1", "REVIEW", 11)]),
+        [(true, false), (true, false)]
+    );
+    assert_eq!(
+        changes(&[fin("s-1", "REVIEW", 10), fin("s-1", "DECLINED", 10)]),
+        [(true, false), (true, false)]
+    );
+    // Status updates likewise.
+    assert_eq!(
+        changes(&[upd("s-1", "APPROVED", 20), upd("s-1", "APPROVED", 20)]),
+        [(false, true), (false, false)]
+    );
+}

@@ -1,11 +1,12 @@
 //! `verdict policy backtest --policy CANDIDATE`: what a candidate policy would decide on every
-//! recorded finished session, next to the active policy, and how often each agrees with the
-//! analysts' overrides.
+//! recorded finished session, next to the decision the policy in force recorded for it, and how
+//! often each agrees with the analysts' overrides.
 //!
-//! Both policies see the same inputs: the `details` of the session's newest
-//! `idv:session_finished` (read from the log) and the session's projected state. Sessions are
+//! The candidate sees what the recorded policy saw: the `details` of the session's newest
+//! `idv:session_finished` (read from the log) and the session's projected state. The recorded
+//! decisions are read from the log (the newest `policy` decision of each session). Sessions are
 //! read in the order of their finished event (sequential reads of the log) and evaluated on
-//! every core.
+//! every core. Nothing is written.
 
 use std::collections::BTreeMap;
 use std::io::Write as _;
@@ -24,7 +25,8 @@ use crate::{UsageError, logcmd, policycmd, projections};
 /// One session's outcome.
 #[derive(Debug, Clone, Copy)]
 struct Outcome {
-    baseline: Action,
+    /// The newest decision the policy recorded for the session, if any.
+    recorded: Option<Action>,
     candidate: Action,
     analyst: Option<Action>,
 }
@@ -49,24 +51,14 @@ fn compile(path: &Path) -> anyhow::Result<Option<Policy>> {
     }
 }
 
-/// Runs the backtest; exit 0 (1 when a policy does not compile).
-pub fn run(loaded: &Loaded, candidate: &Path, baseline: Option<&Path>) -> anyhow::Result<ExitCode> {
-    let baseline_path = match (baseline, &loaded.config.policy) {
-        (Some(p), _) => p.to_owned(),
-        (None, Some(p)) => p.path.get_ref().clone(),
-        (None, None) => {
-            return Err(UsageError(crate::config::ConfigError::usage(format!(
-                "no [policy] in {} to compare with: give --baseline PATH",
-                loaded.file.display()
-            )))
-            .into());
-        }
-    };
-    let (Some(cand), Some(base)) = (compile(candidate)?, compile(&baseline_path)?) else {
+/// Runs the backtest; exit 0 (1 when the candidate does not compile).
+pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
+    let Some(cand) = compile(candidate)? else {
         return Ok(ExitCode::from(1));
     };
     let started = std::time::Instant::now();
     let log = logcmd::open(loaded)?;
+    let recorded = recorded_policy_decisions(&log)?;
     // Every session with a finished event, in the order of that event (the states are parsed
     // by the workers).
     let mut sessions: Vec<(u64, String)> = Vec::new();
@@ -99,14 +91,13 @@ pub fn run(loaded: &Loaded, candidate: &Path, baseline: Option<&Path>) -> anyhow
         let workers: Vec<_> = sessions
             .chunks(chunk)
             .map(|part| {
-                let (cand, base, done, path) = (&cand, &base, &done, &path);
+                let (cand, recorded, done, path) = (&cand, &recorded, &done, &path);
                 scope.spawn(move || -> anyhow::Result<Vec<Outcome>> {
                     let log = SqliteLog::open_read_only(path)?;
                     let mut stmt = log
                         .connection()
                         .prepare_cached("SELECT body, body_encoding FROM events WHERE seq = ?1")?;
                     let mut out = Vec::with_capacity(part.len());
-                    let mut memo = verdict_rules::Memo::default();
                     for (seq, state) in part {
                         let s: Session = serde_json::from_str(state).context("a stored session")?;
                         let (stored, encoding): (Vec<u8>, i64) = stmt
@@ -123,15 +114,11 @@ pub fn run(loaded: &Loaded, candidate: &Path, baseline: Option<&Path>) -> anyhow
                             .unwrap_or(serde_json::Value::Null);
                         let facts =
                             verdict_rules::Facts::new(details, projections::session_json(&s));
-                        // Conditions both policies share are evaluated once.
-                        memo.clear();
-                        let mut action = |p: &Policy| {
-                            Action::parse(p.evaluate_shared(&facts, &mut memo).action.as_str())
-                                .unwrap_or(Action::Review)
-                        };
+                        let candidate = Action::parse(cand.evaluate(&facts).action.as_str())
+                            .unwrap_or(Action::Review);
                         out.push(Outcome {
-                            baseline: action(base),
-                            candidate: action(cand),
+                            recorded: recorded.get(&s.session_id).copied(),
+                            candidate,
                             analyst: s.last_override.as_ref().map(|o| o.action),
                         });
                         done.fetch_add(1, Ordering::Relaxed);
@@ -154,18 +141,21 @@ pub fn run(loaded: &Loaded, candidate: &Path, baseline: Option<&Path>) -> anyhow
     });
     bar.finish_and_clear();
     let mut changes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
-    let (mut changed, mut overridden, mut agree_base, mut agree_cand) = (0u64, 0u64, 0u64, 0u64);
+    let (mut changed, mut overridden, mut agree_rec, mut agree_cand) = (0u64, 0u64, 0u64, 0u64);
     for part in outcomes {
         for o in part? {
-            if o.baseline != o.candidate {
+            if o.recorded != Some(o.candidate) {
                 changed += 1;
                 *changes
-                    .entry((o.baseline.as_str(), o.candidate.as_str()))
+                    .entry((
+                        o.recorded.map_or("none", Action::as_str),
+                        o.candidate.as_str(),
+                    ))
                     .or_default() += 1;
             }
             if let Some(a) = o.analyst {
                 overridden += 1;
-                agree_base += u64::from(a == o.baseline);
+                agree_rec += u64::from(Some(a) == o.recorded);
                 agree_cand += u64::from(a == o.candidate);
             }
         }
@@ -181,13 +171,10 @@ pub fn run(loaded: &Loaded, candidate: &Path, baseline: Option<&Path>) -> anyhow
     let mut out = std::io::stdout().lock();
     writeln!(
         out,
-        "backtest: candidate {} version {} ({}) against {} version {} ({})",
+        "backtest: candidate {} version {} ({}) against the recorded policy decisions",
         cand.name,
         cand.version,
         &cand.sha256[..12],
-        base.name,
-        base.version,
-        &base.sha256[..12]
     )?;
     writeln!(
         out,
@@ -210,10 +197,36 @@ pub fn run(loaded: &Loaded, candidate: &Path, baseline: Option<&Path>) -> anyhow
     } else {
         writeln!(
             out,
-            "analyst overrides: {overridden} sessions; the candidate agrees with {agree_cand} ({:.1}%), the active policy with {agree_base} ({:.1}%)",
+            "analyst overrides: {overridden} sessions; the candidate agrees with {agree_cand} ({:.1}%), the recorded policy decisions with {agree_rec} ({:.1}%)",
             pct(agree_cand, overridden),
-            pct(agree_base, overridden)
+            pct(agree_rec, overridden)
         )?;
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The newest decision of source `policy` of each session, read from the log.
+fn recorded_policy_decisions(
+    log: &SqliteLog,
+) -> anyhow::Result<std::collections::HashMap<String, Action>> {
+    let mut out = std::collections::HashMap::new();
+    let mut stmt = log.connection().prepare(
+        "SELECT seq, body, body_encoding FROM events WHERE source = ?1 AND type = ?2 ORDER BY seq",
+    )?;
+    let mut rows = stmt.query(rusqlite::params![
+        verdict_log::INTERNAL_SOURCE,
+        verdict_projector::fact::DECISION
+    ])?;
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let Some(body) = verdict_log::decode_body(row.get(2)?, row.get(1)?) else {
+            anyhow::bail!("seq {seq}: the stored decision cannot be decoded");
+        };
+        let d: verdict_projector::DecisionBody =
+            serde_json::from_slice(&body).with_context(|| format!("seq {seq}: a decision"))?;
+        if d.source == verdict_projector::DecisionSource::Policy {
+            out.insert(d.session_id, d.action);
+        }
+    }
+    Ok(out)
 }

@@ -34,6 +34,11 @@ pub fn run(sessions: u64) -> anyhow::Result<ExitCode> {
         verdict_log::Uuid::now_v7().simple()
     ));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    // It holds a config with literal secrets: the owner's only.
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
+    }
     let seed = verdict_log::Uuid::now_v7();
     let webhook_secret = format!("demo-{}", seed.simple());
     let sink_key = verdict_log::sha256(seed.as_bytes());
@@ -61,7 +66,7 @@ pub fn run(sessions: u64) -> anyhow::Result<ExitCode> {
         let config_path = dir.join("verdict.toml");
         std::fs::write(&config_path, config)?;
         let exe = std::env::current_exe().context("finding the verdict binary")?;
-        let mut child = std::process::Command::new(exe)
+        let child = std::process::Command::new(exe)
             .arg("--config")
             .arg(&config_path)
             .arg("serve")
@@ -70,7 +75,13 @@ pub fn run(sessions: u64) -> anyhow::Result<ExitCode> {
             .stderr(std::fs::File::create(dir.join("verdict.log"))?)
             .spawn()
             .context("starting verdict serve")?;
-        let stdout = child.stdout.take().context("the server's stdout")?;
+        // Killed if anything below fails before the clean stop.
+        let mut server = KillOnDrop(Some(child));
+        let stdout = server
+            .0
+            .as_mut()
+            .and_then(|c| c.stdout.take())
+            .context("the server's stdout")?;
         let base = tokio::task::spawn_blocking(move || {
             std::io::BufReader::new(stdout)
                 .lines()
@@ -107,6 +118,7 @@ pub fn run(sessions: u64) -> anyhow::Result<ExitCode> {
                 quiet = Instant::now();
             }
         }
+        let mut child = server.0.take().context("the server process")?;
         let _ = std::process::Command::new("kill")
             .arg("-TERM")
             .arg(child.id().to_string())
@@ -199,4 +211,16 @@ async fn start_sink(seen: Arc<Mutex<Seen>>, secret: &str) -> anyhow::Result<Stri
         let _ = axum::serve(listener, app).await;
     });
     Ok(url)
+}
+
+/// Kills the server if the demo stops early.
+struct KillOnDrop(Option<std::process::Child>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

@@ -150,15 +150,12 @@ enum PolicyCommand {
         /// The policy file.
         path: Option<PathBuf>,
     },
-    /// Evaluate a candidate policy over every recorded finished session, next to the active
-    /// one: how many decisions would change, from what to what, and agreement with overrides.
+    /// Evaluate a candidate policy over every recorded finished session, next to the recorded
+    /// policy decisions: how many would change, from what to what, and agreement with overrides.
     Backtest {
         /// The candidate policy.
         #[arg(long)]
         policy: PathBuf,
-        /// Compare with this policy instead of the configured one.
-        #[arg(long)]
-        baseline: Option<PathBuf>,
     },
 }
 
@@ -321,8 +318,8 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
         // Handled above, before the config is read.
         Command::Simulate { .. } | Command::Demo { .. } => Ok(ExitCode::from(2)),
         Command::Policy {
-            command: PolicyCommand::Backtest { policy, baseline },
-        } => backtest::run(&loaded, policy, baseline.as_deref()),
+            command: PolicyCommand::Backtest { policy },
+        } => backtest::run(&loaded, policy),
         Command::Policy { command } => {
             let (path, check) = match command {
                 PolicyCommand::Check { path } => (path, true),

@@ -325,7 +325,7 @@ async fn a_backtest_shows_what_a_candidate_would_change() {
         "{said}"
     );
     assert!(
-        said.contains("analyst overrides: 1 sessions; the candidate agrees with 1 (100.0%), the active policy with 0 (0.0%)"),
+        said.contains("analyst overrides: 1 sessions; the candidate agrees with 1 (100.0%), the recorded policy decisions with 0 (0.0%)"),
         "{said}"
     );
     // A candidate that does not compile: diagnostics and exit 1.
@@ -340,4 +340,37 @@ async fn a_backtest_shows_what_a_candidate_would_change() {
         "{}",
         text(&out.stderr)
     );
+}
+
+#[tokio::test]
+async fn a_replayed_delivery_under_a_new_request_id_does_not_undo_an_override() {
+    let s = Server::start_with(&config());
+    s.post_seon(REVIEW, Some("first"), SEON_SECRET).await;
+    decided(&s, SID, |d| d["source"] == "policy").await;
+    let (status, _) = post_override(
+        &s,
+        SID,
+        "tok-alice",
+        json!({"action": "approve", "reason": "checked the documents by hand"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    decided(&s, SID, |d| d["source"] == "analyst").await;
+    // The same signed body again, under another Request-Id (or none): stored, decides nothing.
+    let (status, v) = s.post_seon(REVIEW, Some("replayed"), SEON_SECRET).await;
+    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")));
+    let (status, _) = s.post_seon(REVIEW, None, SEON_SECRET).await;
+    assert_eq!(status, 200);
+    let seq = v["seq"].as_u64().unwrap();
+    let body = eventually("the replay folded", async || {
+        let (_, b) = session_as(&s, SID).await;
+        (b["last_seq"].as_u64() >= Some(seq)).then_some(b)
+    })
+    .await;
+    assert_eq!(body["decision"]["source"], "analyst", "{body}");
+    assert_eq!(body["decision"]["action"], "approve");
+}
+
+async fn session_as(s: &Server, id: &str) -> (u16, Value) {
+    get(s, &format!("/v1/sessions/{id}"), Some("tok-alice")).await
 }
