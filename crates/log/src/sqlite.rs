@@ -310,6 +310,14 @@ impl EventStore for SqliteLog {
         find_in(&self.conn, source, dedupe_key)
     }
 
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.conn.execute(
+            "INSERT INTO probe (id, at) VALUES (1, ?1) ON CONFLICT (id) DO UPDATE SET at = excluded.at",
+            [now_ms()],
+        )?;
+        Ok(())
+    }
+
     fn repeats(&self, seq: u64) -> Result<u64, StoreError> {
         let n: Option<i64> = self
             .conn

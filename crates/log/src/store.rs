@@ -71,4 +71,8 @@ pub trait EventStore: Send {
 
     /// How often the delivery stored at `seq` was received again.
     fn repeats(&self, seq: u64) -> Result<u64, StoreError>;
+
+    /// Writes and commits something small that is not an event, to check that the store is
+    /// writable again after a failed append.
+    fn probe(&mut self) -> Result<(), StoreError>;
 }

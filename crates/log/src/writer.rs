@@ -71,6 +71,7 @@ struct Job {
 
 enum Msg {
     Append(Job),
+    Probe(oneshot::Sender<bool>),
     Stop(oneshot::Sender<()>),
 }
 
@@ -177,6 +178,16 @@ impl LogWriter {
         Ok(PendingAppend(rx))
     }
 
+    /// After a failed append: writes a small probe row (not an event) and, if it commits,
+    /// marks the writer healthy again. Returns whether the log is writable.
+    pub async fn probe(&self) -> bool {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::Probe(reply)).await.is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+
     /// Commits everything queued before this call, then stops the thread. Appends sent after
     /// it are answered [`AppendError::Closed`].
     pub async fn close(&self) {
@@ -200,6 +211,18 @@ fn run<S: EventStore>(
         let mut stop = None;
         match first {
             Msg::Append(job) => jobs.push(job),
+            Msg::Probe(reply) => {
+                let probed = store.probe();
+                if let Err(e) = &probed {
+                    tracing::debug!(error = %e, "the log is not writable yet");
+                }
+                let ok = probed.is_ok();
+                if ok {
+                    healthy.store(true, Ordering::Relaxed);
+                }
+                let _ = reply.send(ok);
+                continue;
+            }
             Msg::Stop(ack) => stop = Some(ack),
         }
         let mut queued = jobs.iter().map(|j| j.events.len()).sum::<usize>();
@@ -210,6 +233,10 @@ fn run<S: EventStore>(
                     jobs.push(job);
                 }
                 Ok(Msg::Stop(ack)) => stop = Some(ack),
+                Ok(Msg::Probe(reply)) => {
+                    // Answered after this batch: its outcome says whether the log is writable.
+                    let _ = reply.send(false);
+                }
                 Err(_) => break,
             }
         }

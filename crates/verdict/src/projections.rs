@@ -428,7 +428,7 @@ pub fn spawn_runner(
                     Ok(log) => break log,
                     Err(e) => {
                         tracing::error!(error = %e, "projector cannot open the log; retrying");
-                        handle.block_on(tokio::time::sleep(backoff));
+                        std::thread::sleep(backoff); // a plain thread: no timer of the runtime here
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }
@@ -448,7 +448,7 @@ pub fn spawn_runner(
                     Ok(cp) => break cp,
                     Err(e) => {
                         tracing::error!(error = %e, "projector cannot read its checkpoint; retrying");
-                        handle.block_on(tokio::time::sleep(backoff));
+                        std::thread::sleep(backoff); // a plain thread: no timer of the runtime here
                     }
                 }
             };
@@ -506,7 +506,7 @@ pub fn spawn_runner(
                         tracing::error!(error = %e, "projector batch failed; folding again");
                         unflushed = Unflushed::default();
                         stored = checkpoint(log.connection(), PROJECTOR).unwrap_or(stored);
-                        handle.block_on(tokio::time::sleep(backoff));
+                        std::thread::sleep(backoff); // a plain thread: no timer of the runtime here
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
                 }

@@ -138,6 +138,18 @@ async fn serve(
             tracing::info!("SIGHUP: reloading the policy and the TLS certificate, if configured");
         }
     });
+    // A file-size limit (RLIMIT_FSIZE) reached must fail the write (answered 503, retried by
+    // the sender), not kill the process: SIGXFSZ (25 on Linux) is handled, so write() returns
+    // EFBIG instead.
+    let mut xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))
+        .context("installing the SIGXFSZ handler")?;
+    tokio::spawn(async move {
+        while xfsz.recv().await.is_some() {
+            tracing::warn!(
+                "file size limit reached (SIGXFSZ): the write fails and is answered 503"
+            );
+        }
+    });
     // Set once SIGTERM/SIGINT arrives: ends long polls and the dispatcher.
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
     let db = &loaded.config.storage.path;
@@ -168,6 +180,7 @@ async fn serve(
     if let Some(active) = &policy {
         record_activation(&writer, active).await?;
     }
+    spawn_recovery(writer.clone(), stop.clone());
     let policy_loaded = policy.is_some();
     let max_body = *loaded.config.server.max_body_bytes.get_ref();
     let ingress = Ingress::new(sources, max_body, writer.clone()).with_observer(
@@ -342,6 +355,24 @@ async fn request_span(
         .map_or_else(|| verdict_log::Uuid::now_v7().to_string(), str::to_owned);
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     next.run(req).instrument(span).await
+}
+
+/// After a failed append (a full disk, a file-size limit, a read-only file), checks once a
+/// second whether the log is writable again, so `/readyz` turns ready without waiting for
+/// traffic (which a failing readiness probe would keep away).
+fn spawn_recovery(writer: LogWriter, mut stop: tokio::sync::watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = stop.changed() => return,
+            }
+            if !writer.is_healthy() && writer.probe().await {
+                tracing::info!("the log is writable again");
+            }
+        }
+    });
 }
 
 async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {

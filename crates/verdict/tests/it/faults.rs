@@ -267,7 +267,12 @@ async fn hostile_input_gets_a_clear_4xx_and_stores_nothing() {
         ),
     ];
     for (what, headers, body, expected) in cases {
-        let mut req = s.http.post(s.url("/webhooks/seon-idv")).body(body);
+        // A new connection each time: a refused request may close its connection.
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap();
+        let mut req = http.post(s.url("/webhooks/seon-idv")).body(body);
         for (k, v) in &headers {
             req = req.header(*k, v);
         }
@@ -303,4 +308,87 @@ async fn hostile_input_gets_a_clear_4xx_and_stores_nothing() {
     assert_eq!(status, 200, "still alive");
     let (status, _) = s.terminate();
     assert!(status.success());
+}
+
+/// Sets the server's file-size limit (RLIMIT_FSIZE) from outside, as a full disk would act.
+fn limit_file_size(s: &Server, limit: &str) {
+    let status = std::process::Command::new("prlimit")
+        .args(["--pid", &s.pid().to_string(), &format!("--fsize={limit}")])
+        .status()
+        .expect("prlimit (util-linux) is needed for this test");
+    assert!(status.success(), "prlimit --fsize={limit}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_is_a_503_with_retry_after_and_verdict_recovers_by_itself() {
+    let s = Server::start_with(&format!(
+        "[policy]\npath = {:?}\n",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../config/policies/kyc.toml"
+        )
+    ));
+    assert_eq!(get(&s, "/readyz", None).await.0, 200);
+    let body = |id: &str| seon_body(id, "APPROVED");
+    assert_eq!(
+        s.post_seon(&body("f-1"), Some("f-1"), SEON_SECRET).await.0,
+        200
+    );
+    // The policy's activation, the delivery and its decision.
+    eventually("the decision recorded", async || {
+        (s.count() == 3).then_some(())
+    })
+    .await;
+    let before = s.count();
+
+    // No write can grow any file now: every append fails, like on a full disk.
+    limit_file_size(&s, "1:unlimited"); // soft 1 byte; the hard limit stays
+    let resp = s
+        .http
+        .post(s.url("/webhooks/seon-idv"))
+        .header(
+            "X-Seon-Signature",
+            hex::encode(hmac(SEON_SECRET.as_bytes(), &[body("f-2").as_bytes()])),
+        )
+        .header("Request-Id", "f-2")
+        .body(body("f-2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_eq!(s.count(), before, "nothing stored, nothing partial");
+    let (status, _) = get(&s, "/readyz", None).await;
+    assert_eq!(status, 503, "not ready while the log cannot be written");
+    let (status, _) = get(&s, "/healthz", None).await;
+    assert_eq!(status, 200, "alive");
+
+    // Space returns: ready again by itself, without any delivery arriving.
+    limit_file_size(&s, "unlimited:unlimited");
+    eventually("ready again", async || {
+        (get(&s, "/readyz", None).await.0 == 200).then_some(())
+    })
+    .await;
+    // The sender's retry of the refused delivery is accepted now.
+    let (status, v) = s.post_seon(&body("f-2"), Some("f-2"), SEON_SECRET).await;
+    assert_eq!(
+        (status, v["status"].as_str()),
+        (200, Some("accepted")),
+        "{v}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while s.count() != before + 2 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the delivery and its decision not stored:\n{}",
+            s.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, dir) = tokio::task::spawn_blocking(move || s.terminate())
+        .await
+        .unwrap();
+    assert!(status.success());
+    let out = verdict(&dir.path().join("verdict.toml"), &["log", "verify"]);
+    assert!(out.status.success(), "{}", text(&out.stdout));
 }

@@ -235,6 +235,11 @@ impl Server {
             .status();
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.0.id()
+    }
+
     /// SIGKILL: no chance to clean up, like a crash or the OOM killer.
     pub fn kill(mut self) -> tempfile::TempDir {
         let _ = self.child.0.kill();
