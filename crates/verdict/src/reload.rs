@@ -7,10 +7,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify_debouncer_full::notify::RecursiveMode;
 use verdict_log::LogWriter;
 use verdict_rules::Policy;
 
@@ -30,49 +28,14 @@ pub fn start(
     current: Arc<ArcSwap<Policy>>,
     writer: LogWriter,
     stats: Arc<ReloadStats>,
-) -> anyhow::Result<
-    notify_debouncer_full::Debouncer<
-        notify_debouncer_full::notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
-> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(8);
-    let file_tx = tx.clone();
-    let mut debouncer = notify_debouncer_full::new_debouncer(
-        Duration::from_millis(200),
-        None,
-        move |result: notify_debouncer_full::DebounceEventResult| {
-            if result.is_ok_and(|events| !events.is_empty()) {
-                let _ = file_tx.try_send("file changed");
-            }
-        },
-    )?;
-    let dir = path
-        .parent()
-        .filter(|d| !d.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), PathBuf::from);
-    debouncer.watch(&dir, RecursiveMode::NonRecursive)?;
-    // Installed now, not in the task: a SIGHUP arriving before the task first runs must not
-    // fall back to the default action (terminating the process).
-    let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP; file watching only");
-            None
-        }
-    };
+) -> anyhow::Result<crate::watch::Watcher> {
+    let (watcher, mut triggers) = crate::watch::triggers(&[&path])?;
     tokio::spawn(async move {
-        loop {
-            let why = tokio::select! {
-                Some(why) = rx.recv() => why,
-                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => "SIGHUP",
-                else => return,
-            };
+        while let Some(why) = triggers.recv().await {
             check(&path, &current, &writer, &stats, why).await;
         }
     });
-    drop(tx);
-    Ok(debouncer)
+    Ok(watcher)
 }
 
 async fn check(

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use notify_debouncer_full::notify::RecursiveMode;
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
@@ -224,51 +223,15 @@ impl ResolvesServerCert for CertStore {
 
 /// Watches the certificate's and key's directories and listens for SIGHUP; reloads the store
 /// on either. Returns the watcher, which must be kept alive.
-pub fn watch(
-    store: Arc<CertStore>,
-) -> anyhow::Result<
-    notify_debouncer_full::Debouncer<
-        notify_debouncer_full::notify::RecommendedWatcher,
-        notify_debouncer_full::RecommendedCache,
-    >,
-> {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<&'static str>(8);
-    let file_tx = tx.clone();
-    let mut debouncer = notify_debouncer_full::new_debouncer(
-        Duration::from_millis(200),
-        None,
-        move |result: notify_debouncer_full::DebounceEventResult| {
-            if result.is_ok_and(|events| !events.is_empty()) {
-                let _ = file_tx.try_send("file changed");
-            }
-        },
-    )?;
-    let mut dirs: Vec<PathBuf> = [&store.cert, &store.key]
-        .iter()
-        .map(|p| {
-            p.parent()
-                .filter(|d| !d.as_os_str().is_empty())
-                .map_or_else(|| PathBuf::from("."), PathBuf::from)
-        })
-        .collect();
-    dirs.dedup();
-    for dir in &dirs {
-        debouncer.watch(dir, RecursiveMode::NonRecursive)?;
-    }
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+pub fn watch(store: Arc<CertStore>) -> anyhow::Result<crate::watch::Watcher> {
+    let (watcher, mut triggers) = crate::watch::triggers(&[&store.cert, &store.key])?;
     tokio::spawn(async move {
-        loop {
-            let why = tokio::select! {
-                Some(why) = rx.recv() => why,
-                Some(()) = hup.recv() => "SIGHUP",
-                else => return,
-            };
+        while let Some(why) = triggers.recv().await {
             let store = Arc::clone(&store);
             let _ = tokio::task::spawn_blocking(move || store.reload(why)).await;
         }
     });
-    drop(tx);
-    Ok(debouncer)
+    Ok(watcher)
 }
 
 /// A listener that hands axum TLS streams: TCP connections are accepted in the background and
