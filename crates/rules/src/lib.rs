@@ -31,4 +31,4 @@
 
 mod policy;
 
-pub use policy::{Action, Decision, Diagnostic, Facts, Memo, Policy, Rule, RuleError};
+pub use policy::{Action, Decision, Diagnostic, Facts, Policy, Rule, RuleError};

@@ -231,20 +231,13 @@ impl Policy {
 
     /// Evaluates every rule against `facts`. Pure: no I/O, no clock.
     pub fn evaluate(&self, facts: &Facts) -> Decision {
-        self.evaluate_bound(facts, true, None)
-    }
-
-    /// Like [`Policy::evaluate`], sharing rule outcomes through `memo` (keyed by the `when`
-    /// text): evaluating several policies on the same facts (a backtest) runs a condition they
-    /// share once.
-    pub fn evaluate_shared(&self, facts: &Facts, memo: &mut Memo) -> Decision {
-        self.evaluate_bound(facts, true, Some(memo))
+        self.evaluate_bound(facts, true)
     }
 
     /// `prune`: bind only what the rules name (see [`Needs`]); otherwise bind everything (the
     /// reference the pruned evaluation is tested against).
-    fn evaluate_bound(&self, facts: &Facts, prune: bool, mut memo: Option<&mut Memo>) -> Decision {
-        let mut context = None;
+    fn evaluate_bound(&self, facts: &Facts, prune: bool) -> Decision {
+        let (context, bind_error) = self.bind(facts, prune);
         let mut decision = Decision {
             action: self.default_action,
             rules: Vec::new(),
@@ -253,25 +246,13 @@ impl Policy {
         };
         let mut strongest: Option<Action> = None;
         for rule in &self.rules {
-            let known = memo.as_ref().and_then(|m| m.0.get(&rule.when)).cloned();
-            let outcome = match known {
-                Some(o) => o,
-                None => {
-                    let (context, bind_error) =
-                        context.get_or_insert_with(|| self.bind(facts, prune));
-                    let o = match bind_error {
-                        Some(e) => Err(e.clone()),
-                        None => match rule.program.execute(context) {
-                            Ok(cel::Value::Bool(b)) => Ok(b),
-                            Ok(other) => Err(format!("`when` gave {other:?}, not a boolean")),
-                            Err(e) => Err(e.to_string()),
-                        },
-                    };
-                    if let Some(m) = memo.as_mut() {
-                        m.0.insert(rule.when.clone(), o.clone());
-                    }
-                    o
-                }
+            let outcome = match &bind_error {
+                Some(e) => Err(e.clone()),
+                None => match rule.program.execute(&context) {
+                    Ok(cel::Value::Bool(b)) => Ok(b),
+                    Ok(other) => Err(format!("`when` gave {other:?}, not a boolean")),
+                    Err(e) => Err(e.to_string()),
+                },
             };
             let action = match outcome {
                 Ok(true) => {
@@ -330,17 +311,6 @@ impl Policy {
             }
         }
         (context, bind_error)
-    }
-}
-
-/// Rule outcomes by `when` text, shared between evaluations of the same facts.
-#[derive(Debug, Default)]
-pub struct Memo(std::collections::HashMap<String, Result<bool, String>>);
-
-impl Memo {
-    /// Forgets every outcome (call before evaluating other facts).
-    pub fn clear(&mut self) {
-        self.0.clear();
     }
 }
 
@@ -670,14 +640,9 @@ mod tests {
                     json!({"vendor_status": status, "event_count": 1, "decision": {"action": "approve"}}),
                 );
                 let (pruned, full) = (
-                    p.evaluate_bound(&facts, true, None),
-                    p.evaluate_bound(&facts, false, None),
+                    p.evaluate_bound(&facts, true),
+                    p.evaluate_bound(&facts, false),
                 );
-                let mut memo = Memo::default();
-                let first = p.evaluate_shared(&facts, &mut memo);
-                let again = p.evaluate_shared(&facts, &mut memo); // every rule from the memo
-                assert_eq!((first.action, &first.rules), (full.action, &full.rules));
-                assert_eq!((again.action, &again.rules), (full.action, &full.rules));
                 assert_eq!(pruned.action, full.action, "case {i} {status}");
                 assert_eq!(pruned.rules, full.rules, "case {i} {status}");
                 assert_eq!(pruned.errors.len(), full.errors.len(), "case {i} {status}");

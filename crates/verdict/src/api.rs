@@ -472,8 +472,7 @@ fn decisions_after(
         let seq = u64::try_from(seq).unwrap_or(0);
         let body = verdict_log::decode_body(encoding, stored)
             .ok_or_else(|| anyhow::anyhow!("decision seq {seq}: undecodable body"))?;
-        let d: verdict_projector::DecisionBody = serde_json::from_slice(&body)?;
-        items.push(crate::outbox::decision_json(&d, seq)?);
+        items.push(crate::outbox::stored_decision_json(&body, seq)?);
         last = seq;
     }
     let next = if items.len() < limit {

@@ -107,15 +107,9 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
                         let Some(raw) = verdict_log::decode_body(encoding, stored) else {
                             anyhow::bail!("seq {seq}: the stored body cannot be decoded");
                         };
-                        // One parse, one binding of the inputs, both policies.
-                        let details = serde_json::from_slice::<serde_json::Value>(&raw)
-                            .ok()
-                            .and_then(|mut v| v.get_mut("details").map(serde_json::Value::take))
-                            .unwrap_or(serde_json::Value::Null);
-                        let facts =
-                            verdict_rules::Facts::new(details, projections::session_json(&s));
-                        let candidate = Action::parse(cand.evaluate(&facts).action.as_str())
-                            .unwrap_or(Action::Review);
+                        let candidate =
+                            projections::policy_decision(cand, &raw, projections::session_json(&s))
+                                .action;
                         out.push(Outcome {
                             recorded: recorded.get(&s.session_id).copied(),
                             candidate,

@@ -44,8 +44,15 @@ pub struct WireDecision<'a> {
 }
 
 /// The JSON of a decision with its seq.
-pub fn decision_json(body: &DecisionBody, seq: u64) -> anyhow::Result<String> {
+fn decision_json(body: &DecisionBody, seq: u64) -> anyhow::Result<String> {
     Ok(serde_json::to_string(&WireDecision { body, seq })?)
+}
+
+/// The JSON served and delivered for the decision event stored at `seq` (its decoded body).
+pub fn stored_decision_json(body: &[u8], seq: u64) -> anyhow::Result<String> {
+    let d: DecisionBody =
+        serde_json::from_slice(body).with_context(|| format!("seq {seq} is not a decision"))?;
+    decision_json(&d, seq)
 }
 
 /// One configured sink.
@@ -211,9 +218,7 @@ impl Store {
             .log
             .get(seq)?
             .with_context(|| format!("decision seq {seq} is not in the log"))?;
-        let body: DecisionBody = serde_json::from_slice(&entry.body)
-            .with_context(|| format!("seq {seq} is not a decision"))?;
-        Ok(decision_json(&body, seq)?.into_bytes())
+        Ok(stored_decision_json(&entry.body, seq)?.into_bytes())
     }
 }
 
@@ -327,30 +332,23 @@ pub fn spawn_dispatcher(
     Ok(Dispatcher { thread })
 }
 
-/// Deliveries being attempted, by (sink, seq), and their (sink, session)s: kept until their
-/// result is written, so none is attempted twice at once and no session has two in flight.
+/// Deliveries being attempted, by (sink, seq): kept until their result is written, so none is
+/// attempted twice at once. (One per session at a time needs nothing here: a delivery in
+/// flight is still pending in the outbox, so the later ones of its session are not eligible.)
 #[derive(Debug, Default)]
 struct Busy {
     deliveries: std::collections::HashSet<(String, u64)>,
-    sessions: std::collections::HashSet<(String, String)>,
 }
 
 impl Busy {
     fn has(&self, p: &Pick) -> bool {
         self.deliveries.contains(&(p.sink.clone(), p.seq))
     }
-    fn session_busy(&self, sink: &str, session: &str) -> bool {
-        self.sessions
-            .contains(&(sink.to_owned(), session.to_owned()))
-    }
     fn take(&mut self, p: &Pick) {
         self.deliveries.insert((p.sink.clone(), p.seq));
-        self.sessions.insert((p.sink.clone(), p.session_id.clone()));
     }
     fn release(&mut self, p: &Pick) {
         self.deliveries.remove(&(p.sink.clone(), p.seq));
-        self.sessions
-            .remove(&(p.sink.clone(), p.session_id.clone()));
     }
     fn len(&self) -> usize {
         self.deliveries.len()
@@ -438,9 +436,6 @@ async fn dispatch(
                             superseded.push(key);
                         }
                         continue;
-                    }
-                    if busy.session_busy(&c.pick.sink, &c.pick.session_id) {
-                        continue; // a fresh attempt of this session is in flight
                     }
                     if started == room {
                         break;
