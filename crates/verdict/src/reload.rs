@@ -6,20 +6,10 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 use verdict_log::LogWriter;
 use verdict_rules::Policy;
-
-/// Reload outcomes, for metrics.
-#[derive(Debug, Default)]
-pub struct ReloadStats {
-    /// New policies activated.
-    pub ok: AtomicU64,
-    /// Replacements rejected (unreadable or not compiling).
-    pub failed: AtomicU64,
-}
 
 /// Watches `path` and swaps `current` when its text changes and compiles. Runs until the
 /// runtime stops. Returns the watcher, which must be kept alive.
@@ -27,29 +17,21 @@ pub fn start(
     path: PathBuf,
     current: Arc<ArcSwap<Policy>>,
     writer: LogWriter,
-    stats: Arc<ReloadStats>,
 ) -> anyhow::Result<crate::watch::Watcher> {
     let (watcher, mut triggers) = crate::watch::triggers(&[&path])?;
     tokio::spawn(async move {
         while let Some(why) = triggers.recv().await {
-            check(&path, &current, &writer, &stats, why).await;
+            check(&path, &current, &writer, why).await;
         }
     });
     Ok(watcher)
 }
 
-async fn check(
-    path: &std::path::Path,
-    current: &ArcSwap<Policy>,
-    writer: &LogWriter,
-    stats: &ReloadStats,
-    why: &str,
-) {
+async fn check(path: &std::path::Path, current: &ArcSwap<Policy>, writer: &LogWriter, why: &str) {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) => {
             // A rename in progress can leave the name missing for a moment; the next event retries.
-            stats.failed.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "failed").increment(1);
             tracing::error!(path = %path.display(), error = %e, why, "policy reload failed: cannot read the file; keeping the active policy");
             return;
@@ -67,7 +49,6 @@ async fn check(
                 path: path.to_owned(),
             };
             if let Err(e) = crate::serve::record_activation(writer, &active).await {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "failed")
                     .increment(1);
                 tracing::error!(error = %format!("{e:#}"), "policy reload failed: cannot record it; keeping the active policy");
@@ -75,11 +56,9 @@ async fn check(
             }
             tracing::info!(why, name = %active.policy.name, version = %active.policy.version, sha256 = %active.policy.sha256, "policy reloaded");
             current.store(Arc::new(active.policy));
-            stats.ok.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "ok").increment(1);
         }
         Err(diagnostics) => {
-            stats.failed.fetch_add(1, Ordering::Relaxed);
             metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "failed").increment(1);
             let rendered: Vec<String> = diagnostics
                 .iter()

@@ -210,9 +210,8 @@ async fn serve(
         Some(active) => {
             let path = active.path.clone();
             let current = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(active.policy));
-            let stats = std::sync::Arc::new(crate::reload::ReloadStats::default());
             _watcher = Some(
-                crate::reload::start(path, std::sync::Arc::clone(&current), writer.clone(), stats)
+                crate::reload::start(path, std::sync::Arc::clone(&current), writer.clone())
                     .context("watching the policy file")?,
             );
             Some(crate::projections::Decider {

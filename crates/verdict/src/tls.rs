@@ -11,7 +11,6 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -149,10 +148,6 @@ pub struct CertStore {
     current: ArcSwap<CertifiedKey>,
     /// SHA-256 of the certificate and key files last loaded (a no-op reload is skipped).
     loaded: ArcSwap<[u8; 32]>,
-    /// Rotations done.
-    pub reloads_ok: AtomicU64,
-    /// Replacements rejected.
-    pub reloads_failed: AtomicU64,
 }
 
 fn files_digest(cert: &Path, key: &Path) -> [u8; 32] {
@@ -174,8 +169,6 @@ impl CertStore {
             key: key.to_owned(),
             current: ArcSwap::from_pointee(pair),
             loaded: ArcSwap::from_pointee(files_digest(cert, key)),
-            reloads_ok: AtomicU64::new(0),
-            reloads_failed: AtomicU64::new(0),
         })
     }
 
@@ -189,12 +182,10 @@ impl CertStore {
             Ok(pair) => {
                 self.current.store(Arc::new(pair));
                 self.loaded.store(Arc::new(digest));
-                self.reloads_ok.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "ok").increment(1);
                 tracing::info!(why, cert = %self.cert.display(), "TLS certificate reloaded");
             }
             Err(e) => {
-                self.reloads_failed.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!(crate::metrics::TLS_RELOADS, "result" => "failed").increment(1);
                 tracing::error!(why, error = %e, "TLS certificate reload failed; the previous certificate keeps serving");
             }
