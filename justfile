@@ -11,7 +11,7 @@ lint:
 
 # The whole test suite (what CI runs).
 test:
-    cargo test --workspace --locked
+    scripts/test.sh
 
 # Criterion benches (pure paths and durable append).
 bench:

@@ -19,6 +19,7 @@ mod serve;
 mod sessioncmd;
 mod simulate;
 mod tls;
+mod ui;
 mod watch;
 
 use std::path::PathBuf;

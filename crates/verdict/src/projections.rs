@@ -653,7 +653,7 @@ pub fn session_as_of(log: &SqliteLog, id: &str, as_of: u64) -> anyhow::Result<Op
     Ok(Some(s))
 }
 
-fn entry_seqs(conn: &Connection, id: &str, upto: u64) -> anyhow::Result<Vec<u64>> {
+pub(crate) fn entry_seqs(conn: &Connection, id: &str, upto: u64) -> anyhow::Result<Vec<u64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq FROM session_entries WHERE session_id = ?1 AND seq <= ?2 ORDER BY seq",
     )?;

@@ -267,7 +267,8 @@ async fn serve(
             })),
         )
         .merge(verdict_ingress::router(ingress))
-        .merge(crate::api::router(api))
+        .merge(crate::api::router(api.clone()))
+        .merge(crate::ui::router(crate::ui::Ui::new(api, tls.is_some())))
         .layer(axum::middleware::from_fn(request_span));
 
     let addr = loaded.listen();

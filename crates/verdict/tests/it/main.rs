@@ -3,6 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
+mod browser;
 mod commands;
 mod decisions;
 mod delivery;
@@ -12,3 +13,4 @@ mod ops;
 mod sessions;
 mod support;
 mod tls;
+mod ui;

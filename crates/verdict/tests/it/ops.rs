@@ -208,6 +208,7 @@ fn served_routes() -> BTreeSet<String> {
     for file in [
         "crates/verdict/src/serve.rs",
         "crates/verdict/src/api.rs",
+        "crates/verdict/src/ui.rs",
         "crates/ingress/src/handler.rs",
     ] {
         let text = std::fs::read_to_string(format!("{ROOT}/{file}")).unwrap();

@@ -1,0 +1,1099 @@
+//! The analyst's pages under `/ui`: a session list with filters, one session's timeline (every
+//! log entry, what it changed, every decision with its rules, reasons and policy, every override
+//! with who, why and the ticket, each payload expandable) and an override form.
+//!
+//! Server-rendered with askama (HTML-escaped by default); no JavaScript. Log-in exchanges a
+//! configured token for a random session id kept in memory and sent back as an `HttpOnly`,
+//! `SameSite=Strict` cookie (`Secure` behind TLS); a `Bearer` token works as on `/v1`. Forms carry
+//! a per-login CSRF token compared in constant time, and cross-site POSTs (`Sec-Fetch-Site`) are
+//! refused. Every answer forbids framing, caching, sniffing and scripts by its headers.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use askama::Template;
+use axum::Form;
+use axum::Router;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
+use subtle::ConstantTimeEq as _;
+use verdict_log::{AppendError, EventStore as _, SqliteLog, rfc3339_ms};
+use verdict_projector::fact::INTERNAL_SOURCE;
+use verdict_projector::{Action, DecisionBody, Fact, Session, VendorKind, read};
+
+use crate::api::{Api, Caller, authenticate, validate_override};
+use crate::config::Role;
+use crate::projections;
+
+/// The session cookie's name.
+pub const COOKIE: &str = "verdict_ui";
+/// How long a login lasts.
+const LOGIN_TTL: Duration = Duration::from_secs(8 * 3600);
+/// The most logins kept at once (expired ones are dropped first, then the oldest).
+const MAX_LOGINS: usize = 10_000;
+/// How long an override waits for the projector before the page is shown anyway.
+const SETTLE: Duration = Duration::from_secs(3);
+
+/// One login: who, the form token, until when.
+#[derive(Debug, Clone)]
+struct Login {
+    caller: Caller,
+    csrf: String,
+    expires: Instant,
+}
+
+/// Logins by the SHA-256 of their cookie value (the cookie itself is not kept).
+#[derive(Debug, Default)]
+struct Logins(Mutex<HashMap<[u8; 32], Login>>);
+
+impl Logins {
+    /// A new login for `caller`: the cookie value to send.
+    fn create(&self, caller: Caller) -> anyhow::Result<String> {
+        let cookie = random_token()?;
+        let login = Login {
+            caller,
+            csrf: random_token()?,
+            expires: Instant::now() + LOGIN_TTL,
+        };
+        let mut map = self
+            .0
+            .lock()
+            .map_err(|_| anyhow::anyhow!("login table poisoned"))?;
+        if map.len() >= MAX_LOGINS {
+            let now = Instant::now();
+            map.retain(|_, l| l.expires > now);
+            if map.len() >= MAX_LOGINS
+                && let Some(oldest) = map.iter().min_by_key(|(_, l)| l.expires).map(|(k, _)| *k)
+            {
+                map.remove(&oldest);
+            }
+        }
+        map.insert(digest(&cookie), login);
+        Ok(cookie)
+    }
+
+    /// The live login holding this cookie value.
+    fn find(&self, cookie: &str) -> Option<Login> {
+        let key = digest(cookie);
+        let mut map = self.0.lock().ok()?;
+        match map.get(&key) {
+            Some(l) if l.expires > Instant::now() => Some(l.clone()),
+            Some(_) => {
+                map.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn remove(&self, cookie: &str) {
+        if let Ok(mut map) = self.0.lock() {
+            map.remove(&digest(cookie));
+        }
+    }
+}
+
+fn digest(s: &str) -> [u8; 32] {
+    Sha256::digest(s.as_bytes()).into()
+}
+
+/// 32 bytes from the operating system's generator, hex-encoded.
+fn random_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    Ok(hex::encode(bytes))
+}
+
+/// What the pages share.
+#[derive(Debug, Clone)]
+pub struct Ui {
+    api: Api,
+    logins: Arc<Logins>,
+    /// Cookies get `Secure` (verdict serves HTTPS).
+    secure: bool,
+}
+
+impl Ui {
+    /// Pages over the API's reads, writer and tokens; `secure` when served over TLS.
+    pub fn new(api: Api, secure: bool) -> Self {
+        Self {
+            api,
+            logins: Arc::new(Logins::default()),
+            secure,
+        }
+    }
+}
+
+/// The caller of a page: who, and the login's CSRF token (none for a bearer token, which a
+/// browser never attaches on its own).
+#[derive(Debug, Clone)]
+struct UiCaller {
+    caller: Caller,
+    csrf: Option<String>,
+    cookie: Option<String>,
+}
+
+/// The `/ui` routes.
+pub fn router<S: Clone + Send + Sync + 'static>(ui: Ui) -> Router<S> {
+    let protected = Router::new()
+        .route("/ui/sessions", get(sessions_page))
+        .route("/ui/sessions/{id}", get(session_page))
+        .route("/ui/sessions/{id}/override", post(override_submit))
+        .route("/ui/logout", post(logout))
+        .route_layer(middleware::from_fn_with_state(ui.clone(), require_login));
+    Router::new()
+        .route("/ui", get(|| async { Redirect::to("/ui/sessions") }))
+        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/style.css", get(style))
+        .merge(protected)
+        .layer(middleware::from_fn(page_headers))
+        .with_state(ui)
+}
+
+/// Headers on every page: no scripts, no framing, no caching, no sniffing, no referrer.
+async fn page_headers(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; \
+             frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    resp
+}
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.trim().to_owned())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+}
+
+/// Lets in a live login cookie or a bearer token; anyone else gets the log-in page with a 401.
+async fn require_login(State(ui): State<Ui>, mut req: Request, next: Next) -> Response {
+    let headers = req.headers();
+    let found = if let Some(token) = bearer(headers) {
+        authenticate(&ui.api.tokens, token).map(|caller| UiCaller {
+            caller,
+            csrf: None,
+            cookie: None,
+        })
+    } else {
+        cookie_value(headers).and_then(|c| {
+            ui.logins.find(&c).map(|l| UiCaller {
+                caller: l.caller,
+                csrf: Some(l.csrf),
+                cookie: Some(c),
+            })
+        })
+    };
+    match found {
+        Some(caller) => {
+            req.extensions_mut().insert(caller);
+            next.run(req).await
+        }
+        None => {
+            let next_path = req
+                .uri()
+                .path_and_query()
+                .map_or("/ui/sessions", |p| p.as_str());
+            let next_path = if req.method() == axum::http::Method::GET {
+                safe_next(next_path)
+            } else {
+                "/ui/sessions".to_owned()
+            };
+            let mut resp = html(
+                StatusCode::UNAUTHORIZED,
+                &LoginPage {
+                    who: None,
+                    error: None,
+                    next: next_path,
+                },
+            );
+            resp.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp
+        }
+    }
+}
+
+/// Where to go after logging in: a `/ui/` path only (no open redirect).
+fn safe_next(next: &str) -> String {
+    if next.starts_with("/ui/") && !next.starts_with("//") && !next.contains('\\') {
+        next.to_owned()
+    } else {
+        "/ui/sessions".to_owned()
+    }
+}
+
+/// Refuses a form posted from another site (browsers send `Sec-Fetch-Site`; clients that do
+/// not are judged by the CSRF token alone).
+fn cross_site(headers: &HeaderMap) -> bool {
+    headers
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v != "same-origin" && v != "none")
+}
+
+fn csrf_ok(caller: &UiCaller, presented: &str) -> bool {
+    match &caller.csrf {
+        None => true,
+        Some(expected) => bool::from(expected.as_bytes().ct_eq(presented.as_bytes())),
+    }
+}
+
+/// The header's view of the caller.
+struct Who {
+    name: String,
+    role: &'static str,
+    csrf: Option<String>,
+}
+
+impl Who {
+    fn of(c: &UiCaller) -> Self {
+        Self {
+            name: c.caller.name.clone(),
+            role: role_name(c.caller.role),
+            csrf: c.csrf.clone(),
+        }
+    }
+}
+
+fn role_name(r: Role) -> &'static str {
+    match r {
+        Role::Analyst => "analyst",
+        Role::Reader => "reader",
+    }
+}
+
+fn html(status: StatusCode, page: &impl Template) -> Response {
+    match page.render() {
+        Ok(body) => (
+            status,
+            [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+            body,
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "rendering a page failed");
+            (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+        }
+    }
+}
+
+fn error_page(status: StatusCode, who: Option<Who>, message: impl Into<String>) -> Response {
+    html(
+        status,
+        &ErrorPage {
+            who,
+            title: status.canonical_reason().unwrap_or("Error").to_owned(),
+            message: message.into(),
+        },
+    )
+}
+
+fn internal(e: &anyhow::Error) -> Response {
+    tracing::error!(error = %format!("{e:#}"), "page failed");
+    error_page(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        None,
+        "Something went wrong; the server log has the details.",
+    )
+}
+
+#[derive(Template)]
+#[template(path = "ui/login.html")]
+struct LoginPage {
+    who: Option<Who>,
+    error: Option<String>,
+    next: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/error.html")]
+struct ErrorPage {
+    who: Option<Who>,
+    title: String,
+    message: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct NextQuery {
+    next: Option<String>,
+}
+
+async fn login_page(Query(q): Query<NextQuery>) -> Response {
+    html(
+        StatusCode::OK,
+        &LoginPage {
+            who: None,
+            error: None,
+            next: safe_next(q.next.as_deref().unwrap_or("")),
+        },
+    )
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    token: String,
+    #[serde(default)]
+    next: String,
+}
+
+async fn login(State(ui): State<Ui>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
+    if cross_site(&headers) {
+        return error_page(StatusCode::FORBIDDEN, None, "Cross-site log-in refused.");
+    }
+    let next = safe_next(&f.next);
+    let Some(caller) = authenticate(&ui.api.tokens, f.token.trim()) else {
+        tracing::warn!("UI log-in with an unknown token");
+        return html(
+            StatusCode::UNAUTHORIZED,
+            &LoginPage {
+                who: None,
+                error: Some("That token is not valid.".into()),
+                next,
+            },
+        );
+    };
+    let name = caller.name.clone();
+    let cookie = match ui.logins.create(caller) {
+        Ok(c) => c,
+        Err(e) => return internal(&e),
+    };
+    tracing::info!(actor = %name, "UI log-in");
+    let set = format!(
+        "{COOKIE}={cookie}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        LOGIN_TTL.as_secs(),
+        if ui.secure { "; Secure" } else { "" }
+    );
+    let mut resp = Redirect::to(&next).into_response();
+    if let Ok(v) = HeaderValue::from_str(&set) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+#[derive(Debug, Deserialize)]
+struct CsrfForm {
+    #[serde(default)]
+    csrf: String,
+}
+
+async fn logout(
+    State(ui): State<Ui>,
+    axum::Extension(caller): axum::Extension<UiCaller>,
+    headers: HeaderMap,
+    Form(f): Form<CsrfForm>,
+) -> Response {
+    if cross_site(&headers) || !csrf_ok(&caller, &f.csrf) {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            Some(Who::of(&caller)),
+            "The form's token does not match your login; reload the page and try again.",
+        );
+    }
+    if let Some(c) = &caller.cookie {
+        ui.logins.remove(c);
+    }
+    let mut resp = Redirect::to("/ui/login").into_response();
+    let clear = format!("{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0");
+    if let Ok(v) = HeaderValue::from_str(&clear) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
+    }
+    resp
+}
+
+async fn style() -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, "text/css; charset=utf-8"),
+            (header::CACHE_CONTROL, "max-age=300"),
+        ],
+        include_str!("../templates/ui/style.css"),
+    )
+        .into_response()
+}
+
+// ---------------------------------------------------------------------------------------------
+// The session list.
+
+/// One row of the list.
+struct Row {
+    id: String,
+    id_path: String,
+    reference: String,
+    user: String,
+    vendor_status: String,
+    action: Option<&'static str>,
+    decision_source: &'static str,
+    events: u64,
+    quarantined: u64,
+    updated_at: String,
+}
+
+/// A filter's choice.
+struct Opt {
+    value: &'static str,
+    selected: bool,
+}
+
+impl Opt {
+    fn list(values: &[&'static str], current: &str) -> Vec<Self> {
+        values
+            .iter()
+            .map(|v| Self {
+                value: v,
+                selected: *v == current,
+            })
+            .collect()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "ui/sessions.html")]
+struct SessionsPage {
+    who: Option<Who>,
+    statuses: Vec<Opt>,
+    actions: Vec<Opt>,
+    filter_id: String,
+    rows: Vec<Row>,
+    next_link: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    vendor_status: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    id: String,
+    after: Option<String>,
+}
+
+fn dash(v: Option<&str>) -> String {
+    v.map_or_else(|| "—".to_owned(), str::to_owned)
+}
+
+fn percent(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+async fn sessions_page(
+    State(ui): State<Ui>,
+    axum::Extension(caller): axum::Extension<UiCaller>,
+    Query(q): Query<ListQuery>,
+) -> Response {
+    let id = q.id.trim();
+    if !id.is_empty() {
+        return Redirect::to(&format!("/ui/sessions/{}", percent(id))).into_response();
+    }
+    let status = (!q.vendor_status.is_empty()).then(|| q.vendor_status.clone());
+    let action = (!q.action.is_empty()).then(|| q.action.clone());
+    if action
+        .as_deref()
+        .is_some_and(|a| Action::parse(a).is_none())
+    {
+        return error_page(
+            StatusCode::BAD_REQUEST,
+            Some(Who::of(&caller)),
+            "The decision filter must be approve, decline or review.",
+        );
+    }
+    let after = q.after.clone();
+    let listed = ui
+        .api
+        .reads
+        .run(move |log| {
+            projections::list_sessions(
+                log.connection(),
+                status.as_deref(),
+                action.as_deref(),
+                after.as_deref(),
+                50,
+            )
+        })
+        .await;
+    let (sessions, next) = match listed {
+        Ok(x) => x,
+        Err(e) => return internal(&e),
+    };
+    let rows = sessions
+        .iter()
+        .map(|s| Row {
+            id: s.session_id.clone(),
+            id_path: percent(&s.session_id),
+            reference: dash(s.reference_id.as_deref()),
+            user: dash(s.user_id.as_deref()),
+            vendor_status: dash(s.vendor_status.as_deref()),
+            action: s.decision.as_ref().map(|(d, _)| d.action.as_str()),
+            decision_source: s.decision.as_ref().map_or("", |(d, _)| d.source.as_str()),
+            events: s.event_count,
+            quarantined: s.quarantined,
+            updated_at: rfc3339_ms(s.updated_at),
+        })
+        .collect();
+    let next_link = next.map(|n| {
+        format!(
+            "/ui/sessions?vendor_status={}&action={}&after={}",
+            percent(&q.vendor_status),
+            percent(&q.action),
+            percent(&n)
+        )
+    });
+    html(
+        StatusCode::OK,
+        &SessionsPage {
+            who: Some(Who::of(&caller)),
+            statuses: Opt::list(
+                &["APPROVED", "DECLINED", "REVIEW", "ABANDONED"],
+                &q.vendor_status,
+            ),
+            actions: Opt::list(&["approve", "decline", "review"], &q.action),
+            filter_id: String::new(),
+            rows,
+            next_link,
+        },
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// One session.
+
+/// The current decision, as shown.
+struct DecisionView {
+    action: &'static str,
+    source: &'static str,
+    policy: Option<String>,
+    actor: Option<String>,
+    rules: Vec<String>,
+    reasons: Vec<String>,
+}
+
+impl DecisionView {
+    fn of(d: &DecisionBody) -> Self {
+        Self {
+            action: d.action.as_str(),
+            source: d.source.as_str(),
+            policy: d.policy.as_ref().map(policy_label),
+            actor: d.actor.clone(),
+            rules: d.rules.clone(),
+            reasons: d.reasons.clone(),
+        }
+    }
+}
+
+fn policy_label(p: &verdict_projector::PolicyRef) -> String {
+    format!(
+        "policy {} version {}, sha256 {}",
+        p.name,
+        p.version,
+        p.sha256.get(..12).unwrap_or(&p.sha256)
+    )
+}
+
+/// The session's state at the end of its timeline.
+struct Summary {
+    id: String,
+    id_path: String,
+    reference: String,
+    user: String,
+    vendor_status: String,
+    status_by: Option<String>,
+    decision: Option<DecisionView>,
+    /// Who overrode last, what, why and the ticket.
+    last_override: Option<String>,
+    events: u64,
+    quarantined: u64,
+    updated_at: String,
+}
+
+/// A payload, shown on request.
+struct PayloadView {
+    len: usize,
+    repeats: u64,
+    pretty: Option<String>,
+    raw: String,
+    base64: bool,
+    headers: String,
+}
+
+/// One log entry of the session.
+struct Item {
+    seq: u64,
+    kind: &'static str,
+    event_type: String,
+    recorded_at: String,
+    vendor_time: Option<String>,
+    /// What the entry says.
+    facts: Vec<String>,
+    /// What it changed in the session.
+    changes: Vec<String>,
+    payload: Option<PayloadView>,
+}
+
+/// The override form (analysts only).
+struct OverrideFormView {
+    csrf: String,
+    actor: String,
+    error: Option<String>,
+    reason: String,
+    ticket: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/session.html")]
+struct SessionPage {
+    who: Option<Who>,
+    s: Summary,
+    form: Option<OverrideFormView>,
+    timeline: Vec<Item>,
+}
+
+/// Folds the session's entries in seq order, noting what each one said and changed.
+fn timeline(log: &SqliteLog, id: &str) -> anyhow::Result<Option<(Summary, Vec<Item>)>> {
+    let seqs = projections::entry_seqs(log.connection(), id, u64::MAX >> 1)?;
+    if seqs.is_empty() {
+        return Ok(None);
+    }
+    let mut s = Session::new(id);
+    let mut items = Vec::with_capacity(seqs.len());
+    for seq in seqs {
+        let Some(e) = log.get(seq)? else { continue };
+        let r = projections::recorded(&e);
+        let fact = read(&r);
+        let status_before = s.vendor_status.clone();
+        let decision_before = s
+            .decision
+            .as_ref()
+            .map(|(d, _)| (d.action.as_str(), d.source.as_str()));
+        let decision_before = decision_before.map(|(a, src)| format!("{a} ({src})"));
+        let change = s.apply(&r, &fact);
+        let mut facts = Vec::new();
+        let mut changes = Vec::new();
+        let kind = match &fact {
+            Fact::Vendor {
+                kind,
+                reference_id,
+                user_id,
+                status,
+                actor,
+                ..
+            } => {
+                facts.push(match kind {
+                    VendorKind::Finished => "the vendor finished the session".to_owned(),
+                    VendorKind::StatusUpdated => "the vendor's status was changed".to_owned(),
+                });
+                if let Some(st) = status {
+                    facts.push(format!("status {st}"));
+                }
+                if let Some(a) = actor {
+                    facts.push(format!("changed by {a} at the vendor"));
+                }
+                if reference_id.is_some() || user_id.is_some() {
+                    facts.push(format!(
+                        "reference {}, user {}",
+                        dash(reference_id.as_deref()),
+                        dash(user_id.as_deref())
+                    ));
+                }
+                if change.vendor_status {
+                    changes.push(format!(
+                        "vendor status: {} → {}",
+                        dash(status_before.as_deref()),
+                        dash(s.vendor_status.as_deref())
+                    ));
+                } else if status.is_some() && s.vendor_key.is_some_and(|k| k.seq != seq) {
+                    changes.push(format!(
+                        "older than the current vendor event (#{}) by vendor time: kept in the history, changes nothing current",
+                        s.vendor_key.map_or(0, |k| k.seq)
+                    ));
+                } else if status.is_some() {
+                    changes.push("vendor status unchanged".to_owned());
+                }
+                if change.finished {
+                    changes.push("newest finished event: the policy decides on it".to_owned());
+                }
+                "event"
+            }
+            Fact::Override(o) => {
+                facts.push(format!(
+                    "{} overrode the decision: {}",
+                    o.actor,
+                    o.action.as_str()
+                ));
+                facts.push(format!("reason: {}", o.reason));
+                if let Some(t) = &o.ticket {
+                    facts.push(format!("ticket: {t}"));
+                }
+                "override"
+            }
+            Fact::Decision(d) => {
+                facts.push(format!(
+                    "decided {} (source: {})",
+                    d.action.as_str(),
+                    d.source.as_str()
+                ));
+                if let Some(p) = &d.policy {
+                    facts.push(policy_label(p));
+                }
+                if !d.rules.is_empty() {
+                    facts.push(format!("rules matched: {}", d.rules.join(", ")));
+                }
+                for reason in &d.reasons {
+                    facts.push(format!("reason: {reason}"));
+                }
+                if let Some(a) = &d.actor {
+                    facts.push(format!("by {a}"));
+                }
+                facts.push(format!("caused by entry #{}", d.trigger_seq));
+                if change.decided {
+                    changes.push(format!(
+                        "current decision: {} → {} ({})",
+                        decision_before.unwrap_or_else(|| "none".to_owned()),
+                        d.action.as_str(),
+                        d.source.as_str()
+                    ));
+                }
+                "decision"
+            }
+            Fact::Quarantined { reason, .. } => {
+                facts.push(format!("quarantined: {reason}"));
+                "quarantined"
+            }
+            Fact::Noted { .. } | Fact::Other => "event",
+        };
+        let repeats = if e.source == INTERNAL_SOURCE {
+            0
+        } else {
+            log.repeats(seq)?
+        };
+        items.push(Item {
+            seq,
+            kind,
+            event_type: e.event_type.clone(),
+            recorded_at: rfc3339_ms(e.recorded_at),
+            vendor_time: e.vendor_time.map(rfc3339_ms),
+            facts,
+            changes,
+            payload: Some(payload_view(&e.body, repeats, &e.headers_json)),
+        });
+    }
+    let summary = Summary {
+        id: s.session_id.clone(),
+        id_path: percent(&s.session_id),
+        reference: dash(s.reference_id.as_deref()),
+        user: dash(s.user_id.as_deref()),
+        vendor_status: dash(s.vendor_status.as_deref()),
+        status_by: s.status_update_actor.clone(),
+        decision: s.decision.as_ref().map(|(d, _)| DecisionView::of(d)),
+        last_override: s.last_override.as_ref().map(|o| {
+            format!(
+                "{} set {} at {} (#{}): {}{}",
+                o.actor,
+                o.action.as_str(),
+                rfc3339_ms(o.recorded_at),
+                o.seq,
+                o.reason,
+                o.ticket
+                    .as_ref()
+                    .map_or_else(String::new, |t| format!(" · ticket {t}"))
+            )
+        }),
+        events: s.event_count,
+        quarantined: s.quarantined,
+        updated_at: rfc3339_ms(s.updated_at),
+    };
+    Ok(Some((summary, items)))
+}
+
+fn payload_view(body: &[u8], repeats: u64, headers_json: &str) -> PayloadView {
+    let (raw, base64) = match std::str::from_utf8(body) {
+        Ok(s) => (s.to_owned(), false),
+        Err(_) => {
+            use base64::Engine as _;
+            (base64::engine::general_purpose::STANDARD.encode(body), true)
+        }
+    };
+    let pretty = serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok());
+    let headers = serde_json::from_str::<serde_json::Value>(headers_json)
+        .ok()
+        .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()))
+        .and_then(|v| serde_json::to_string_pretty(&v).ok())
+        .unwrap_or_default();
+    PayloadView {
+        len: body.len(),
+        repeats,
+        pretty,
+        raw,
+        base64,
+        headers,
+    }
+}
+
+async fn render_session(
+    ui: &Ui,
+    caller: &UiCaller,
+    id: String,
+    status: StatusCode,
+    form_error: Option<(String, String, String)>,
+) -> Response {
+    let lookup = id.clone();
+    let found = ui.api.reads.run(move |log| timeline(log, &lookup)).await;
+    let (summary, items) = match found {
+        Ok(Some(x)) => x,
+        Ok(None) => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                Some(Who::of(caller)),
+                format!("No session {id:?} is in the log."),
+            );
+        }
+        Err(e) => return internal(&e),
+    };
+    let form = (caller.caller.role == Role::Analyst).then(|| {
+        let (error, reason, ticket) = match form_error {
+            Some((e, r, t)) => (Some(e), r, t),
+            None => (None, String::new(), String::new()),
+        };
+        OverrideFormView {
+            // A bearer caller has no login: its form needs no token (it cannot be forged by
+            // a browser), but the field must still be there.
+            csrf: caller.csrf.clone().unwrap_or_default(),
+            actor: caller.caller.name.clone(),
+            error,
+            reason,
+            ticket,
+        }
+    });
+    html(
+        status,
+        &SessionPage {
+            who: Some(Who::of(caller)),
+            s: summary,
+            form,
+            timeline: items,
+        },
+    )
+}
+
+async fn session_page(
+    State(ui): State<Ui>,
+    axum::Extension(caller): axum::Extension<UiCaller>,
+    Path(id): Path<String>,
+) -> Response {
+    render_session(&ui, &caller, id, StatusCode::OK, None).await
+}
+
+#[derive(Debug, Deserialize)]
+struct OverrideForm {
+    #[serde(default)]
+    csrf: String,
+    #[serde(default)]
+    action: String,
+    #[serde(default)]
+    reason: String,
+    #[serde(default)]
+    ticket: String,
+}
+
+async fn override_submit(
+    State(ui): State<Ui>,
+    axum::Extension(caller): axum::Extension<UiCaller>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    Form(f): Form<OverrideForm>,
+) -> Response {
+    if caller.caller.role != Role::Analyst {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            Some(Who::of(&caller)),
+            "Overrides need the analyst role.",
+        );
+    }
+    if cross_site(&headers) || !csrf_ok(&caller, &f.csrf) {
+        tracing::warn!(actor = %caller.caller.name, session = %id, "override form refused: CSRF check failed");
+        return error_page(
+            StatusCode::FORBIDDEN,
+            Some(Who::of(&caller)),
+            "The form's token does not match your login; reload the page and try again.",
+        );
+    }
+    let ticket = (!f.ticket.trim().is_empty()).then(|| f.ticket.trim().to_owned());
+    let body = match validate_override(&id, &caller.caller.name, &f.action, &f.reason, ticket) {
+        Ok(b) => b,
+        Err(message) => {
+            return render_session(
+                &ui,
+                &caller,
+                id,
+                StatusCode::BAD_REQUEST,
+                Some((message, f.reason, f.ticket)),
+            )
+            .await;
+        }
+    };
+    let lookup = id.clone();
+    match ui
+        .api
+        .reads
+        .run(move |log| projections::session_exists(log.connection(), &lookup))
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            return error_page(
+                StatusCode::NOT_FOUND,
+                Some(Who::of(&caller)),
+                format!("No session {id:?} is in the log."),
+            );
+        }
+        Err(e) => return internal(&e),
+    }
+    let event = match projections::override_event(&body) {
+        Ok(e) => e,
+        Err(e) => return internal(&e),
+    };
+    let seq = match ui.api.writer.append(event).await {
+        Ok(a) => a.seq(),
+        Err(AppendError::Unavailable(_) | AppendError::Closed) => {
+            let mut resp = error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(Who::of(&caller)),
+                "The log cannot be written right now; nothing was recorded. Try again shortly.",
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
+    };
+    tracing::info!(session = %id, actor = %caller.caller.name, action = body.action.as_str(), seq, "override recorded (UI)");
+    settle(&ui.api, &id, seq).await;
+    Redirect::to(&format!("/ui/sessions/{}#seq-{seq}", percent(&id))).into_response()
+}
+
+/// Waits (at most [`SETTLE`]) until the projector has folded the override at `seq` and the
+/// decision it led to, so the page shown next has both.
+async fn settle(api: &Api, id: &str, seq: u64) {
+    let deadline = tokio::time::Instant::now() + SETTLE;
+    let mut projected = api.projected.clone();
+    let mut target = seq;
+    loop {
+        let reached = tokio::time::timeout_at(deadline, projected.wait_for(|p| *p >= target))
+            .await
+            .is_ok_and(|r| r.is_ok());
+        if !reached || !api.decides {
+            return;
+        }
+        let lookup = id.to_owned();
+        let decision_seq = api
+            .reads
+            .run(move |log| projections::load_session(log.connection(), &lookup))
+            .await
+            .ok()
+            .flatten()
+            .and_then(|s| s.decision.map(|(_, dseq)| dseq));
+        match decision_seq {
+            Some(d) if d > target => target = d,
+            _ => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn next_is_kept_inside_the_ui() {
+        assert_eq!(safe_next("/ui/sessions/abc?x=1"), "/ui/sessions/abc?x=1");
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/ui/",
+            "/v1/sessions",
+            "",
+            "/ui\\x",
+        ] {
+            assert_eq!(safe_next(bad), "/ui/sessions", "{bad}");
+        }
+    }
+
+    #[test]
+    fn cookie_is_found_among_others() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=1; verdict_ui=abc123 ; b=2"),
+        );
+        assert_eq!(cookie_value(&h).as_deref(), Some("abc123"));
+        h.insert(header::COOKIE, HeaderValue::from_static("verdict_uix=1"));
+        assert_eq!(cookie_value(&h), None);
+    }
+
+    #[test]
+    fn percent_encodes_everything_but_unreserved() {
+        assert_eq!(percent("a b/c?d&é"), "a%20b%2Fc%3Fd%26%C3%A9");
+    }
+
+    #[test]
+    fn logins_expire_and_are_removed() {
+        let logins = Logins::default();
+        let caller = Caller {
+            name: "alice".into(),
+            role: Role::Analyst,
+        };
+        let Ok(cookie) = logins.create(caller) else {
+            panic!("no login")
+        };
+        assert_eq!(cookie.len(), 64);
+        assert!(logins.find(&cookie).is_some());
+        assert!(logins.find("not-a-cookie").is_none());
+        logins.remove(&cookie);
+        assert!(logins.find(&cookie).is_none());
+    }
+}

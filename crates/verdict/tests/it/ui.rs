@@ -1,0 +1,349 @@
+//! The analyst's pages, driven end to end in headless Chromium: log in, find a session, read
+//! its timeline, open a payload, override it, see the new decision; and the refusals (no
+//! login, a reader, a forged or cross-site form, markup in a payload).
+
+use serde_json::Value;
+
+use crate::browser::Browser;
+use crate::support::*;
+
+const REVIEW: &str =
+    include_str!("../../../../fixtures/seon/session_finished_review_face_mismatch.json");
+const SID: &str = "2a7c9e11-4b3d-4f60-a2b8-c9d0e1f2a3b4";
+const HOSTILE_SID: &str = "hostile-0001";
+/// Markup an attacker could put into fields the vendor copies from user input.
+const HOSTILE_REF: &str =
+    r#"<img src=x onerror="window.__pwned=1"><script>window.__pwned=2</script>"#;
+
+fn config() -> String {
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/policies/kyc.toml"
+    );
+    format!(
+        "[policy]\npath = {policy:?}\n\n\
+         [[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice\"\n\n\
+         [[tokens]]\nname = \"bob\"\nrole = \"reader\"\ntoken = \"tok-bob\"\n"
+    )
+}
+
+async fn decision(s: &Server, id: &str) -> Value {
+    get(s, &format!("/v1/sessions/{id}"), Some("tok-alice"))
+        .await
+        .1["decision"]
+        .clone()
+}
+
+/// Posts the override form with the given cookie and fields: the status.
+async fn post_form(
+    s: &Server,
+    cookie: &str,
+    fields: &[(&str, &str)],
+    extra: &[(&str, &str)],
+) -> u16 {
+    let mut req = s
+        .http
+        .post(s.url(&format!("/ui/sessions/{SID}/override")))
+        .header("Cookie", format!("verdict_ui={cookie}"))
+        .form(fields);
+    for (k, v) in extra {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+/// With `VERDICT_UI_SHOTS=DIR`, saves a picture of the page (to look at the pages).
+fn shot(b: &mut Browser, name: &str) {
+    if let Some(dir) = std::env::var_os("VERDICT_UI_SHOTS") {
+        b.screenshot(&std::path::Path::new(&dir).join(name));
+    }
+}
+
+/// A form that must be refused: what, the cookie, the fields, more headers, the status.
+type Refusal<'a> = (
+    &'a str,
+    &'a str,
+    Vec<(&'a str, &'a str)>,
+    &'a [(&'a str, &'a str)],
+    u16,
+);
+
+fn log_in(b: &mut Browser, base: &str, token: &str) {
+    b.goto(&format!("{base}/ui/sessions"));
+    b.wait_for("document.querySelector('#token')");
+    b.type_into("#token", token);
+    b.click("#login");
+    b.wait_for("location.pathname === '/ui/sessions' && document.querySelector('table.sessions')");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
+    let s = Server::start_with(&config());
+    let (status, first) = s.post_seon(REVIEW, Some("r-1"), SEON_SECRET).await;
+    assert_eq!(status, 200);
+    // The same delivery again (a vendor retry), shown on the payload as a repeat.
+    s.post_seon(REVIEW, Some("r-1"), SEON_SECRET).await;
+    let hostile = format!(
+        r#"{{"event":"idv:session_finished","date":"2026-03-02T10:15:42.000Z","details":{{"sessionId":"{HOSTILE_SID}","referenceId":{},"status":"APPROVED"}}}}"#,
+        serde_json::to_string(HOSTILE_REF).unwrap()
+    );
+    assert_eq!(s.post_seon(&hostile, Some("r-h"), SEON_SECRET).await.0, 200);
+    eventually("the policy's decision", async || {
+        decision(&s, SID).await["seq"].is_u64().then_some(())
+    })
+    .await;
+    eventually("the hostile session's decision", async || {
+        decision(&s, HOSTILE_SID).await["seq"]
+            .is_u64()
+            .then_some(())
+    })
+    .await;
+
+    // Without a login: a 401 with the log-in form, nothing else.
+    let resp = s
+        .http
+        .get(s.url(&format!("/ui/sessions/{SID}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 401);
+    let csp = resp.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(csp.contains("default-src 'none'") && csp.contains("frame-ancestors 'none'"));
+    let page = resp.text().await.unwrap();
+    assert!(
+        page.contains(r#"name="token""#) && !page.contains("timeline"),
+        "{page}"
+    );
+
+    let base = s.base.clone();
+    let mut b = tokio::task::spawn_blocking(move || {
+        let mut b = Browser::launch();
+        // A wrong token is refused on the page.
+        b.goto(&format!("{base}/ui/login"));
+        b.type_into("#token", "not-a-token");
+        b.click("#login");
+        b.wait_for("document.querySelector('#login-error')");
+        log_in(&mut b, &base, "tok-alice");
+        b
+    })
+    .await
+    .unwrap();
+
+    // The cookie: HttpOnly (scripts cannot read it), SameSite=Strict, scoped to /ui.
+    let cookies = b.cookies();
+    let c = cookies
+        .iter()
+        .find(|c| c["name"] == "verdict_ui")
+        .unwrap_or_else(|| panic!("no login cookie in {cookies:?}"));
+    assert_eq!(c["httpOnly"], true, "{c}");
+    assert_eq!(c["sameSite"], "Strict", "{c}");
+    assert_eq!(c["path"], "/ui", "{c}");
+    let cookie = c["value"].as_str().unwrap().to_owned();
+    assert_eq!(b.eval("document.cookie.includes('verdict_ui')"), false);
+
+    shot(&mut b, "sessions.png");
+    // The list shows both sessions with their decisions; the filter narrows it.
+    let list = b.text("table.sessions");
+    assert!(list.contains(SID) && list.contains(HOSTILE_SID), "{list}");
+    b.select("select[name=vendor_status]", "REVIEW");
+    b.click("form.filters button");
+    b.wait_for("location.search.includes('vendor_status=REVIEW')");
+    let list = b.text("table.sessions");
+    assert!(list.contains(SID) && !list.contains(HOSTILE_SID), "{list}");
+
+    // Open the session from the list and read its timeline.
+    b.click(&format!("a[href='/ui/sessions/{SID}']"));
+    b.wait_for("document.querySelector('#timeline')");
+    let summary = b.text("#summary");
+    assert!(
+        summary.contains("REVIEW") && summary.contains("user-50031-1709391111"),
+        "{summary}"
+    );
+    let current = b.text("#current-decision").to_lowercase();
+    assert!(
+        current.contains("review")
+            && current.contains("policy kyc-default version")
+            && current.contains("face-mismatch"),
+        "{current}"
+    );
+    let first_seq = first["seq"].as_u64().unwrap();
+    let entry = b.text(&format!("#seq-{first_seq}"));
+    assert!(
+        entry.contains("idv:session_finished")
+            && entry.contains("status REVIEW")
+            && entry.contains("vendor status: — → REVIEW"),
+        "{entry}"
+    );
+    assert!(
+        entry.contains("delivered 1 more time"),
+        "the retry is shown: {entry}"
+    );
+    let timeline = b.text("#timeline");
+    assert!(
+        timeline.contains("decided review (source: policy)")
+            && timeline.contains("rules matched: vendor-review, face-mismatch"),
+        "{timeline}"
+    );
+
+    // The raw payload is folded away until asked for.
+    let payload = format!("#seq-{first_seq} details.payload");
+    assert_eq!(
+        b.eval(&format!("document.querySelector('{payload}').open")),
+        false
+    );
+    b.click(&format!("{payload} > summary"));
+    b.wait_for(&format!("document.querySelector('{payload}').open"));
+    let shown = b.text(&format!("{payload} pre.json"));
+    assert!(
+        shown.contains("\"sessionId\": \"2a7c9e11") && shown.contains("Ana Demo"),
+        "{shown}"
+    );
+
+    // A form without its CSRF token, with another login's token, or posted cross-site is
+    // refused, and nothing is written.
+    let before = s.count();
+    let good_csrf = b
+        .eval("document.querySelector('#override input[name=csrf]').value")
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(good_csrf.len(), 64);
+    let reason = ("reason", "forged");
+    let wrong = "0".repeat(64);
+    let good = good_csrf.as_str();
+    let approve = ("action", "approve");
+    let cases: [Refusal<'_>; 5] = [
+        ("no CSRF token", &cookie, vec![approve, reason], &[], 403),
+        (
+            "another token",
+            &cookie,
+            vec![("csrf", &wrong), approve, reason],
+            &[],
+            403,
+        ),
+        (
+            "cross-site",
+            &cookie,
+            vec![("csrf", good), approve, reason],
+            &[("Sec-Fetch-Site", "cross-site")],
+            403,
+        ),
+        (
+            "empty reason",
+            &cookie,
+            vec![("csrf", good), approve, ("reason", "  ")],
+            &[],
+            400,
+        ),
+        (
+            "unknown login",
+            "no-such-login",
+            vec![("csrf", good), approve, reason],
+            &[],
+            401,
+        ),
+    ];
+    for (what, cookie, fields, extra, want) in cases {
+        assert_eq!(post_form(&s, cookie, &fields, extra).await, want, "{what}");
+    }
+    assert_eq!(s.count(), before, "a refused form wrote something");
+
+    // Override in the browser: an empty reason is refused on the page, then a real one.
+    let mut b = tokio::task::spawn_blocking(move || {
+        b.select("#action", "decline");
+        b.click("#override-submit"); // the browser itself refuses an empty required field
+        assert!(b.exists("#override") && !b.exists("#override-error"));
+        b.type_into("#reason", "document reused in another account");
+        b.type_into("#ticket", "KYC-42");
+        b.click("#override-submit");
+        b.wait_for("document.querySelector('#current-decision').innerText.includes('analyst')");
+        b
+    })
+    .await
+    .unwrap();
+    shot(&mut b, "session.png");
+    let current = b.text("#current-decision").to_lowercase();
+    assert!(
+        current.contains("decline")
+            && current.contains("alice")
+            && current.contains("document reused in another account"),
+        "{current}"
+    );
+    let last = b.text("#last-override");
+    assert!(
+        last.contains("alice set decline") && last.contains("ticket KYC-42"),
+        "{last}"
+    );
+    let timeline = b.text("#timeline");
+    assert!(
+        timeline.contains("alice overrode the decision: decline")
+            && timeline.contains("reason: document reused in another account")
+            && timeline.contains("ticket: KYC-42")
+            && timeline.contains("decided decline (source: analyst)"),
+        "{timeline}"
+    );
+    let d = decision(&s, SID).await;
+    assert_eq!(
+        (
+            d["action"].as_str(),
+            d["source"].as_str(),
+            d["actor"].as_str()
+        ),
+        (Some("decline"), Some("analyst"), Some("alice"))
+    );
+
+    // Markup from a payload is shown as text and never runs.
+    let base = s.base.clone();
+    let b = tokio::task::spawn_blocking(move || {
+        b.goto(&format!("{base}/ui/sessions/{HOSTILE_SID}"));
+        b.wait_for("document.querySelector('#timeline')");
+        b.click("details.payload > summary");
+        assert_eq!(b.eval("typeof window.__pwned"), "undefined");
+        assert_eq!(
+            b.eval("document.querySelectorAll('main img, main script').length"),
+            0
+        );
+        let summary = b.text("#summary");
+        assert!(summary.contains(HOSTILE_REF), "{summary}");
+
+        // Log out: the cookie no longer opens anything.
+        b.click("header form button");
+        b.wait_for("location.pathname === '/ui/login'");
+        // A reader sees the timeline but no override form.
+        log_in(&mut b, &base, "tok-bob");
+        b.goto(&format!("{base}/ui/sessions/{SID}"));
+        b.wait_for("document.querySelector('#timeline')");
+        assert!(!b.exists("#override"));
+        let cookie = b
+            .cookies()
+            .iter()
+            .find(|c| c["name"] == "verdict_ui")
+            .and_then(|c| c["value"].as_str().map(str::to_owned))
+            .unwrap();
+        (b, cookie)
+    })
+    .await
+    .unwrap();
+    let (_b, reader_cookie) = b;
+    let resp = s
+        .http
+        .get(s.url("/ui/sessions"))
+        .header("Cookie", format!("verdict_ui={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status().as_u16(),
+        401,
+        "the logged-out cookie still works"
+    );
+    let before = s.count();
+    assert_eq!(
+        post_form(&s, &reader_cookie, &[("action", "approve"), reason], &[]).await,
+        403
+    );
+    assert_eq!(s.count(), before);
+}
