@@ -10,6 +10,8 @@ use verdict_rules::{Facts, Policy};
 
 const POLICY: &str = include_str!("../../../config/policies/kyc.toml");
 const BODY: &str = include_str!("../../../fixtures/seon/session_finished_approved.json");
+const DECLINED: &str =
+    include_str!("../../../fixtures/seon/session_finished_declined_forgery.json");
 
 fn evaluate(c: &mut Criterion) {
     let Ok(policy) = Policy::parse(POLICY) else {
@@ -25,6 +27,14 @@ fn evaluate(c: &mut Criterion) {
     g.bench_function("kyc_policy_17_rules_seon_approved", |b| {
         b.iter(|| policy.evaluate(black_box(&facts)));
     });
+    if let Ok(declined) = serde_json::from_str::<serde_json::Value>(DECLINED) {
+        let details = declined.get("details").cloned().unwrap_or_default();
+        let session = serde_json::json!({"vendor_status": "DECLINED", "event_count": 1});
+        let facts = Facts::new(details, session);
+        g.bench_function("kyc_policy_17_rules_seon_declined_forgery", |b| {
+            b.iter(|| policy.evaluate(black_box(&facts)));
+        });
+    }
     g.bench_function("parse_and_compile_kyc_policy", |b| {
         b.iter(|| Policy::parse(black_box(POLICY)));
     });

@@ -3,7 +3,10 @@
 //! [`Policy::parse`] reads a policy file, rejects unknown keys and duplicate rule ids, and
 //! compiles every `when` once; problems come back as [`Diagnostic`]s with byte spans into the
 //! file (a CEL error is mapped to its place inside the `when` string). [`Policy::evaluate`] is
-//! pure: the session's facts are bound once and every rule runs against them. The most severe
+//! pure. Conditions in the common subset (member paths, `has()`, literals, comparisons, `&&`,
+//! `||`, `!`) are read straight from the JSON facts by a direct evaluator (`fast`); any other
+//! condition, or any case where CEL would raise an error, runs in `cel` with the facts bound
+//! once per evaluation, so the two never disagree. The most severe
 //! matching action wins (decline > review > approve); every match is listed in file order; no
 //! match gives `default_action`; a rule whose evaluation fails matches as `review` with the
 //! error in its reason, so a typo never approves anyone.
@@ -29,6 +32,7 @@
 //! # Ok::<(), String>(())
 //! ```
 
+mod fast;
 mod policy;
 
 pub use policy::{Action, Decision, Diagnostic, Facts, Policy, Rule, RuleError};

@@ -54,6 +54,8 @@ pub struct Rule {
     /// The reason recorded when it matches.
     pub reason: String,
     program: cel::Program,
+    /// The condition for the direct evaluator, when it is in its subset.
+    fast: Option<crate::fast::Fast>,
     uses_details: bool,
     uses_session: bool,
 }
@@ -183,6 +185,7 @@ impl Policy {
                     let refs = program.references();
                     let uses_details = refs.has_variable("details");
                     let uses_session = refs.has_variable("session");
+                    let fast = crate::fast::compile(program.expression());
                     rules.push(Rule {
                         id: r.id.into_inner(),
                         description: r.description,
@@ -190,6 +193,7 @@ impl Policy {
                         action: r.action,
                         reason: r.reason,
                         program,
+                        fast,
                         uses_details,
                         uses_session,
                     });
@@ -237,7 +241,6 @@ impl Policy {
     /// `prune`: bind only what the rules name (see [`Needs`]); otherwise bind everything (the
     /// reference the pruned evaluation is tested against).
     fn evaluate_bound(&self, facts: &Facts, prune: bool) -> Decision {
-        let (context, bind_error) = self.bind(facts, prune);
         let mut decision = Decision {
             action: self.default_action,
             rules: Vec::new(),
@@ -245,14 +248,27 @@ impl Policy {
             errors: Vec::new(),
         };
         let mut strongest: Option<Action> = None;
+        // Bound only when a rule needs cel (most policies never do: see `fast`).
+        let mut bound: Option<(cel::Context<'_, '_>, Option<String>)> = None;
         for rule in &self.rules {
-            let outcome = match &bind_error {
-                Some(e) => Err(e.clone()),
-                None => match rule.program.execute(&context) {
-                    Ok(cel::Value::Bool(b)) => Ok(b),
-                    Ok(other) => Err(format!("`when` gave {other:?}, not a boolean")),
-                    Err(e) => Err(e.to_string()),
-                },
+            let direct = match (&rule.fast, prune) {
+                (Some(f), true) => crate::fast::run(f, &facts.details, &facts.session),
+                _ => None,
+            };
+            let outcome = match direct {
+                Some(b) => Ok(b),
+                None => {
+                    let (context, bind_error) =
+                        bound.get_or_insert_with(|| self.bind(facts, prune));
+                    match bind_error {
+                        Some(e) => Err(e.clone()),
+                        None => match rule.program.execute(context) {
+                            Ok(cel::Value::Bool(b)) => Ok(b),
+                            Ok(other) => Err(format!("`when` gave {other:?}, not a boolean")),
+                            Err(e) => Err(e.to_string()),
+                        },
+                    }
+                }
             };
             let action = match outcome {
                 Ok(true) => {
