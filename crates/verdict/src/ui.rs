@@ -35,10 +35,12 @@ use crate::projections;
 pub const COOKIE: &str = "verdict_ui";
 /// How long a login lasts.
 const LOGIN_TTL: Duration = Duration::from_secs(8 * 3600);
-/// The most logins kept at once (expired ones are dropped first, then the oldest).
-const MAX_LOGINS: usize = 10_000;
 /// How long an override waits for the projector before the page is shown anyway.
 const SETTLE: Duration = Duration::from_secs(3);
+/// The most timeline entries shown (the newest; all are folded for the state).
+const MAX_SHOWN: usize = 2000;
+/// The most logins one token holder keeps at once (the oldest is dropped).
+const LOGINS_PER_CALLER: usize = 20;
 
 /// One login: who, the form token, until when.
 #[derive(Debug, Clone)]
@@ -65,14 +67,18 @@ impl Logins {
             .0
             .lock()
             .map_err(|_| anyhow::anyhow!("login table poisoned"))?;
-        if map.len() >= MAX_LOGINS {
-            let now = Instant::now();
-            map.retain(|_, l| l.expires > now);
-            if map.len() >= MAX_LOGINS
-                && let Some(oldest) = map.iter().min_by_key(|(_, l)| l.expires).map(|(k, _)| *k)
-            {
-                map.remove(&oldest);
-            }
+        let now = Instant::now();
+        map.retain(|_, l| l.expires > now);
+        // One holder's logins are capped (the oldest goes), so nobody can push others out.
+        let mine: Vec<([u8; 32], Instant)> = map
+            .iter()
+            .filter(|(_, l)| l.caller.name == login.caller.name)
+            .map(|(k, l)| (*k, l.expires))
+            .collect();
+        if mine.len() >= LOGINS_PER_CALLER
+            && let Some((oldest, _)) = mine.iter().min_by_key(|(_, e)| *e)
+        {
+            map.remove(oldest);
         }
         map.insert(digest(&cookie), login);
         Ok(cookie)
@@ -172,9 +178,11 @@ async fn page_headers(req: Request, next: Next) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // `same-origin`, not `no-referrer`: with no referrer at all, browsers send `Origin: null`
+    // on form posts, which the cross-site check refuses.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -253,7 +261,11 @@ async fn require_login(State(ui): State<Ui>, mut req: Request, next: Next) -> Re
 
 /// Where to go after logging in: a `/ui/` path only (no open redirect).
 fn safe_next(next: &str) -> String {
-    if next.starts_with("/ui/") && !next.starts_with("//") && !next.contains('\\') {
+    if next.starts_with("/ui/")
+        && !next.contains('\\')
+        && next.parse::<axum::http::Uri>().is_ok()
+        && HeaderValue::from_str(next).is_ok()
+    {
         next.to_owned()
     } else {
         "/ui/sessions".to_owned()
@@ -263,10 +275,22 @@ fn safe_next(next: &str) -> String {
 /// Refuses a form posted from another site (browsers send `Sec-Fetch-Site`; clients that do
 /// not are judged by the CSRF token alone).
 fn cross_site(headers: &HeaderMap) -> bool {
-    headers
+    let fetch_site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v != "same-origin" && v != "none")
+        .is_some_and(|v| v != "same-origin" && v != "none");
+    // Browsers also send `Origin` on form posts: it must name this host.
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let foreign_origin = headers
+        .get(header::ORIGIN)
+        .map(|v| v.to_str().unwrap_or(""))
+        .is_some_and(|o| {
+            let authority = o
+                .strip_prefix("https://")
+                .or_else(|| o.strip_prefix("http://"));
+            authority.is_none() || authority != host
+        });
+    fetch_site || foreign_origin
 }
 
 fn csrf_ok(caller: &UiCaller, presented: &str) -> bool {
@@ -649,6 +673,8 @@ struct Summary {
     events: u64,
     quarantined: u64,
     updated_at: String,
+    /// Older entries folded but not shown.
+    hidden: usize,
 }
 
 /// A payload, shown on request.
@@ -680,6 +706,8 @@ struct OverrideFormView {
     csrf: String,
     actor: String,
     error: Option<String>,
+    /// The choices, the one posted before selected (none at first: the analyst must choose).
+    actions: Vec<Opt>,
     reason: String,
     ticket: String,
 }
@@ -694,14 +722,19 @@ struct SessionPage {
 }
 
 /// Folds the session's entries in seq order, noting what each one said and changed.
-fn timeline(log: &SqliteLog, id: &str) -> anyhow::Result<Option<(Summary, Vec<Item>)>> {
+fn timeline(
+    log: &SqliteLog,
+    id: &str,
+    decides: bool,
+) -> anyhow::Result<Option<(Summary, Vec<Item>)>> {
     let seqs = projections::entry_seqs(log.connection(), id, u64::MAX >> 1)?;
     if seqs.is_empty() {
         return Ok(None);
     }
+    let shown_from = seqs.len().saturating_sub(MAX_SHOWN);
     let mut s = Session::new(id);
     let mut items = Vec::with_capacity(seqs.len());
-    for seq in seqs {
+    for (i, &seq) in seqs.iter().enumerate() {
         let Some(e) = log.get(seq)? else { continue };
         let r = projections::recorded(&e);
         let fact = read(&r);
@@ -748,14 +781,11 @@ fn timeline(log: &SqliteLog, id: &str) -> anyhow::Result<Option<(Summary, Vec<It
                     ));
                 } else if status.is_some() && s.vendor_key.is_some_and(|k| k.seq != seq) {
                     changes.push(format!(
-                        "older than the current vendor event (#{}) by vendor time: kept in the history, changes nothing current",
+                        "older than the current vendor event (#{}) in the vendor's order (event time, then terminal status first): kept in the history, changes nothing current",
                         s.vendor_key.map_or(0, |k| k.seq)
                     ));
                 } else if status.is_some() {
                     changes.push("vendor status unchanged".to_owned());
-                }
-                if change.finished {
-                    changes.push("newest finished event: the policy decides on it".to_owned());
                 }
                 "event"
             }
@@ -806,6 +836,28 @@ fn timeline(log: &SqliteLog, id: &str) -> anyhow::Result<Option<(Summary, Vec<It
             }
             Fact::Noted { .. } | Fact::Other => "event",
         };
+        // What the projector does with the entry (the same function it uses).
+        match projections::call_for(&s, seq, change) {
+            Some(projections::Call::Policy) if decides => {
+                changes.push("the newest finished event: the policy decides on it".to_owned());
+            }
+            Some(projections::Call::Policy) => changes.push(
+                "the newest finished event (no policy is loaded, so nothing decides on it)"
+                    .to_owned(),
+            ),
+            Some(projections::Call::Fixed(d)) => changes.push(format!(
+                "calls for a {} decision: {}",
+                d.source.as_str(),
+                d.action.as_str()
+            )),
+            None => {}
+        }
+        if change.overridden {
+            changes.push("becomes the session's last override".to_owned());
+        }
+        if i < shown_from {
+            continue; // folded for the state, not shown
+        }
         let repeats = if e.source == INTERNAL_SOURCE {
             0
         } else {
@@ -846,6 +898,7 @@ fn timeline(log: &SqliteLog, id: &str) -> anyhow::Result<Option<(Summary, Vec<It
         events: s.event_count,
         quarantined: s.quarantined,
         updated_at: rfc3339_ms(s.updated_at),
+        hidden: shown_from,
     };
     Ok(Some((summary, items)))
 }
@@ -881,10 +934,15 @@ async fn render_session(
     caller: &UiCaller,
     id: String,
     status: StatusCode,
-    form_error: Option<(String, String, String)>,
+    form_error: Option<FormError>,
 ) -> Response {
     let lookup = id.clone();
-    let found = ui.api.reads.run(move |log| timeline(log, &lookup)).await;
+    let decides = ui.api.decides;
+    let found = ui
+        .api
+        .reads
+        .run(move |log| timeline(log, &lookup, decides))
+        .await;
     let (summary, items) = match found {
         Ok(Some(x)) => x,
         Ok(None) => {
@@ -897,9 +955,9 @@ async fn render_session(
         Err(e) => return internal(&e),
     };
     let form = (caller.caller.role == Role::Analyst).then(|| {
-        let (error, reason, ticket) = match form_error {
-            Some((e, r, t)) => (Some(e), r, t),
-            None => (None, String::new(), String::new()),
+        let (error, action, reason, ticket) = match form_error {
+            Some(f) => (Some(f.message), f.action, f.reason, f.ticket),
+            None => (None, String::new(), String::new(), String::new()),
         };
         OverrideFormView {
             // A bearer caller has no login: its form needs no token (it cannot be forged by
@@ -907,6 +965,13 @@ async fn render_session(
             csrf: caller.csrf.clone().unwrap_or_default(),
             actor: caller.caller.name.clone(),
             error,
+            actions: ["approve", "review", "decline"]
+                .into_iter()
+                .map(|a| Opt {
+                    value: a,
+                    selected: a == action,
+                })
+                .collect(),
             reason,
             ticket,
         }
@@ -928,6 +993,14 @@ async fn session_page(
     Path(id): Path<String>,
 ) -> Response {
     render_session(&ui, &caller, id, StatusCode::OK, None).await
+}
+
+/// A refused override form, shown again with what was typed.
+struct FormError {
+    message: String,
+    action: String,
+    reason: String,
+    ticket: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -973,7 +1046,12 @@ async fn override_submit(
                 &caller,
                 id,
                 StatusCode::BAD_REQUEST,
-                Some((message, f.reason, f.ticket)),
+                Some(FormError {
+                    message,
+                    action: f.action,
+                    reason: f.reason,
+                    ticket: f.ticket,
+                }),
             )
             .await;
         }

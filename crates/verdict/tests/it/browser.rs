@@ -177,11 +177,38 @@ impl Browser {
         }
     }
 
-    /// Opens `url`.
+    /// Marks the current page, so a wait can tell the next page from it.
+    fn mark(&mut self) {
+        self.eval("window.__verdict_old_page = true");
+    }
+
+    /// Opens `url` and waits until it has loaded.
     pub fn goto(&mut self, url: &str) {
+        self.mark();
         self.call("Page.navigate", json!({"url": url}));
         let want = serde_json::to_string(url).expect("json");
-        self.wait_for(&format!("location.href.startsWith({want})"));
+        self.wait_for(&format!(
+            "!window.__verdict_old_page && location.href.startsWith({want})"
+        ));
+    }
+
+    /// Clicks something that loads another page (a link, a form's button) and waits until
+    /// that page has loaded and `condition` holds on it.
+    pub fn click_to(&mut self, selector: &str, condition: &str) {
+        self.mark();
+        self.click(selector);
+        self.wait_for(&format!("!window.__verdict_old_page && ({condition})"));
+    }
+
+    /// Whether the page is still the one shown before the last [`Self::goto`] or
+    /// [`Self::click_to`] ... or a click that should not have navigated.
+    pub fn same_page(&mut self) -> bool {
+        self.eval("window.__verdict_old_page === true") == Value::Bool(true)
+    }
+
+    /// Marks the page now (before a click that must not navigate).
+    pub fn mark_page(&mut self) {
+        self.mark();
     }
 
     /// The page's visible text.

@@ -72,8 +72,10 @@ fn log_in(b: &mut Browser, base: &str, token: &str) {
     b.goto(&format!("{base}/ui/sessions"));
     b.wait_for("document.querySelector('#token')");
     b.type_into("#token", token);
-    b.click("#login");
-    b.wait_for("location.pathname === '/ui/sessions' && document.querySelector('table.sessions')");
+    b.click_to(
+        "#login",
+        "location.pathname === '/ui/sessions' && document.querySelector('table.sessions')",
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -124,8 +126,7 @@ async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
         // A wrong token is refused on the page.
         b.goto(&format!("{base}/ui/login"));
         b.type_into("#token", "not-a-token");
-        b.click("#login");
-        b.wait_for("document.querySelector('#login-error')");
+        b.click_to("#login", "document.querySelector('#login-error')");
         log_in(&mut b, &base, "tok-alice");
         b
     })
@@ -149,14 +150,18 @@ async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
     let list = b.text("table.sessions");
     assert!(list.contains(SID) && list.contains(HOSTILE_SID), "{list}");
     b.select("select[name=vendor_status]", "REVIEW");
-    b.click("form.filters button");
-    b.wait_for("location.search.includes('vendor_status=REVIEW')");
+    b.click_to(
+        "form.filters button",
+        "location.search.includes('vendor_status=REVIEW')",
+    );
     let list = b.text("table.sessions");
     assert!(list.contains(SID) && !list.contains(HOSTILE_SID), "{list}");
 
     // Open the session from the list and read its timeline.
-    b.click(&format!("a[href='/ui/sessions/{SID}']"));
-    b.wait_for("document.querySelector('#timeline')");
+    b.click_to(
+        &format!("a[href='/ui/sessions/{SID}']"),
+        "document.querySelector('#timeline')",
+    );
     let summary = b.text("#summary");
     assert!(
         summary.contains("REVIEW") && summary.contains("user-50031-1709391111"),
@@ -251,19 +256,35 @@ async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
     }
     assert_eq!(s.count(), before, "a refused form wrote something");
 
-    // Override in the browser: an empty reason is refused on the page, then a real one.
+    // Override in the browser. Without an action, then without a reason, the browser itself
+    // refuses to send the form (required fields); then a real one.
+    let before = s.count();
     let mut b = tokio::task::spawn_blocking(move || {
+        b.mark_page();
+        b.click("#override-submit");
+        assert_eq!(
+            b.eval("document.querySelector('#action').validity.valueMissing"),
+            true
+        );
         b.select("#action", "decline");
-        b.click("#override-submit"); // the browser itself refuses an empty required field
-        assert!(b.exists("#override") && !b.exists("#override-error"));
+        b.click("#override-submit");
+        assert_eq!(
+            b.eval("document.querySelector('#reason').validity.valueMissing"),
+            true
+        );
+        assert!(b.same_page() && !b.exists("#override-error"));
         b.type_into("#reason", "document reused in another account");
         b.type_into("#ticket", "KYC-42");
-        b.click("#override-submit");
-        b.wait_for("document.querySelector('#current-decision').innerText.includes('analyst')");
+        b.click_to(
+            "#override-submit",
+            "document.querySelector('#current-decision').innerText.includes('analyst')",
+        );
         b
     })
     .await
     .unwrap();
+    // The override and the decision it led to; nothing from the refused attempts.
+    assert_eq!(s.count(), before + 2);
     shot(&mut b, "session.png");
     let current = b.text("#current-decision").to_lowercase();
     assert!(
@@ -299,7 +320,6 @@ async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
     let base = s.base.clone();
     let b = tokio::task::spawn_blocking(move || {
         b.goto(&format!("{base}/ui/sessions/{HOSTILE_SID}"));
-        b.wait_for("document.querySelector('#timeline')");
         b.click("details.payload > summary");
         assert_eq!(b.eval("typeof window.__pwned"), "undefined");
         assert_eq!(
@@ -310,13 +330,11 @@ async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
         assert!(summary.contains(HOSTILE_REF), "{summary}");
 
         // Log out: the cookie no longer opens anything.
-        b.click("header form button");
-        b.wait_for("location.pathname === '/ui/login'");
+        b.click_to("header form button", "location.pathname === '/ui/login'");
         // A reader sees the timeline but no override form.
         log_in(&mut b, &base, "tok-bob");
         b.goto(&format!("{base}/ui/sessions/{SID}"));
-        b.wait_for("document.querySelector('#timeline')");
-        assert!(!b.exists("#override"));
+        assert!(b.exists("#timeline") && !b.exists("#override"));
         let cookie = b
             .cookies()
             .iter()
@@ -346,4 +364,178 @@ async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
         403
     );
     assert_eq!(s.count(), before);
+}
+
+/// Logs in with a plain HTTP client (no redirects followed): the answer.
+async fn login_raw(
+    s: &Server,
+    http: &reqwest::Client,
+    token: &str,
+    next: &str,
+    headers: &[(&str, &str)],
+) -> reqwest::Response {
+    let mut req = http
+        .post(s.url("/ui/login"))
+        .form(&[("token", token), ("next", next)]);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.send().await.unwrap()
+}
+
+fn set_cookie(resp: &reqwest::Response) -> Option<String> {
+    let v = resp.headers().get("set-cookie")?.to_str().ok()?;
+    let value = v.strip_prefix("verdict_ui=")?.split(';').next()?;
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+#[tokio::test]
+async fn log_in_and_out_refuse_forged_and_cross_site_posts() {
+    let s = Server::start_with(&config());
+    assert_eq!(s.post_seon(REVIEW, Some("r-1"), SEON_SECRET).await.0, 200);
+    let _ = client();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // `next` is followed inside /ui only; anything else, or a value that cannot be a header,
+    // goes to the list.
+    for (next, want) in [
+        (format!("/ui/sessions/{SID}"), format!("/ui/sessions/{SID}")),
+        (
+            "https://evil.example/".to_owned(),
+            "/ui/sessions".to_owned(),
+        ),
+        ("//evil.example/ui/".to_owned(), "/ui/sessions".to_owned()),
+        ("/ui/\n".to_owned(), "/ui/sessions".to_owned()),
+        ("/ui/\u{7f}x".to_owned(), "/ui/sessions".to_owned()),
+    ] {
+        let resp = login_raw(&s, &http, "tok-alice", &next, &[]).await;
+        assert_eq!(resp.status().as_u16(), 303, "{next:?}");
+        assert_eq!(resp.headers()["location"], want.as_str(), "{next:?}");
+        let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
+        for attr in ["HttpOnly", "SameSite=Strict", "Path=/ui", "Max-Age=28800"] {
+            assert!(cookie.contains(attr), "{cookie}");
+        }
+        assert!(
+            !cookie.contains("Secure"),
+            "plain HTTP: no Secure flag ({cookie})"
+        );
+    }
+
+    // Cross-site log-in attempts are refused and set no cookie.
+    for headers in [
+        [("Sec-Fetch-Site", "cross-site")],
+        [("Origin", "https://evil.example")],
+        [("Origin", "null")],
+    ] {
+        let resp = login_raw(&s, &http, "tok-alice", "/ui/sessions", &headers).await;
+        assert_eq!(resp.status().as_u16(), 403, "{headers:?}");
+        assert!(set_cookie(&resp).is_none());
+    }
+    // A same-origin one is fine.
+    let host = s.base.trim_start_matches("http://").to_owned();
+    let origin = format!("http://{host}");
+    let resp = login_raw(
+        &s,
+        &http,
+        "tok-alice",
+        "/ui/sessions",
+        &[("Origin", &origin), ("Sec-Fetch-Site", "same-origin")],
+    )
+    .await;
+    assert_eq!(resp.status().as_u16(), 303);
+    let cookie = set_cookie(&resp).unwrap();
+
+    // The session page carries the login's CSRF token; log-out needs it.
+    let page = http
+        .get(s.url(&format!("/ui/sessions/{SID}")))
+        .header("Cookie", format!("verdict_ui={cookie}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let csrf = page
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .unwrap()
+        .to_owned();
+    let logout = |csrf: String, origin: Option<String>| {
+        let mut req = http
+            .post(s.url("/ui/logout"))
+            .header("Cookie", format!("verdict_ui={cookie}"))
+            .form(&[("csrf", csrf)]);
+        if let Some(o) = origin {
+            req = req.header("Origin", o);
+        }
+        req.send()
+    };
+    assert_eq!(
+        logout("0".repeat(64), None)
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        403
+    );
+    assert_eq!(
+        logout(csrf.clone(), Some("https://evil.example".into()))
+            .await
+            .unwrap()
+            .status()
+            .as_u16(),
+        403
+    );
+    // Still logged in after the refused attempts.
+    let still = http
+        .get(s.url("/ui/sessions"))
+        .header("Cookie", format!("verdict_ui={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(still.status().as_u16(), 200);
+
+    // A refused override form comes back with what was typed and the action chosen.
+    let before = s.count();
+    let resp = http
+        .post(s.url(&format!("/ui/sessions/{SID}/override")))
+        .header("Cookie", format!("verdict_ui={cookie}"))
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("action", "decline"),
+            ("reason", " "),
+            ("ticket", "T-9"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 400);
+    let page = resp.text().await.unwrap();
+    assert!(
+        page.contains(r#"<option value="decline" selected>"#),
+        "{page}"
+    );
+    assert!(page.contains("reason must not be empty") && page.contains(r#"value="T-9""#));
+    assert_eq!(s.count(), before);
+
+    // Log-out with the token: the cookie stops working.
+    let out = logout(csrf, Some(origin)).await.unwrap();
+    assert_eq!(out.status().as_u16(), 303);
+    assert!(
+        out.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .contains("Max-Age=0")
+    );
+    let gone = http
+        .get(s.url("/ui/sessions"))
+        .header("Cookie", format!("verdict_ui={cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(gone.status().as_u16(), 401);
 }
