@@ -39,7 +39,7 @@ mod writer;
 
 pub use entry::{
     BodyEncoding, EncodedBody, Entry, GENESIS, Hash, Headers, NewEvent, OutboxEntries, decode_body,
-    entry_hash, now_ms, sha256,
+    decode_body_into, entry_hash, now_ms, sha256,
 };
 pub use error::{AppendError, StoreError};
 pub use export::{ExportedEntry, one_line_json, rfc3339_ms};

@@ -138,33 +138,52 @@ impl SqliteLog {
         after: u64,
         mut f: impl FnMut(EntryRef<'_>) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
+        let mut buf = Vec::new();
+        self.scan_raw(
+            after,
+            |seq, source, event_type, recorded_at, vendor_time, encoding, stored| {
+                if !decode_body_into(encoding, stored, &mut buf) {
+                    return Err(StoreError::Corrupt {
+                        seq,
+                        what: format!("body cannot be decoded (body_encoding {encoding})"),
+                    });
+                }
+                f(EntryRef {
+                    seq,
+                    source,
+                    event_type,
+                    recorded_at,
+                    vendor_time,
+                    body: &buf,
+                })
+            },
+        )
+    }
+
+    /// Like [`Self::scan`], with each body as stored (`body_encoding`, bytes) for the caller to
+    /// decode ([`crate::decode_body_into`]) where it wants: `f(seq, source, type, recorded_at,
+    /// vendor_time, body_encoding, stored_body)`.
+    #[allow(clippy::type_complexity)]
+    pub fn scan_raw(
+        &self,
+        after: u64,
+        mut f: impl FnMut(u64, &str, &str, i64, Option<i64>, i64, &[u8]) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         let mut stmt = self.conn.prepare(
             "SELECT seq, source, type, recorded_at, vendor_time, body, body_encoding \
              FROM events WHERE seq > ?1 ORDER BY seq",
         )?;
         let mut rows = stmt.query([to_i64(after)])?;
-        let mut buf = Vec::new();
         while let Some(row) = rows.next()? {
-            let seq = to_u64(row.get(0)?);
-            let encoding: i64 = row.get(6)?;
-            if !decode_body_into(
-                encoding,
+            f(
+                to_u64(row.get(0)?),
+                row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?,
+                row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?,
+                row.get(3)?,
+                row.get(4)?,
+                row.get(6)?,
                 row.get_ref(5)?.as_blob().map_err(rusqlite::Error::from)?,
-                &mut buf,
-            ) {
-                return Err(StoreError::Corrupt {
-                    seq,
-                    what: format!("body cannot be decoded (body_encoding {encoding})"),
-                });
-            }
-            f(EntryRef {
-                seq,
-                source: row.get_ref(1)?.as_str().map_err(rusqlite::Error::from)?,
-                event_type: row.get_ref(2)?.as_str().map_err(rusqlite::Error::from)?,
-                recorded_at: row.get(3)?,
-                vendor_time: row.get(4)?,
-                body: &buf,
-            })?;
+            )?;
         }
         Ok(())
     }

@@ -45,31 +45,42 @@ pub struct AppliedOverride {
 }
 
 /// The state of one session, folded from its events. Persisted as JSON in the projection
-/// table (a compatibility promise: fields are only added, with defaults).
+/// table (a compatibility promise: fields are only added, with defaults; an absent field reads
+/// as its default, so `None`s are not written).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Session {
     /// SEON's session id.
     pub session_id: String,
     /// The customer's reference (from the newest vendor event that carries one).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub reference_id: Option<String>,
     /// The customer's user id (likewise).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
     /// The status of the newest vendor event (see [`OrderKey`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vendor_status: Option<String>,
     /// The key of the event that set `vendor_status`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub vendor_key: Option<OrderKey>,
     /// The key of the event that set the ids.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub ids_key: Option<OrderKey>,
     /// The newest `idv:session_finished`: its key (its seq locates the `details` for rules).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub finished: Option<OrderKey>,
     /// The newest vendor status update: its key and who made it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status_update: Option<OrderKey>,
     /// Who made the newest vendor status update, when it says.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub status_update_actor: Option<String>,
     /// The latest analyst override (by seq: analysts act in recorded order).
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub last_override: Option<AppliedOverride>,
     /// The current decision (the newest decision event, by seq) and its seq.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<(DecisionBody, u64)>,
     /// Entries applied to this session (vendor events, overrides, quarantined, notes).
     pub event_count: u64,

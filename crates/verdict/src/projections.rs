@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
-use verdict_log::{Entry, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
+use verdict_log::{Entry, EntryRef, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
 use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
 
 use verdict_projector::{
@@ -392,6 +392,46 @@ fn save_sessions<'a>(
     Ok(())
 }
 
+/// Sessions serialized per batch on a second thread while this one inserts them (the rebuild
+/// writes hundreds of thousands at once).
+fn save_sessions_pipelined(tx: &Connection, p: &Projection) -> anyhow::Result<()> {
+    const CHUNK: usize = 4096;
+    let sessions: Vec<&Session> = p.sessions().collect();
+    std::thread::scope(|scope| {
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Vec<String>>>(4);
+        let chunks = sessions.chunks(CHUNK);
+        std::thread::Builder::new()
+            .name("verdict-replay-json".into())
+            .spawn_scoped(scope, move || {
+                for chunk in chunks {
+                    let texts = chunk
+                        .iter()
+                        .map(|s| serde_json::to_string(s).map_err(anyhow::Error::from))
+                        .collect();
+                    if ready_tx.send(texts).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        let mut save = tx.prepare_cached(
+            "INSERT INTO sessions (session_id, vendor_status, action, updated_at, state) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?;
+        for (chunk, texts) in sessions.chunks(CHUNK).zip(ready_rx) {
+            for (s, state) in chunk.iter().zip(texts?) {
+                save.execute(params![
+                    s.session_id,
+                    s.vendor_status,
+                    s.decision.as_ref().map(|(d, _)| d.action.as_str()),
+                    s.updated_at,
+                    state
+                ])?;
+            }
+        }
+        Ok(())
+    })
+}
+
 fn set_checkpoint(tx: &Connection, name: &str, seq: u64) -> rusqlite::Result<()> {
     tx.prepare_cached(
         "INSERT INTO checkpoints (name, seq) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET seq = excluded.seq",
@@ -528,16 +568,11 @@ pub fn rebuild(
     let mut links: Links = Vec::new();
     let mut quarantined: Quarantined = Vec::new();
     let mut done = 0u64;
-    log.scan(0, |e| {
-        let r = Recorded {
-            seq: e.seq,
-            source: e.source,
-            event_type: e.event_type,
-            recorded_at: e.recorded_at,
-            vendor_time: e.vendor_time,
-            body: e.body,
-        };
-        let fact = read(&r);
+    // Until a policy is activated in the log, there is nothing to derive policy decisions with
+    // (the check ignores them), so their bodies are not copied to it.
+    let mut policy_seen = false;
+    let fold = |e: EntryRef<'_>, fact: Fact| {
+        let r = scanned(&e);
         if let Fact::Quarantined { session_id, reason } = &fact {
             quarantined.push((e.seq, session_id.clone(), reason.clone()));
         }
@@ -557,13 +592,13 @@ pub fn rebuild(
                         session_id: s.session_id.clone(),
                         derived,
                     }),
-                    Some(Call::Policy) => send(Msg::Policy {
+                    Some(Call::Policy) if policy_seen => send(Msg::Policy {
                         seq: e.seq,
                         session_id: s.session_id.clone(),
                         body: e.body.to_vec(),
                         session: session_json(s),
                     }),
-                    None => {}
+                    Some(Call::Policy) | None => {}
                 }
             }
             if let Fact::Decision(d) = &fact {
@@ -577,6 +612,7 @@ pub fn rebuild(
                     .ok()
                     .and_then(|v| v.get("text").and_then(|t| t.as_str()).map(str::to_owned))
             {
+                policy_seen = true;
                 send(Msg::Activated { seq: e.seq, text });
             }
         }
@@ -584,8 +620,9 @@ pub fn rebuild(
         if done.is_multiple_of(10_000) {
             progress(done, total);
         }
-        Ok(())
-    })?;
+    };
+    // Parsing runs on the scanning thread too: the fold here only applies.
+    scan_in_parallel(log, |e| read(&scanned(e)), fold)?;
     progress(done, total);
     tracing::info!(
         entries = done,
@@ -597,6 +634,11 @@ pub fn rebuild(
     links.sort_unstable();
     log.connection()
         .pragma_update(None, "cache_size", -262_144)?; // 256 MiB for the rebuild
+    // Derived data written in one transaction: atomic in WAL without an fsync at its commit
+    // (a power cut right after replay leaves the previous projections and checkpoint, which
+    // `serve` folds forward). The log's own appends stay `FULL`.
+    log.connection()
+        .pragma_update(None, "synchronous", "NORMAL")?;
     let tx = log
         .connection_mut()
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -605,7 +647,7 @@ pub fn rebuild(
          DROP INDEX IF EXISTS sessions_by_status; DROP INDEX IF EXISTS sessions_by_action;",
     )?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: cleared");
-    save_sessions(&tx, p.sessions())?;
+    save_sessions_pipelined(&tx, &p)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: sessions");
     tx.execute_batch(
         "CREATE INDEX sessions_by_status ON sessions (vendor_status, session_id);
@@ -616,11 +658,142 @@ pub fn rebuild(
     set_checkpoint(&tx, PROJECTOR, p.last_seq)?;
     tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: links");
     tx.commit()?;
+    log.connection()
+        .pragma_update(None, "synchronous", "FULL")?;
     tracing::info!(
         secs = started.elapsed().as_secs_f64(),
         "replay: projections written"
     );
     Ok(p)
+}
+
+/// Entries read ahead per batch by [`scan_in_parallel`].
+const SCAN_BATCH: usize = 512;
+
+/// An entry read by the scanning thread, its body decoded.
+#[derive(Debug, Default)]
+struct ScannedEntry {
+    seq: u64,
+    source: String,
+    event_type: String,
+    recorded_at: i64,
+    vendor_time: Option<i64>,
+    body: Vec<u8>,
+}
+
+/// The projector's view of a scanned entry.
+fn scanned<'a>(e: &EntryRef<'a>) -> Recorded<'a> {
+    Recorded {
+        seq: e.seq,
+        source: e.source,
+        event_type: e.event_type,
+        recorded_at: e.recorded_at,
+        vendor_time: e.vendor_time,
+        body: e.body,
+    }
+}
+
+/// Runs `f` on every entry of the log in seq order, like [`SqliteLog::scan`], with the reading
+/// (SQLite rows, LZ4 decoding) and `prepare` (parsing) on a second thread with its own
+/// read-only connection, so the two cores share the work: `f` gets each entry with what
+/// `prepare` made of it, while the next batch is read. Batches are handed back for reuse, so
+/// their buffers are allocated once.
+fn scan_in_parallel<T: Send>(
+    log: &SqliteLog,
+    prepare: impl Fn(&EntryRef<'_>) -> T + Send,
+    mut f: impl FnMut(EntryRef<'_>, T),
+) -> anyhow::Result<()> {
+    let path = log
+        .connection()
+        .path()
+        .filter(|p| !p.is_empty())
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| anyhow::anyhow!("the log has no file path"))?;
+    std::thread::scope(|scope| {
+        let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<ScannedEntry>, Vec<T>)>(4);
+        let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<ScannedEntry>>();
+        let reader = std::thread::Builder::new()
+            .name("verdict-replay-scan".into())
+            .spawn_scoped(scope, move || -> anyhow::Result<()> {
+                let src = SqliteLog::open_read_only(&path)?;
+                // Read the file through a memory map: no copy into SQLite's page cache.
+                let _ = src
+                    .connection()
+                    .pragma_update(None, "mmap_size", 1_i64 << 36);
+                let mut batch: Vec<ScannedEntry> = Vec::with_capacity(SCAN_BATCH);
+                let mut prepared: Vec<T> = Vec::with_capacity(SCAN_BATCH);
+                let mut used = 0;
+                let gone = || verdict_log::StoreError::Io("the replay stopped".into());
+                src.scan_raw(
+                    0,
+                    |seq, source, event_type, recorded_at, vendor_time, encoding, stored| {
+                        if used == batch.len() {
+                            batch.push(ScannedEntry::default());
+                        }
+                        let slot = &mut batch[used];
+                        slot.seq = seq;
+                        slot.source.clear();
+                        slot.source.push_str(source);
+                        slot.event_type.clear();
+                        slot.event_type.push_str(event_type);
+                        slot.recorded_at = recorded_at;
+                        slot.vendor_time = vendor_time;
+                        if !verdict_log::decode_body_into(encoding, stored, &mut slot.body) {
+                            return Err(verdict_log::StoreError::Corrupt {
+                                seq,
+                                what: format!("body cannot be decoded (body_encoding {encoding})"),
+                            });
+                        }
+                        prepared.push(prepare(&EntryRef {
+                            seq,
+                            source,
+                            event_type,
+                            recorded_at,
+                            vendor_time,
+                            body: &slot.body,
+                        }));
+                        used += 1;
+                        if used == SCAN_BATCH {
+                            let next = empty_rx
+                                .try_recv()
+                                .unwrap_or_else(|_| Vec::with_capacity(SCAN_BATCH));
+                            let ready = (
+                                std::mem::replace(&mut batch, next),
+                                std::mem::replace(&mut prepared, Vec::with_capacity(SCAN_BATCH)),
+                            );
+                            full_tx.send(ready).map_err(|_| gone())?;
+                            used = 0;
+                        }
+                        Ok(())
+                    },
+                )?;
+                batch.truncate(used);
+                if !batch.is_empty() {
+                    full_tx.send((batch, prepared)).map_err(|_| gone())?;
+                }
+                Ok(())
+            })?;
+        for (mut batch, prepared) in full_rx {
+            for (e, x) in batch.iter().zip(prepared) {
+                f(
+                    EntryRef {
+                        seq: e.seq,
+                        source: &e.source,
+                        event_type: &e.event_type,
+                        recorded_at: e.recorded_at,
+                        vendor_time: e.vendor_time,
+                        body: &e.body,
+                    },
+                    x,
+                );
+            }
+            batch.truncate(SCAN_BATCH);
+            let _ = empty_tx.send(batch);
+        }
+        reader
+            .join()
+            .map_err(|_| anyhow::anyhow!("the replay's scanning thread stopped unexpectedly"))?
+    })
 }
 
 /// The digest of the stored (incrementally built) projections.
