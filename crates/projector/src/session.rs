@@ -76,12 +76,13 @@ pub struct Session {
     /// Who made the newest vendor status update, when it says.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub status_update_actor: Option<String>,
-    /// The latest analyst override (by seq: analysts act in recorded order).
+    /// The latest analyst override (by seq: analysts act in recorded order). Boxed, like
+    /// `decision`: most sessions have none, and a projection holds many sessions in memory.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub last_override: Option<AppliedOverride>,
+    pub last_override: Option<Box<AppliedOverride>>,
     /// The current decision (the newest decision event, by seq) and its seq.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub decision: Option<(DecisionBody, u64)>,
+    pub decision: Option<Box<(DecisionBody, u64)>>,
     /// Entries applied to this session (vendor events, overrides, quarantined, notes).
     pub event_count: u64,
     /// Quarantined entries that name this session.
@@ -184,18 +185,18 @@ impl Session {
                 ticket,
                 ..
             }) => {
-                self.last_override = Some(AppliedOverride {
+                self.last_override = Some(Box::new(AppliedOverride {
                     seq: r.seq,
                     actor: actor.clone(),
                     action: *action,
                     reason: reason.clone(),
                     ticket: ticket.clone(),
                     recorded_at: r.recorded_at,
-                });
+                }));
                 change.overridden = true;
             }
             Fact::Decision(d) => {
-                self.decision = Some((d.clone(), r.seq));
+                self.decision = Some(Box::new((d.clone(), r.seq)));
                 change.decided = true;
             }
             Fact::Quarantined { .. } => self.quarantined += 1,
@@ -217,7 +218,7 @@ impl Session {
                 .last_override
                 .as_ref()
                 .map(|o| (o.actor.as_str(), o.action, o.reason.as_str())),
-            decision: self.decision.as_ref().map(|(d, _)| (d.action, d.source)),
+            decision: self.decision.as_deref().map(|(d, _)| (d.action, d.source)),
             event_count: self.event_count,
             quarantined: self.quarantined,
         }

@@ -189,7 +189,7 @@ fn decide(
         }
     };
     if s.decision
-        .as_ref()
+        .as_deref()
         .is_some_and(|(c, _)| c.action == d.action && c.source == d.source)
     {
         return None;
@@ -284,7 +284,7 @@ impl Unflushed {
                     {
                         // Current at once, so a later entry compares against it; its seq is set
                         // when the append is durable, and again when its entry is folded.
-                        s.decision = Some((d.clone(), 0));
+                        s.decision = Some(Box::new((d.clone(), 0)));
                         metrics::counter!(crate::metrics::DECISIONS, "action" => d.action.as_str(), "source" => d.source.as_str())
                             .increment(1);
                         decisions.push(d);
@@ -332,7 +332,7 @@ impl Unflushed {
             }
         }
         for s in self.touched.values_mut() {
-            if let Some((d, seq)) = &mut s.decision
+            if let Some((d, seq)) = s.decision.as_deref_mut()
                 && *seq == 0
                 && let Some(n) = seqs.get(&d.decision_id)
             {
@@ -384,7 +384,7 @@ fn save_sessions<'a>(
         save.execute(params![
             s.session_id,
             s.vendor_status,
-            s.decision.as_ref().map(|(d, _)| d.action.as_str()),
+            s.decision.as_deref().map(|(d, _)| d.action.as_str()),
             s.updated_at,
             serde_json::to_string(s)?
         ])?;
@@ -422,7 +422,7 @@ fn save_sessions_pipelined(tx: &Connection, p: &Projection) -> anyhow::Result<()
                 save.execute(params![
                     s.session_id,
                     s.vendor_status,
-                    s.decision.as_ref().map(|(d, _)| d.action.as_str()),
+                    s.decision.as_deref().map(|(d, _)| d.action.as_str()),
                     s.updated_at,
                     state
                 ])?;
@@ -565,7 +565,8 @@ pub fn rebuild(
     let total = log.head()?.map_or(0, |h| h.seq);
     let started = std::time::Instant::now();
     let mut p = Projection::default();
-    let mut links: Links = Vec::new();
+    // Sized once: growing a vector of a million links copies it again and again.
+    let mut links: Links = Vec::with_capacity(usize::try_from(total).unwrap_or(0));
     let mut quarantined: Quarantined = Vec::new();
     let mut done = 0u64;
     // Until a policy is activated in the log, there is nothing to derive policy decisions with
@@ -844,7 +845,7 @@ pub fn session_json(s: &Session) -> serde_json::Value {
         "reference_id": s.reference_id,
         "user_id": s.user_id,
         "vendor_status": s.vendor_status,
-        "decision": s.decision.as_ref().map(|(d, seq)| {
+        "decision": s.decision.as_deref().map(|(d, seq)| {
             let mut v = serde_json::to_value(d).unwrap_or(serde_json::Value::Null);
             if let serde_json::Value::Object(m) = &mut v {
                 m.insert("seq".into(), if *seq > 0 { (*seq).into() } else { serde_json::Value::Null });

@@ -593,8 +593,8 @@ async fn sessions_page(
             reference: dash(s.reference_id.as_deref()),
             user: dash(s.user_id.as_deref()),
             vendor_status: dash(s.vendor_status.as_deref()),
-            action: s.decision.as_ref().map(|(d, _)| d.action.as_str()),
-            decision_source: s.decision.as_ref().map_or("", |(d, _)| d.source.as_str()),
+            action: s.decision.as_deref().map(|(d, _)| d.action.as_str()),
+            decision_source: s.decision.as_deref().map_or("", |(d, _)| d.source.as_str()),
             events: s.event_count,
             quarantined: s.quarantined,
             updated_at: rfc3339_ms(s.updated_at),
@@ -741,7 +741,7 @@ fn timeline(
         let status_before = s.vendor_status.clone();
         let decision_before = s
             .decision
-            .as_ref()
+            .as_deref()
             .map(|(d, _)| (d.action.as_str(), d.source.as_str()));
         let decision_before = decision_before.map(|(a, src)| format!("{a} ({src})"));
         let change = s.apply(&r, &fact);
@@ -881,7 +881,7 @@ fn timeline(
         user: dash(s.user_id.as_deref()),
         vendor_status: dash(s.vendor_status.as_deref()),
         status_by: s.status_update_actor.clone(),
-        decision: s.decision.as_ref().map(|(d, _)| DecisionView::of(d)),
+        decision: s.decision.as_deref().map(|(d, _)| DecisionView::of(d)),
         last_override: s.last_override.as_ref().map(|o| {
             format!(
                 "{} set {} at {} (#{}): {}{}",
@@ -1115,7 +1115,7 @@ async fn settle(api: &Api, id: &str, seq: u64) {
             .await
             .ok()
             .flatten()
-            .and_then(|s| s.decision.map(|(_, dseq)| dseq));
+            .and_then(|s| s.decision.map(|d| d.1));
         match decision_seq {
             Some(d) if d > target => target = d,
             _ => return,
