@@ -560,7 +560,7 @@ pub fn spawn_runner(
 pub fn rebuild(
     log: &mut SqliteLog,
     mut progress: impl FnMut(u64, u64),
-    check: Option<&std::sync::mpsc::SyncSender<crate::rederive::Msg>>,
+    check: Option<&std::sync::mpsc::SyncSender<Vec<crate::rederive::Msg>>>,
 ) -> anyhow::Result<Projection> {
     let total = log.head()?.map_or(0, |h| h.seq);
     let started = std::time::Instant::now();
@@ -572,19 +572,21 @@ pub fn rebuild(
     // Until a policy is activated in the log, there is nothing to derive policy decisions with
     // (the check ignores them), so their bodies are not copied to it.
     let mut policy_seen = false;
+    let mut to_check: Vec<crate::rederive::Msg> = Vec::new();
     let fold = |e: EntryRef<'_>, fact: Fact| {
         let r = scanned(&e);
         if let Fact::Quarantined { session_id, reason } = &fact {
             quarantined.push((e.seq, session_id.clone(), reason.clone()));
         }
-        if let Some(id) = fact_session(&fact) {
-            links.push((id.to_owned(), e.seq));
-        }
         let applied = p.apply_fact(&r, &fact);
         if let Some(check) = check {
             use crate::rederive::Msg;
-            let send = |m: Msg| {
-                let _ = check.send(m);
+            // Handed over in batches: a message each would wake the checker for every entry.
+            let mut send = |m: Msg| {
+                to_check.push(m);
+                if to_check.len() >= CHECK_BATCH {
+                    let _ = check.send(std::mem::take(&mut to_check));
+                }
             };
             if let Some((s, change)) = applied {
                 match call_for(s, e.seq, change) {
@@ -617,6 +619,10 @@ pub fn rebuild(
                 send(Msg::Activated { seq: e.seq, text });
             }
         }
+        // The fact is done with: its session id becomes the link (no copy).
+        if let Some(id) = into_session_id(fact) {
+            links.push((id, e.seq));
+        }
         done += 1;
         if done.is_multiple_of(10_000) {
             progress(done, total);
@@ -624,6 +630,11 @@ pub fn rebuild(
     };
     // Parsing runs on the scanning thread too: the fold here only applies.
     scan_in_parallel(log, |e| read(&scanned(e)), fold)?;
+    if let Some(check) = check
+        && !to_check.is_empty()
+    {
+        let _ = check.send(to_check);
+    }
     progress(done, total);
     tracing::info!(
         entries = done,
@@ -668,6 +679,9 @@ pub fn rebuild(
     Ok(p)
 }
 
+/// Messages handed to the decision check at once by [`rebuild`].
+const CHECK_BATCH: usize = 256;
+
 /// Entries read ahead per batch by [`scan_in_parallel`].
 const SCAN_BATCH: usize = 512;
 
@@ -680,6 +694,17 @@ struct ScannedEntry {
     recorded_at: i64,
     vendor_time: Option<i64>,
     body: Vec<u8>,
+}
+
+/// The session a fact is about (as [`fact_session`]), taken out of it.
+fn into_session_id(fact: Fact) -> Option<String> {
+    match fact {
+        Fact::Vendor { session_id, .. } | Fact::Noted { session_id } => Some(session_id),
+        Fact::Override(o) => Some(o.session_id),
+        Fact::Decision(d) => Some(d.session_id),
+        Fact::Quarantined { session_id, .. } => session_id,
+        Fact::Other => None,
+    }
 }
 
 /// The projector's view of a scanned entry.

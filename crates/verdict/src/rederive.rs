@@ -92,7 +92,7 @@ struct Expected {
 const RELOAD_WINDOW: u64 = 10_000;
 
 /// Runs the check over the messages until the channel closes.
-pub fn run(rx: &std::sync::mpsc::Receiver<Msg>) -> Report {
+pub fn run(rx: &std::sync::mpsc::Receiver<Vec<Msg>>) -> Report {
     let mut report = Report::default();
     let mut policies: HashMap<String, Arc<Policy>> = HashMap::new();
     let mut in_force: Option<Arc<Policy>> = None;
@@ -105,7 +105,7 @@ pub fn run(rx: &std::sync::mpsc::Receiver<Msg>) -> Report {
         |current: &HashMap<String, (Action, DecisionSource)>, id: &str, d: &Derived| {
             current.get(id) == Some(&(d.action, d.source))
         };
-    while let Ok(msg) = rx.recv() {
+    for msg in rx.iter().flatten() {
         match msg {
             Msg::Activated { seq, text } => match Policy::parse(&text) {
                 Ok(p) => {
