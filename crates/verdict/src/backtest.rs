@@ -17,10 +17,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhow::Context as _;
 use verdict_log::SqliteLog;
 use verdict_projector::{Action, Session};
-use verdict_rules::Policy;
 
 use crate::config::Loaded;
-use crate::{UsageError, logcmd, policycmd, projections};
+use crate::{logcmd, policycmd, projections};
 
 /// One session's outcome.
 #[derive(Debug, Clone, Copy)]
@@ -31,30 +30,14 @@ struct Outcome {
     analyst: Option<Action>,
 }
 
-/// Compiles a policy file, printing its diagnostics; `None` if it does not compile.
-fn compile(path: &Path) -> anyhow::Result<Option<Policy>> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        UsageError(crate::config::ConfigError::usage(format!(
-            "cannot read policy {}: {e}",
-            path.display()
-        )))
-    })?;
-    match Policy::parse(&text) {
-        Ok(p) => Ok(Some(p)),
-        Err(diagnostics) => {
-            let mut err = std::io::stderr().lock();
-            for d in &diagnostics {
-                writeln!(err, "{}", policycmd::render(path, &text, d))?;
-            }
-            Ok(None)
-        }
-    }
-}
-
 /// Runs the backtest; exit 0 (1 when the candidate does not compile).
 pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
-    let Some(cand) = compile(candidate)? else {
-        return Ok(ExitCode::from(1));
+    let cand = match policycmd::compile_file(candidate)? {
+        Ok((p, _)) => p,
+        Err(rendered) => {
+            policycmd::print_diagnostics(&rendered)?;
+            return Ok(ExitCode::from(1));
+        }
     };
     let started = std::time::Instant::now();
     let log = logcmd::open(loaded)?;

@@ -91,6 +91,12 @@ pub struct ServerConfig {
     /// Largest webhook body accepted (413 above).
     #[serde(default = "default_max_body")]
     pub max_body_bytes: Spanned<usize>,
+    /// Seconds a client has to send a request's headers (a slow client is disconnected).
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout_secs: Spanned<u64>,
+    /// Connections open at once; more wait to be accepted.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: Spanned<usize>,
     /// `[server.tls]`: serve HTTPS directly.
     pub tls: Option<TlsConfig>,
 }
@@ -100,6 +106,8 @@ impl Default for ServerConfig {
         Self {
             listen: default_listen(),
             max_body_bytes: default_max_body(),
+            header_read_timeout_secs: default_header_timeout(),
+            max_connections: default_max_connections(),
             tls: None,
         }
     }
@@ -111,6 +119,14 @@ fn default_listen() -> Spanned<String> {
 
 fn default_max_body() -> Spanned<usize> {
     Spanned::new(0..0, 1 << 20)
+}
+
+fn default_header_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 10)
+}
+
+fn default_max_connections() -> Spanned<usize> {
+    Spanned::new(0..0, 1024)
 }
 
 /// `[server.tls]`.
@@ -327,6 +343,18 @@ impl Loaded {
             return self.err(
                 c.server.max_body_bytes.span(),
                 "max_body_bytes must be at least 1",
+            );
+        }
+        if !(1..=3600).contains(c.server.header_read_timeout_secs.get_ref()) {
+            return self.err(
+                c.server.header_read_timeout_secs.span(),
+                "header_read_timeout_secs must be between 1 and 3600",
+            );
+        }
+        if *c.server.max_connections.get_ref() == 0 {
+            return self.err(
+                c.server.max_connections.span(),
+                "max_connections must be at least 1",
             );
         }
         let mut names = HashSet::new();

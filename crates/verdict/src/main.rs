@@ -8,6 +8,7 @@ mod backtest;
 mod config;
 mod deliverycmd;
 mod demo;
+mod http;
 mod logcmd;
 mod metrics;
 mod outbox;

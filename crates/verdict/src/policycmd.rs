@@ -9,6 +9,34 @@ use verdict_rules::{Diagnostic, Policy};
 
 use crate::config::line_col;
 
+/// A policy file compiled, or every problem in it rendered like rustc's diagnostics.
+pub type Compiled = Result<(Policy, String), Vec<String>>;
+
+/// Reads and compiles a policy file: the policy and its text, or its diagnostics rendered (the
+/// one place `serve`, `policy check|test` and `policy backtest` compile a file). A file that
+/// cannot be read is a usage error (exit 2).
+pub fn compile_file(path: &Path) -> anyhow::Result<Compiled> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        crate::UsageError(crate::config::ConfigError::usage(format!(
+            "cannot read policy {}: {e}",
+            path.display()
+        )))
+    })?;
+    Ok(match Policy::parse(&text) {
+        Ok(p) => Ok((p, text)),
+        Err(diagnostics) => Err(diagnostics.iter().map(|d| render(path, &text, d)).collect()),
+    })
+}
+
+/// Prints rendered diagnostics on stderr.
+pub fn print_diagnostics(rendered: &[String]) -> std::io::Result<()> {
+    let mut err = std::io::stderr().lock();
+    for d in rendered {
+        writeln!(err, "{d}")?;
+    }
+    Ok(())
+}
+
 /// Renders one diagnostic: `file:line:col`, the offending line, a caret under the spot, a hint.
 pub fn render(file: &Path, text: &str, d: &Diagnostic) -> String {
     let (line, col) = line_col(text, d.span.start);
@@ -33,14 +61,8 @@ pub fn render(file: &Path, text: &str, d: &Diagnostic) -> String {
 
 /// Exit 0 valid, 1 invalid (diagnostics on stderr), 2 unreadable.
 pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        crate::UsageError(crate::config::ConfigError::usage(format!(
-            "cannot read policy {}: {e}",
-            path.display()
-        )))
-    })?;
-    match Policy::parse(&text) {
-        Ok(p) => {
+    match compile_file(path)? {
+        Ok((p, _)) => {
             writeln!(
                 std::io::stdout().lock(),
                 "ok: policy {} version {}, {} rules, default {}, sha256 {}",
@@ -52,15 +74,12 @@ pub fn check(path: &Path) -> anyhow::Result<ExitCode> {
             )?;
             Ok(ExitCode::SUCCESS)
         }
-        Err(diagnostics) => {
-            let mut err = std::io::stderr().lock();
-            for d in &diagnostics {
-                writeln!(err, "{}", render(path, &text, d))?;
-            }
+        Err(rendered) => {
+            print_diagnostics(&rendered)?;
             writeln!(
-                err,
+                std::io::stderr().lock(),
                 "{} problem(s) in {}",
-                diagnostics.len(),
+                rendered.len(),
                 path.display()
             )?;
             Ok(ExitCode::from(1))
@@ -178,15 +197,10 @@ fn case_facts(case: &Case, dir: &Path) -> anyhow::Result<verdict_rules::Facts> {
 /// Runs the cases beside a policy. Exit 0 all pass, 1 any fails, 2 unreadable files.
 pub fn test(path: &Path) -> anyhow::Result<ExitCode> {
     let usage = |m: String| crate::UsageError(crate::config::ConfigError::usage(m));
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| usage(format!("cannot read policy {}: {e}", path.display())))?;
-    let policy = match Policy::parse(&text) {
-        Ok(p) => p,
-        Err(diagnostics) => {
-            let mut err = std::io::stderr().lock();
-            for d in &diagnostics {
-                writeln!(err, "{}", render(path, &text, d))?;
-            }
+    let policy = match compile_file(path)? {
+        Ok((p, _)) => p,
+        Err(rendered) => {
+            print_diagnostics(&rendered)?;
             return Ok(ExitCode::from(1));
         }
     };

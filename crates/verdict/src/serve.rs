@@ -37,28 +37,20 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
     );
     // The policy must compile; without [policy] verdict still ingests, but is not ready.
     let policy = match loaded.policy_path().map_err(UsageError)? {
-        Some(path) => {
-            let text = std::fs::read_to_string(path)
-                .with_context(|| format!("reading policy {}", path.display()))?;
-            match verdict_rules::Policy::parse(&text) {
-                Ok(p) => Some(ActivePolicy {
-                    policy: p,
-                    text,
-                    path: path.to_owned(),
-                }),
-                Err(diagnostics) => {
-                    let rendered: Vec<String> = diagnostics
-                        .iter()
-                        .map(|d| crate::policycmd::render(path, &text, d))
-                        .collect();
-                    return Err(UsageError(crate::config::ConfigError::usage(format!(
-                        "the policy does not compile:\n{}",
-                        rendered.join("\n")
-                    )))
-                    .into());
-                }
+        Some(path) => match crate::policycmd::compile_file(path)? {
+            Ok((policy, text)) => Some(ActivePolicy {
+                policy,
+                text,
+                path: path.to_owned(),
+            }),
+            Err(rendered) => {
+                return Err(UsageError(crate::config::ConfigError::usage(format!(
+                    "the policy does not compile:\n{}",
+                    rendered.join("\n")
+                )))
+                .into());
             }
-        }
+        },
         None => None,
     };
     if let Some(ActivePolicy { policy: p, .. }) = &policy {
@@ -283,6 +275,12 @@ async fn serve(
         signal.await;
         let _ = stop_tx.send(true);
     };
+    let limits = crate::http::Limits {
+        header_read_timeout: std::time::Duration::from_secs(
+            *loaded.config.server.header_read_timeout_secs.get_ref(),
+        ),
+        max_connections: *loaded.config.server.max_connections.get_ref(),
+    };
     let mut _cert_watcher = None;
     match tls {
         None => {
@@ -291,10 +289,7 @@ async fn serve(
             });
             // A line on stdout for scripts and tests that need the port (listen = "...:0").
             println!("verdict listening on http://{local}");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .context("serving HTTP")?;
+            crate::http::serve(listener, app, limits, shutdown).await;
         }
         Some(store) => {
             _cert_watcher = Some(
@@ -303,10 +298,7 @@ async fn serve(
             );
             let listener = crate::tls::TlsListener::new(listener, store.server_config()?)?;
             println!("verdict listening on https://{local}");
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-                .context("serving HTTPS")?;
+            crate::http::serve(listener, app, limits, shutdown).await;
         }
     }
     tracing::info!("HTTP stopped; committing queued appends");

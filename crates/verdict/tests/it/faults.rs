@@ -392,3 +392,74 @@ async fn a_full_disk_is_a_503_with_retry_after_and_verdict_recovers_by_itself() 
     let out = verdict(&dir.path().join("verdict.toml"), &["log", "verify"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// A server whose `[server]` table has `extra` lines.
+fn start_with_server_keys(extra: &str) -> Server {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = config_text(&dir.path().join("verdict.db"), "").replacen(
+        "max_body_bytes = 65536\n",
+        &format!("max_body_bytes = 65536\n{extra}\n"),
+        1,
+    );
+    std::fs::write(dir.path().join("verdict.toml"), text).expect("write config");
+    Server::start_in(dir)
+}
+
+/// Reads from `stream` until the server closes it (or 15 s pass): how long that took.
+async fn closed_after(stream: &mut tokio::net::TcpStream) -> Duration {
+    use tokio::io::AsyncReadExt as _;
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 1024];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(15), stream.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => return started.elapsed(),
+            Ok(Ok(_)) => {} // a 408 or similar before the close
+            Err(_) => panic!("the server kept a connection with unfinished headers for 15 s"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_finishes_its_headers_is_cut_off() {
+    use tokio::io::AsyncWriteExt as _;
+    let s = start_with_server_keys("header_read_timeout_secs = 1");
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    // Slowloris: a request line and one header, then silence.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /webhooks/seon-idv HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    // Meanwhile others are served.
+    let body = seon_body("slowloris-1", "APPROVED");
+    assert_eq!(s.post_seon(&body, Some("r-1"), SEON_SECRET).await.0, 200);
+    let took = closed_after(&mut slow).await;
+    assert!(took < Duration::from_secs(10), "closed after {took:?}");
+    // A connection that sends nothing at all is closed too.
+    let mut silent = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let took = closed_after(&mut silent).await;
+    assert!(took < Duration::from_secs(10), "closed after {took:?}");
+    assert_eq!(s.count(), 1, "only the complete delivery is stored");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_wait_to_be_accepted() {
+    let s = start_with_server_keys("header_read_timeout_secs = 2\nmax_connections = 1");
+    let addr = s.base.trim_start_matches("http://").to_owned();
+    // The one slot is held by an idle connection until its header deadline cuts it.
+    // (Connections are accepted in the order they arrive, so it is accepted first.)
+    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let waiting = tokio::spawn({
+        let http = client();
+        let url = s.url("/healthz");
+        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    let cut = closed_after(&mut idle).await;
+    let status = waiting.await.unwrap().unwrap();
+    assert_eq!(status, 200, "served once a slot was free");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the request was served while the only slot was taken ({:?}; idle cut after {cut:?})",
+        started.elapsed()
+    );
+}
