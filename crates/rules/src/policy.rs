@@ -264,8 +264,11 @@ impl Policy {
                         Some(e) => Err(e.clone()),
                         None => match rule.program.execute(context) {
                             Ok(cel::Value::Bool(b)) => Ok(b),
-                            Ok(other) => Err(format!("`when` gave {other:?}, not a boolean")),
-                            Err(e) => Err(e.to_string()),
+                            Ok(other) => Err(format!(
+                                "`when` gave a value of type {}, not a boolean",
+                                other.type_of()
+                            )),
+                            Err(e) => Err(describe(&e)),
                         },
                     }
                 }
@@ -327,6 +330,44 @@ impl Policy {
             }
         }
         (context, bind_error)
+    }
+}
+
+/// A CEL evaluation error as text that names types, never values: payload values are personal
+/// data, and this text goes into decision reasons (stored, delivered to sinks) and logs.
+#[allow(deprecated)] // the deprecated variants can still be raised
+fn describe(e: &cel::ExecutionError) -> String {
+    use cel::ExecutionError as E;
+    let t = |v: &cel::Value| v.type_of().to_string();
+    match e {
+        E::UnsupportedTargetType { target } => format!("invalid argument type: {}", t(target)),
+        E::NotSupportedAsMethod { method, target } => {
+            format!("method '{method}' not supported on type {}", t(target))
+        }
+        E::UnsupportedKeyType(v) => format!("a {} cannot be used as a key", t(v)),
+        E::ValuesNotComparable(a, b) => format!("a {} cannot be compared to a {}", t(a), t(b)),
+        E::UnsupportedUnaryOperator(op, v) => {
+            format!("unsupported unary operator '{op}' on a {}", t(v))
+        }
+        E::UnsupportedBinaryOperator(op, a, b) => {
+            format!(
+                "unsupported binary operator '{op}' on a {} and a {}",
+                t(a),
+                t(b)
+            )
+        }
+        E::UnsupportedMapIndex(v) | E::UnsupportedListIndex(v) => {
+            format!("a {} cannot be used as an index", t(v))
+        }
+        E::UnsupportedIndex(a, b) => format!("a {} cannot index a {}", t(a), t(b)),
+        E::FunctionError { function, .. } => format!("function '{function}' failed"),
+        E::DivisionByZero(_) => "division by zero".to_owned(),
+        E::RemainderByZero(_) => "remainder by zero".to_owned(),
+        E::Overflow(op, a, b) => format!("overflow in '{op}' on a {} and a {}", t(a), t(b)),
+        E::IndexOutOfBounds(_) => "index out of bounds".to_owned(),
+        E::DuplicateKey(_) => "repeated key".to_owned(),
+        // The rest name keys, functions, types or counts, not values.
+        other => other.to_string(),
     }
 }
 
@@ -664,6 +705,46 @@ mod tests {
                 assert_eq!(pruned.errors.len(), full.errors.len(), "case {i} {status}");
             }
         }
+    }
+
+    #[test]
+    fn rule_errors_name_types_not_payload_values() {
+        let text = r#"
+[policy]
+name = "p"
+version = "1"
+default_action = "approve"
+
+[[rules]]
+id = "not-bool"
+when = 'details.name'
+action = "decline"
+reason = "x"
+
+[[rules]]
+id = "compare"
+when = 'details.name < details.age'
+action = "decline"
+reason = "y"
+"#;
+        let p = Policy::parse(text).unwrap();
+        let d = p.evaluate(&Facts::new(
+            json!({"name": "Ana Secreta", "age": 41}),
+            json!({}),
+        ));
+        assert_eq!(d.errors.len(), 2, "{d:?}");
+        for e in &d.errors {
+            assert!(
+                !e.error.contains("Secreta") && !e.error.contains("41"),
+                "{e:?}"
+            );
+        }
+        assert!(d.errors[0].error.contains("string"), "{:?}", d.errors[0]);
+        assert!(
+            d.reasons.iter().all(|r| !r.contains("Secreta")),
+            "{:?}",
+            d.reasons
+        );
     }
 
     #[test]
