@@ -397,9 +397,17 @@ impl Loaded {
                 );
             }
         }
+        let mut token_names = HashSet::new();
         for t in &c.tokens {
             if t.name.get_ref().is_empty() {
                 return self.err(t.name.span(), "token name must not be empty");
+            }
+            // The name is the actor recorded on overrides: two holders must not share one.
+            if !token_names.insert(t.name.get_ref().as_str()) {
+                return self.err(
+                    t.name.span(),
+                    format!("token name {:?} is used twice", t.name.get_ref()),
+                );
             }
         }
         let d = &c.delivery;
@@ -516,11 +524,22 @@ impl Loaded {
 
     /// Every API token, resolved: (name, role, token).
     pub fn tokens(&self) -> Result<Vec<(String, Role, Secret)>, ConfigError> {
-        self.config
-            .tokens
-            .iter()
-            .map(|t| Ok((t.name.get_ref().clone(), t.role, self.secret(&t.token)?)))
-            .collect()
+        let mut out: Vec<(String, Role, Secret)> = Vec::with_capacity(self.config.tokens.len());
+        for t in &self.config.tokens {
+            let secret = self.secret(&t.token)?;
+            // One token must identify one holder (and one role).
+            if let Some((other, _, _)) = out.iter().find(|(_, _, s)| *s == secret) {
+                return self.err(
+                    t.token.span(),
+                    format!(
+                        "token of {:?} is the same as the token of {other:?}",
+                        t.name.get_ref()
+                    ),
+                );
+            }
+            out.push((t.name.get_ref().clone(), t.role, secret));
+        }
+        Ok(out)
     }
 
     /// Every sink, resolved, its secret checked to be a Standard Webhooks secret.
@@ -605,6 +624,33 @@ mod tests {
     fn accepts_the_shipped_example() {
         let text = include_str!("../../../config/verdict.toml");
         assert!(load(text).is_ok(), "{:?}", load(text).err());
+    }
+
+    #[test]
+    fn a_token_name_or_value_used_twice_is_refused() {
+        let twice = |a: &str, b: &str| {
+            format!(
+                "{SOURCE}\n[[tokens]]\nname = \"{a}\"\nrole = \"analyst\"\ntoken = \"t1\"\n\n\
+                 [[tokens]]\nname = \"{b}\"\nrole = \"reader\"\ntoken = \"{}\"\n",
+                if a == b { "t2" } else { "t1" }
+            )
+        };
+        let err = load(&twice("alice", "alice")).err().unwrap_or_default();
+        assert!(err.contains("token name \"alice\" is used twice"), "{err}");
+        let loaded = load(&twice("alice", "bob")).unwrap();
+        let err = loaded
+            .tokens()
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(
+            err.contains("token of \"bob\" is the same as the token of \"alice\""),
+            "{err}"
+        );
+        assert!(
+            !err.contains("t1"),
+            "the token itself is not printed: {err}"
+        );
     }
 
     #[test]
