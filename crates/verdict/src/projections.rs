@@ -176,13 +176,14 @@ fn decide(
     e: &Entry,
     change: Change,
     policy: &verdict_rules::Policy,
+    rule_errors: &mut Vec<String>,
 ) -> Option<DecisionBody> {
     let d = match call_for(s, e.seq, change)? {
         Call::Fixed(d) => d,
         Call::Policy => {
             let d = policy_decision(policy, &e.body, session_json(s));
             for (rule, error) in &d.errors {
-                metrics::counter!(crate::metrics::RULE_ERRORS, "rule" => rule.clone()).increment(1);
+                rule_errors.push(rule.clone());
                 tracing::warn!(session = %s.session_id, rule = %rule, error = %error, "rule evaluation failed; counted as review");
             }
             d
@@ -244,7 +245,11 @@ pub struct Unflushed {
     cp: u64,
     entries: usize,
     since: Option<std::time::Instant>,
-    appends: Vec<(verdict_log::PendingAppend, Vec<String>)>,
+    /// Decision appends in flight: each with its decisions' (id, action, source).
+    appends: Vec<(verdict_log::PendingAppend, Vec<Submitted>)>,
+    /// Rules that failed to evaluate, counted once this batch is written (a batch folded
+    /// again after a failed write must not count twice).
+    rule_errors: Vec<String>,
 }
 
 impl Unflushed {
@@ -268,7 +273,6 @@ impl Unflushed {
             let r = recorded(e);
             let fact = read(&r);
             if let Fact::Quarantined { session_id, reason } = &fact {
-                metrics::counter!(crate::metrics::QUARANTINED).increment(1);
                 self.quarantined
                     .push((e.seq, session_id.clone(), reason.clone()));
             }
@@ -280,13 +284,13 @@ impl Unflushed {
                 }
                 if let Some(s) = self.touched.get_mut(id) {
                     let change = s.apply(&r, &fact);
-                    if let Some(d) = decider.and_then(|dc| decide(s, e, change, &dc.policy.load()))
+                    let errors = &mut self.rule_errors;
+                    if let Some(d) =
+                        decider.and_then(|dc| decide(s, e, change, &dc.policy.load(), errors))
                     {
                         // Current at once, so a later entry compares against it; its seq is set
                         // when the append is durable, and again when its entry is folded.
                         s.decision = Some(Box::new((d.clone(), 0)));
-                        metrics::counter!(crate::metrics::DECISIONS, "action" => d.action.as_str(), "source" => d.source.as_str())
-                            .increment(1);
                         decisions.push(d);
                     }
                 }
@@ -304,7 +308,10 @@ impl Unflushed {
                 .writer
                 .submit_blocking(events)
                 .map_err(|e| anyhow::anyhow!("appending decisions: {e}"))?;
-            let ids = decisions.into_iter().map(|d| d.decision_id).collect();
+            let ids = decisions
+                .into_iter()
+                .map(|d| (d.decision_id, d.action, d.source))
+                .collect();
             self.appends.push((pending, ids));
         }
         Ok(())
@@ -325,9 +332,12 @@ impl Unflushed {
             let appended = pending
                 .wait_blocking()
                 .map_err(|e| anyhow::anyhow!("appending decisions: {e}"))?;
-            for (a, id) in appended.iter().zip(ids) {
+            for (a, (id, action, source)) in appended.iter().zip(ids) {
+                // A duplicate is a decision already recorded by an earlier fold of this batch.
                 if !a.is_duplicate() {
                     seqs.insert(id, a.seq());
+                    metrics::counter!(crate::metrics::DECISIONS, "action" => action.as_str(), "source" => source.as_str())
+                        .increment(1);
                 }
             }
         }
@@ -344,11 +354,18 @@ impl Unflushed {
         save_sessions(&tx, self.touched.values())?;
         set_checkpoint(&tx, PROJECTOR, self.cp)?;
         tx.commit()?;
+        metrics::counter!(crate::metrics::QUARANTINED).increment(self.quarantined.len() as u64);
+        for rule in &self.rule_errors {
+            metrics::counter!(crate::metrics::RULE_ERRORS, "rule" => rule.clone()).increment(1);
+        }
         let cp = self.cp;
         *self = Self::default();
         Ok(cp)
     }
 }
+
+/// A decision submitted for appending: its id, action and source.
+type Submitted = (String, Action, DecisionSource);
 
 /// Which entries belong to which session, and the quarantined entries with their reasons.
 type Links = Vec<(String, u64)>;
