@@ -235,12 +235,18 @@ fn record(
     let (state, next) = match result.outcome {
         Outcome::Delivered => ("delivered", now),
         Outcome::Gone => {
-            metrics::counter!(crate::metrics::SINKS_DISABLED, "sink" => pick.sink.clone())
-                .increment(1);
-            conn.prepare_cached(
-                "INSERT OR REPLACE INTO sink_status (sink, disabled_at, reason) VALUES (?1, ?2, ?3)",
-            )?
-            .execute(params![pick.sink, now, "410 Gone"])?;
+            // Attempts already in flight may also get a 410: the sink is disabled (and counted)
+            // once, at the first.
+            let disabled = conn
+                .prepare_cached(
+                    "INSERT INTO sink_status (sink, disabled_at, reason) VALUES (?1, ?2, ?3) \
+                     ON CONFLICT (sink) DO NOTHING",
+                )?
+                .execute(params![pick.sink, now, "410 Gone"])?;
+            if disabled > 0 {
+                metrics::counter!(crate::metrics::SINKS_DISABLED, "sink" => pick.sink.clone())
+                    .increment(1);
+            }
             ("pending", now)
         }
         Outcome::Retry { .. } if settings.schedule.exhausted(attempts) => {

@@ -354,7 +354,9 @@ impl Unflushed {
         save_sessions(&tx, self.touched.values())?;
         set_checkpoint(&tx, PROJECTOR, self.cp)?;
         tx.commit()?;
-        metrics::counter!(crate::metrics::QUARANTINED).increment(self.quarantined.len() as u64);
+        if !self.quarantined.is_empty() {
+            metrics::counter!(crate::metrics::QUARANTINED).increment(self.quarantined.len() as u64);
+        }
         for rule in &self.rule_errors {
             metrics::counter!(crate::metrics::RULE_ERRORS, "rule" => rule.clone()).increment(1);
         }
