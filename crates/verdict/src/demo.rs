@@ -149,6 +149,10 @@ pub fn run(sessions: u64) -> anyhow::Result<ExitCode> {
         writeln!(out, "  verdict --config {c} replay")?;
         writeln!(out, "  verdict --config {c} deliveries list --all | head")?;
         writeln!(out, "  verdict --config {c} policy backtest --policy {}", dir.join("kyc.toml").display())?;
+        writeln!(
+            out,
+            "  verdict --config {c} serve   # then open the address it prints + /ui/, token demo-token"
+        )?;
         Ok(if ok && seen.decisions > 0 && seen.bad_signatures == 0 && status.success() {
             ExitCode::SUCCESS
         } else {

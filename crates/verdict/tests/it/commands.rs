@@ -283,6 +283,7 @@ fn the_demo_runs_end_to_end_and_exits_0() {
     assert!(said.contains("decisions delivered to the sink"), "{said}");
     assert!(said.contains("(0 bad)"), "{said}");
     assert!(said.contains("the sidecar stopped cleanly: true"), "{said}");
+    assert!(said.contains("/ui/, token demo-token"), "{said}");
     // The log it leaves verifies.
     let config = std::fs::read_dir(tmp.path())
         .unwrap()
