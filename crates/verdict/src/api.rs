@@ -176,17 +176,20 @@ pub fn router<S: Clone + Send + Sync + 'static>(api: Api) -> Router<S> {
         .with_state(api)
 }
 
-async fn auth(State(api): State<Api>, mut req: Request, next: Next) -> Response {
-    let presented = req
-        .headers()
+/// The token of an `Authorization: Bearer <token>` header, if there is one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
         })
-        .map(str::trim);
-    match presented.and_then(|t| authenticate(&api.tokens, t)) {
+        .map(str::trim)
+}
+
+async fn auth(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    match bearer(req.headers()).and_then(|t| authenticate(&api.tokens, t)) {
         Some(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await

@@ -10,7 +10,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
-use verdict_log::{Entry, EntryRef, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
+use verdict_log::{Entry, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
 use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
 
 use verdict_projector::{
@@ -389,24 +389,33 @@ fn write_links(tx: &Connection, links: &Links, quarantined: &Quarantined) -> any
     Ok(())
 }
 
+/// Writes (or replaces) one session's row.
+const SAVE_SESSION: &str = "INSERT INTO sessions (session_id, vendor_status, action, updated_at, state) \
+     VALUES (?1, ?2, ?3, ?4, ?5) \
+     ON CONFLICT (session_id) DO UPDATE SET vendor_status = excluded.vendor_status, \
+     action = excluded.action, updated_at = excluded.updated_at, state = excluded.state";
+
+fn save_session(
+    save: &mut rusqlite::CachedStatement<'_>,
+    s: &Session,
+    state: &str,
+) -> rusqlite::Result<usize> {
+    save.execute(params![
+        s.session_id,
+        s.vendor_status,
+        s.decision.as_deref().map(|(d, _)| d.action.as_str()),
+        s.updated_at,
+        state
+    ])
+}
+
 fn save_sessions<'a>(
     tx: &Connection,
     sessions: impl Iterator<Item = &'a Session>,
 ) -> anyhow::Result<()> {
-    let mut save = tx.prepare_cached(
-        "INSERT INTO sessions (session_id, vendor_status, action, updated_at, state) \
-         VALUES (?1, ?2, ?3, ?4, ?5) \
-         ON CONFLICT (session_id) DO UPDATE SET vendor_status = excluded.vendor_status, \
-         action = excluded.action, updated_at = excluded.updated_at, state = excluded.state",
-    )?;
+    let mut save = tx.prepare_cached(SAVE_SESSION)?;
     for s in sessions {
-        save.execute(params![
-            s.session_id,
-            s.vendor_status,
-            s.decision.as_deref().map(|(d, _)| d.action.as_str()),
-            s.updated_at,
-            serde_json::to_string(s)?
-        ])?;
+        save_session(&mut save, s, &serde_json::to_string(s)?)?;
     }
     Ok(())
 }
@@ -432,19 +441,10 @@ fn save_sessions_pipelined(tx: &Connection, p: &Projection) -> anyhow::Result<()
                     }
                 }
             })?;
-        let mut save = tx.prepare_cached(
-            "INSERT INTO sessions (session_id, vendor_status, action, updated_at, state) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?;
+        let mut save = tx.prepare_cached(SAVE_SESSION)?;
         for (chunk, texts) in sessions.chunks(CHUNK).zip(ready_rx) {
             for (s, state) in chunk.iter().zip(texts?) {
-                save.execute(params![
-                    s.session_id,
-                    s.vendor_status,
-                    s.decision.as_deref().map(|(d, _)| d.action.as_str()),
-                    s.updated_at,
-                    state
-                ])?;
+                save_session(&mut save, s, &state)?;
             }
         }
         Ok(())
@@ -592,12 +592,11 @@ pub fn rebuild(
     // (the check ignores them), so their bodies are not copied to it.
     let mut policy_seen = false;
     let mut to_check: Vec<crate::rederive::Msg> = Vec::new();
-    let fold = |e: EntryRef<'_>, fact: Fact| {
-        let r = scanned(&e);
+    let fold = |e: Recorded<'_>, fact: Fact| {
         if let Fact::Quarantined { session_id, reason } = &fact {
             quarantined.push((e.seq, session_id.clone(), reason.clone()));
         }
-        let applied = p.apply_fact(&r, &fact);
+        let applied = p.apply_fact(&e, &fact);
         if let Some(check) = check {
             use crate::rederive::Msg;
             // Handed over in batches: a message each would wake the checker for every entry.
@@ -648,7 +647,7 @@ pub fn rebuild(
         }
     };
     // Parsing runs on the scanning thread too: the fold here only applies.
-    scan_in_parallel(log, |e| read(&scanned(e)), fold)?;
+    scan_in_parallel(log, read, fold)?;
     if let Some(check) = check
         && !to_check.is_empty()
     {
@@ -726,18 +725,6 @@ fn into_session_id(fact: Fact) -> Option<String> {
     }
 }
 
-/// The projector's view of a scanned entry.
-fn scanned<'a>(e: &EntryRef<'a>) -> Recorded<'a> {
-    Recorded {
-        seq: e.seq,
-        source: e.source,
-        event_type: e.event_type,
-        recorded_at: e.recorded_at,
-        vendor_time: e.vendor_time,
-        body: e.body,
-    }
-}
-
 /// Runs `f` on every entry of the log in seq order, like [`SqliteLog::scan`], with the reading
 /// (SQLite rows, LZ4 decoding) and `prepare` (parsing) on a second thread with its own
 /// read-only connection, so the two cores share the work: `f` gets each entry with what
@@ -745,8 +732,8 @@ fn scanned<'a>(e: &EntryRef<'a>) -> Recorded<'a> {
 /// their buffers are allocated once.
 fn scan_in_parallel<T: Send>(
     log: &SqliteLog,
-    prepare: impl Fn(&EntryRef<'_>) -> T + Send,
-    mut f: impl FnMut(EntryRef<'_>, T),
+    prepare: impl Fn(&Recorded<'_>) -> T + Send,
+    mut f: impl FnMut(Recorded<'_>, T),
 ) -> anyhow::Result<()> {
     let path = log
         .connection()
@@ -789,7 +776,7 @@ fn scan_in_parallel<T: Send>(
                                 what: format!("body cannot be decoded (body_encoding {encoding})"),
                             });
                         }
-                        prepared.push(prepare(&EntryRef {
+                        prepared.push(prepare(&Recorded {
                             seq,
                             source,
                             event_type,
@@ -821,7 +808,7 @@ fn scan_in_parallel<T: Send>(
         for (mut batch, prepared) in full_rx {
             for (e, x) in batch.iter().zip(prepared) {
                 f(
-                    EntryRef {
+                    Recorded {
                         seq: e.seq,
                         source: &e.source,
                         event_type: &e.event_type,

@@ -27,7 +27,7 @@ use verdict_log::{AppendError, EventStore as _, SqliteLog, rfc3339_ms};
 use verdict_projector::fact::INTERNAL_SOURCE;
 use verdict_projector::{Action, DecisionBody, Fact, Session, VendorKind, read};
 
-use crate::api::{Api, Caller, authenticate, validate_override};
+use crate::api::{Api, Caller, authenticate, bearer, validate_override};
 use crate::config::Role;
 use crate::projections;
 
@@ -198,17 +198,6 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
         .filter_map(|kv| kv.trim().split_once('='))
         .find(|(k, _)| *k == COOKIE)
         .map(|(_, v)| v.trim().to_owned())
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
 }
 
 /// Lets in a live login cookie or a bearer token; anyone else gets the log-in page with a 401.
@@ -534,16 +523,16 @@ fn dash(v: Option<&str>) -> String {
     v.map_or_else(|| "—".to_owned(), str::to_owned)
 }
 
+/// What stays as it is in a URL path segment or query value: RFC 3986's unreserved bytes.
+const UNRESERVED: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+/// `s` percent-encoded for a path segment or a query value.
 fn percent(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-            out.push(char::from(b));
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
+    percent_encoding::utf8_percent_encode(s, UNRESERVED).to_string()
 }
 
 async fn sessions_page(

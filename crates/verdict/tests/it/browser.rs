@@ -177,14 +177,15 @@ impl Browser {
         }
     }
 
-    /// Marks the current page, so a wait can tell the next page from it.
-    fn mark(&mut self) {
+    /// Marks the current page, so a wait can tell the next page from it (and
+    /// [`Self::same_page`] can tell that a click did not navigate).
+    pub fn mark_page(&mut self) {
         self.eval("window.__verdict_old_page = true");
     }
 
     /// Opens `url` and waits until it has loaded.
     pub fn goto(&mut self, url: &str) {
-        self.mark();
+        self.mark_page();
         self.call("Page.navigate", json!({"url": url}));
         let want = serde_json::to_string(url).expect("json");
         self.wait_for(&format!(
@@ -195,20 +196,15 @@ impl Browser {
     /// Clicks something that loads another page (a link, a form's button) and waits until
     /// that page has loaded and `condition` holds on it.
     pub fn click_to(&mut self, selector: &str, condition: &str) {
-        self.mark();
+        self.mark_page();
         self.click(selector);
         self.wait_for(&format!("!window.__verdict_old_page && ({condition})"));
     }
 
-    /// Whether the page is still the one shown before the last [`Self::goto`] or
-    /// [`Self::click_to`] ... or a click that should not have navigated.
+    /// Whether the page is still the one marked by the last [`Self::mark_page`] (a click since
+    /// then did not navigate).
     pub fn same_page(&mut self) -> bool {
         self.eval("window.__verdict_old_page === true") == Value::Bool(true)
-    }
-
-    /// Marks the page now (before a click that must not navigate).
-    pub fn mark_page(&mut self) {
-        self.mark();
     }
 
     /// The page's visible text.
