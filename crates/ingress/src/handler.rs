@@ -47,6 +47,7 @@ impl Appender for NullAppender {
         Ok(Appended::New {
             seq,
             event_id: Uuid::nil(),
+            recorded_at: 0,
         })
     }
 }

@@ -48,7 +48,7 @@ pub use sqlite::{EntryRef, SqliteLog};
 pub use store::{Appended, EventStore, Head};
 pub use uuid::Uuid;
 pub use verify::{Problem, VerifyReport, verify};
-pub use writer::{LogWriter, PendingAppend, WriterConfig, WriterStats};
+pub use writer::{Committed, LogWriter, PendingAppend, Tail, WriterConfig, WriterStats};
 
 /// The `source` of events verdict writes itself (overrides, decisions, policy activations).
 pub const INTERNAL_SOURCE: &str = "verdict";

@@ -11,6 +11,8 @@ pub enum Appended {
         seq: u64,
         /// Its UUIDv7.
         event_id: Uuid,
+        /// Unix ms, when it was committed (its `recorded_at`).
+        recorded_at: i64,
     },
     /// Its `(source, dedupe_key)` was already in the log; nothing new was stored and the
     /// repeat was counted.

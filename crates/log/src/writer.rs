@@ -21,6 +21,40 @@ pub struct WriterStats {
     pub outbox: usize,
 }
 
+/// A committed entry as the writer hands it to its [`Tail`]: the fields a fold reads, the body
+/// as received (shared, not copied).
+#[derive(Debug, Clone)]
+pub struct Committed {
+    /// Position in the log.
+    pub seq: u64,
+    /// Source name.
+    pub source: String,
+    /// Event type.
+    pub event_type: String,
+    /// Unix ms, when committed.
+    pub recorded_at: i64,
+    /// Unix ms, the sender's event time.
+    pub vendor_time: Option<i64>,
+    /// The body as received.
+    pub body: bytes::Bytes,
+}
+
+/// The entries the writer has committed, handed over in memory after each commit (before the
+/// [`LogWriter::subscribe`] watch moves), so a reader that follows the log (the projector) need
+/// not read back what was just written. Lossy by design: when the reader lags and the channel
+/// is full, batches are dropped and the reader reads those entries from the store, as it does
+/// for entries other processes appended. A reader must check that seqs follow on.
+#[derive(Debug, Clone)]
+pub struct Tail(std::sync::mpsc::SyncSender<Vec<Committed>>);
+
+impl Tail {
+    /// A tail holding at most `batches` committed batches, and its receiving end.
+    pub fn channel(batches: usize) -> (Self, std::sync::mpsc::Receiver<Vec<Committed>>) {
+        let (tx, rx) = std::sync::mpsc::sync_channel(batches.max(1));
+        (Self(tx), rx)
+    }
+}
+
 /// Settings of the writer thread.
 #[derive(Clone)]
 pub struct WriterConfig {
@@ -31,6 +65,8 @@ pub struct WriterConfig {
     /// Called after every batch (after its commit, before the callers are answered), on the
     /// writer thread (keep it cheap).
     pub on_batch: Option<Arc<dyn Fn(WriterStats) + Send + Sync>>,
+    /// Where committed entries are handed over in memory, if anywhere.
+    pub tail: Option<Tail>,
 }
 
 impl Default for WriterConfig {
@@ -39,6 +75,7 @@ impl Default for WriterConfig {
             queue_capacity: 8192,
             max_batch: 1024,
             on_batch: None,
+            tail: None,
         }
     }
 }
@@ -49,6 +86,7 @@ impl fmt::Debug for WriterConfig {
             .field("queue_capacity", &self.queue_capacity)
             .field("max_batch", &self.max_batch)
             .field("on_batch", &self.on_batch.is_some())
+            .field("tail", &self.tail.is_some())
             .finish()
     }
 }
@@ -300,9 +338,31 @@ fn commit<S: EventStore>(
                 })
                 .max();
             let mut results = results.into_iter();
+            let mut handed = Vec::new();
             for job in jobs.drain(..) {
                 let mine: Vec<Appended> = results.by_ref().take(job.events.len()).collect();
+                if config.tail.is_some() {
+                    handed.extend(job.events.into_iter().zip(&mine).filter_map(
+                        |(ev, a)| match *a {
+                            Appended::New {
+                                seq, recorded_at, ..
+                            } => Some(Committed {
+                                seq,
+                                source: ev.source,
+                                event_type: ev.event_type,
+                                recorded_at,
+                                vendor_time: ev.vendor_time,
+                                body: ev.body,
+                            }),
+                            Appended::Duplicate { .. } => None,
+                        },
+                    ));
+                }
                 let _ = job.reply.send(Ok(mine));
+            }
+            if let (Some(Tail(tail)), false) = (&config.tail, handed.is_empty()) {
+                // Full (the reader lags) or gone: the reader reads these from the store.
+                let _ = tail.try_send(handed);
             }
             if let Some(newest) = newest {
                 committed.send_if_modified(|v| {

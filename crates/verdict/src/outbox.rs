@@ -139,30 +139,29 @@ impl Store {
     /// The first eligible deliveries by due time (at most `limit`), with whether a newer
     /// pending decision of the same session makes each one stale. A read: no lock is taken.
     fn candidates(&self, limit: usize) -> anyhow::Result<Vec<Candidate>> {
+        // Rounded up, so few distinct texts are cached; the caller stops when it has enough.
+        let limit = limit.max(1).next_power_of_two();
         let mut stmt = self.log.connection().prepare_cached(&format!(
             "SELECT o.sink, o.seq, o.session_id, o.decision_id, o.attempts, o.next_attempt_at, \
              EXISTS (SELECT 1 FROM outbox n WHERE n.state = 'pending' AND n.sink = o.sink \
                      AND n.session_id = o.session_id AND n.seq > o.seq) \
              FROM outbox o INDEXED BY outbox_due WHERE {ELIGIBLE} \
-             ORDER BY o.next_attempt_at, o.seq LIMIT ?2"
-        ))?;
+             ORDER BY o.next_attempt_at, o.seq LIMIT {limit}"
+        ))?; // a literal limit: a bound one makes SQLite re-prepare on every query
         let rows = stmt
-            .query_map(
-                params![self.sinks_json, i64::try_from(limit).unwrap_or(i64::MAX)],
-                |r| {
-                    Ok(Candidate {
-                        pick: Pick {
-                            sink: r.get(0)?,
-                            seq: u64_of(r.get(1)?),
-                            session_id: r.get(2)?,
-                            decision_id: r.get(3)?,
-                            attempts: u32_of(r.get(4)?),
-                        },
-                        due: r.get(5)?,
-                        stale: r.get(6)?,
-                    })
-                },
-            )?
+            .query_map(params![self.sinks_json], |r| {
+                Ok(Candidate {
+                    pick: Pick {
+                        sink: r.get(0)?,
+                        seq: u64_of(r.get(1)?),
+                        session_id: r.get(2)?,
+                        decision_id: r.get(3)?,
+                        attempts: u32_of(r.get(4)?),
+                    },
+                    due: r.get(5)?,
+                    stale: r.get(6)?,
+                })
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok(rows)
     }

@@ -1,8 +1,9 @@
 //! Persisted projections: the projector's output in SQLite (`migrations/0002_projections.sql`),
 //! the runner that keeps it current, and the read queries the HTTP API and the CLI share.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -10,7 +11,7 @@ use rusqlite::{Connection, OptionalExtension, params};
 use serde::Serialize;
 use serde_json::value::RawValue;
 use tokio::sync::watch;
-use verdict_log::{Entry, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
+use verdict_log::{Committed, Entry, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
 use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
 
 use verdict_projector::{
@@ -173,7 +174,7 @@ pub struct Derived {
 /// decision already has that action and source.
 fn decide(
     s: &Session,
-    e: &Entry,
+    e: &Recorded<'_>,
     change: Change,
     policy: &verdict_rules::Policy,
     rule_errors: &mut Vec<String>,
@@ -181,7 +182,7 @@ fn decide(
     let d = match call_for(s, e.seq, change)? {
         Call::Fixed(d) => d,
         Call::Policy => {
-            let d = policy_decision(policy, &e.body, session_json(s));
+            let d = policy_decision(policy, e.body, session_json(s));
             for (rule, error) in &d.errors {
                 rule_errors.push(rule.clone());
                 tracing::warn!(session = %s.session_id, rule = %rule, error = %error, "rule evaluation failed; counted as review");
@@ -260,17 +261,17 @@ impl Unflushed {
 
     /// Folds `entries` (in seq order; those at or below `checkpoint` and the newest folded are
     /// skipped) and submits the decisions they call for.
-    pub fn fold(
+    pub fn fold<'a>(
         &mut self,
         conn: &Connection,
         checkpoint: u64,
-        entries: &[Entry],
+        entries: impl IntoIterator<Item = Recorded<'a>>,
         decider: Option<&Decider>,
     ) -> anyhow::Result<()> {
         let start = self.cp.max(checkpoint);
         let mut decisions: Vec<DecisionBody> = Vec::new();
-        for e in entries.iter().filter(|e| e.seq > start) {
-            let r = recorded(e);
+        for r in entries.into_iter().filter(|r| r.seq > start) {
+            let e = &r;
             let fact = read(&r);
             if let Fact::Quarantined { session_id, reason } = &fact {
                 self.quarantined
@@ -459,6 +460,51 @@ fn set_checkpoint(tx: &Connection, name: &str, seq: u64) -> rusqlite::Result<()>
     Ok(())
 }
 
+/// The projector's view of an entry the writer handed over.
+fn committed_recorded(c: &Committed) -> Recorded<'_> {
+    Recorded {
+        seq: c.seq,
+        source: &c.source,
+        event_type: &c.event_type,
+        recorded_at: c.recorded_at,
+        vendor_time: c.vendor_time,
+        body: &c.body,
+    }
+}
+
+/// The entries the writer handed over ([`verdict_log::Tail`]) and not yet folded.
+struct Handed {
+    rx: Option<mpsc::Receiver<Vec<Committed>>>,
+    held: VecDeque<Committed>,
+}
+
+impl Handed {
+    /// The entries right after `from` (at most [`BATCH`], seqs following on from `from + 1`),
+    /// if the writer handed them over; empty when it did not (they were appended by another
+    /// process, or dropped while the projector lagged): the caller reads the store instead.
+    fn take_after(&mut self, from: u64) -> Vec<Committed> {
+        if let Some(rx) = &self.rx {
+            // Bounded: while the projector lags, the channel fills and the writer drops batches.
+            while self.held.len() < BATCH
+                && let Ok(batch) = rx.try_recv()
+            {
+                self.held.extend(batch);
+            }
+        }
+        while self.held.front().is_some_and(|c| c.seq <= from) {
+            self.held.pop_front();
+        }
+        let run = self
+            .held
+            .iter()
+            .take(BATCH)
+            .zip(from + 1..)
+            .take_while(|(c, want)| c.seq == *want)
+            .count();
+        self.held.drain(..run).collect()
+    }
+}
+
 /// The projector thread and its progress.
 #[derive(Debug)]
 pub struct Runner {
@@ -474,9 +520,14 @@ pub struct Runner {
 pub fn spawn_runner(
     path: PathBuf,
     mut committed: watch::Receiver<u64>,
+    tail: Option<mpsc::Receiver<Vec<Committed>>>,
     handle: tokio::runtime::Handle,
     decider: Option<Decider>,
 ) -> std::io::Result<Runner> {
+    let mut tail = Handed {
+        rx: tail,
+        held: VecDeque::new(),
+    };
     let (progress, projected) = watch::channel(0u64);
     let thread = std::thread::Builder::new()
         .name("verdict-projector".into())
@@ -518,8 +569,15 @@ pub fn spawn_runner(
                 let from = stored.max(unflushed.cp);
                 let step = (|| -> anyhow::Result<bool> {
                     if from < head {
-                        let entries = log.read_after(from, BATCH)?;
-                        unflushed.fold(log.connection(), stored, &entries, decider.as_ref())?;
+                        let handed = tail.take_after(from);
+                        if handed.is_empty() {
+                            let entries = log.read_after(from, BATCH)?;
+                            let entries = entries.iter().map(recorded);
+                            unflushed.fold(log.connection(), stored, entries, decider.as_ref())?;
+                        } else {
+                            let entries = handed.iter().map(committed_recorded);
+                            unflushed.fold(log.connection(), stored, entries, decider.as_ref())?;
+                        }
                     }
                     if !unflushed.is_empty() && (from >= head || unflushed.due()) {
                         let caught_up = from >= head;
@@ -1035,4 +1093,69 @@ pub fn session_exists(conn: &Connection, id: &str) -> anyhow::Result<bool> {
         .query_row([id], |_| Ok(()))
         .optional()?
         .is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn committed(seq: u64) -> Committed {
+        Committed {
+            seq,
+            source: "seon".into(),
+            event_type: "idv:session_finished".into(),
+            recorded_at: 0,
+            vendor_time: None,
+            body: Default::default(),
+        }
+    }
+
+    fn seqs(v: &[Committed]) -> Vec<u64> {
+        v.iter().map(|c| c.seq).collect()
+    }
+
+    #[test]
+    fn handed_over_entries_are_used_only_where_they_follow_on() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut handed = Handed {
+            rx: Some(rx),
+            held: VecDeque::new(),
+        };
+        tx.send(vec![committed(3), committed(4)]).unwrap();
+        tx.send(vec![committed(5)]).unwrap();
+        // Already folded entries are dropped; the run after `from` is taken.
+        assert_eq!(seqs(&handed.take_after(3)), [4, 5]);
+        // Entry 6 came from another process (not handed over): 7 and 8 wait until the store
+        // has been read past 6.
+        tx.send(vec![committed(7), committed(8)]).unwrap();
+        assert!(handed.take_after(5).is_empty());
+        assert_eq!(seqs(&handed.take_after(6)), [7, 8]);
+        // Reading the store past what is held drops it.
+        tx.send(vec![committed(9), committed(10)]).unwrap();
+        assert!(handed.take_after(10).is_empty());
+        assert!(handed.held.is_empty());
+        // No channel: always the store.
+        let mut none = Handed {
+            rx: None,
+            held: VecDeque::new(),
+        };
+        assert!(none.take_after(0).is_empty());
+    }
+
+    #[test]
+    fn handed_over_entries_are_taken_at_most_a_batch_at_a_time() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut handed = Handed {
+            rx: Some(rx),
+            held: VecDeque::new(),
+        };
+        let n = u64::try_from(BATCH).unwrap() + 10;
+        tx.send((1..=n).map(committed).collect()).unwrap();
+        let first = handed.take_after(0);
+        assert_eq!(first.len(), BATCH);
+        assert_eq!(
+            seqs(&handed.take_after(first.len() as u64)),
+            (first.len() as u64 + 1..=n).collect::<Vec<_>>()
+        );
+    }
 }

@@ -148,7 +148,10 @@ async fn serve(
     // Wakes the delivery dispatcher when a batch committed outbox rows (decisions for sinks).
     let outbox_wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let on_batch_wake = std::sync::Arc::clone(&outbox_wake);
+    // The projector folds what the writer just committed from memory, not read back.
+    let (tail, tail_rx) = verdict_log::Tail::channel(64);
     let writer_config = WriterConfig {
+        tail: Some(tail),
         on_batch: Some(std::sync::Arc::new(
             move |stats: verdict_log::WriterStats| {
                 if stats.ok && stats.outbox > 0 {
@@ -230,6 +233,7 @@ async fn serve(
     let projector = crate::projections::spawn_runner(
         db.clone(),
         writer.subscribe(),
+        Some(tail_rx),
         tokio::runtime::Handle::current(),
         decider,
     )

@@ -335,3 +335,36 @@ async fn the_cli_shows_what_the_api_shows_and_replay_matches_the_live_state() {
     assert!(stdout.contains("replayed 23 entries"), "{stdout}");
     assert!(stdout.contains("all derived again the same"), "{stdout}");
 }
+
+/// The projector folds what the server's writer commits from memory; an entry another process
+/// appended in between is not in that hand-over, and must still be folded, in seq order.
+#[tokio::test]
+async fn entries_appended_by_another_process_are_folded_too() {
+    use verdict_log::EventStore as _;
+    let s = Server::start_with(TOKENS);
+    let body = seon_body("before", "REVIEW");
+    assert_eq!(s.post_seon(&body, Some("r-1"), SEON_SECRET).await.0, 200);
+    settled(&s, "before", 1).await;
+
+    let mut other = verdict_log::SqliteLog::open(s.db()).unwrap();
+    let appended = other
+        .append_batch(&[&verdict_log::NewEvent::new(
+            "seon-idv",
+            "idv:session_finished",
+            "other-process-1",
+            seon_body("behind", "DECLINED").into_bytes(),
+        )])
+        .unwrap();
+    drop(other);
+    let body = seon_body("after", "APPROVED");
+    assert_eq!(s.post_seon(&body, Some("r-2"), SEON_SECRET).await.0, 200);
+
+    let after = settled(&s, "after", 1).await;
+    assert_eq!(after["vendor_status"], "APPROVED");
+    let behind = settled(&s, "behind", 1).await;
+    assert_eq!(behind["vendor_status"], "DECLINED");
+    assert_eq!(appended[0].seq() + 1, {
+        let (_, h) = get(&s, "/v1/sessions/after/history", Some("tok-rob")).await;
+        h["entries"][0]["seq"].as_u64().unwrap()
+    });
+}
