@@ -784,15 +784,21 @@ fn into_session_id(fact: Fact) -> Option<String> {
 }
 
 /// Runs `f` on every entry of the log in seq order, like [`SqliteLog::scan`], with the reading
-/// (SQLite rows, LZ4 decoding) and `prepare` (parsing) on a second thread with its own
-/// read-only connection, so the two cores share the work: `f` gets each entry with what
-/// `prepare` made of it, while the next batch is read. Batches are handed back for reuse, so
-/// their buffers are allocated once.
+/// (SQLite rows, LZ4 decoding) on a second thread with its own read-only connection, so the
+/// two cores share the work: `f` gets each entry with what `prepare` (parsing) made of it,
+/// while the next batch is read. `prepare` runs on whichever thread has time: the reader runs
+/// it for a batch while the folding thread has a backlog, and leaves it to the folding thread
+/// otherwise (reading alone is faster than folding, parsing both ways would leave one core
+/// idle). Batches are handed back for reuse, so their buffers are allocated once.
 fn scan_in_parallel<T: Send>(
     log: &SqliteLog,
-    prepare: impl Fn(&Recorded<'_>) -> T + Send,
+    prepare: impl Fn(&Recorded<'_>) -> T + Sync,
     mut f: impl FnMut(Recorded<'_>, T),
 ) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let prepare = &prepare;
+    // Batches sent by the reader and not yet taken by the folding thread.
+    let waiting = &AtomicUsize::new(0);
     let path = log
         .connection()
         .path()
@@ -813,10 +819,15 @@ fn scan_in_parallel<T: Send>(
                 let mut batch: Vec<ScannedEntry> = Vec::with_capacity(SCAN_BATCH);
                 let mut prepared: Vec<T> = Vec::with_capacity(SCAN_BATCH);
                 let mut used = 0;
+                let mut parse_here = false;
                 let gone = || verdict_log::StoreError::Io("the replay stopped".into());
                 src.scan_raw(
                     0,
                     |seq, source, event_type, recorded_at, vendor_time, encoding, stored| {
+                        if used == 0 {
+                            // More than the batch just sent is waiting: the folder is behind.
+                            parse_here = waiting.load(Ordering::Relaxed) > 1;
+                        }
                         if used == batch.len() {
                             batch.push(ScannedEntry::default());
                         }
@@ -834,14 +845,16 @@ fn scan_in_parallel<T: Send>(
                                 what: format!("body cannot be decoded (body_encoding {encoding})"),
                             });
                         }
-                        prepared.push(prepare(&Recorded {
-                            seq,
-                            source,
-                            event_type,
-                            recorded_at,
-                            vendor_time,
-                            body: &slot.body,
-                        }));
+                        if parse_here {
+                            prepared.push(prepare(&Recorded {
+                                seq,
+                                source,
+                                event_type,
+                                recorded_at,
+                                vendor_time,
+                                body: &slot.body,
+                            }));
+                        }
                         used += 1;
                         if used == SCAN_BATCH {
                             let next = empty_rx
@@ -851,6 +864,7 @@ fn scan_in_parallel<T: Send>(
                                 std::mem::replace(&mut batch, next),
                                 std::mem::replace(&mut prepared, Vec::with_capacity(SCAN_BATCH)),
                             );
+                            waiting.fetch_add(1, Ordering::Relaxed);
                             full_tx.send(ready).map_err(|_| gone())?;
                             used = 0;
                         }
@@ -859,23 +873,26 @@ fn scan_in_parallel<T: Send>(
                 )?;
                 batch.truncate(used);
                 if !batch.is_empty() {
+                    waiting.fetch_add(1, Ordering::Relaxed);
                     full_tx.send((batch, prepared)).map_err(|_| gone())?;
                 }
                 Ok(())
             })?;
         for (mut batch, prepared) in full_rx {
-            for (e, x) in batch.iter().zip(prepared) {
-                f(
-                    Recorded {
-                        seq: e.seq,
-                        source: &e.source,
-                        event_type: &e.event_type,
-                        recorded_at: e.recorded_at,
-                        vendor_time: e.vendor_time,
-                        body: &e.body,
-                    },
-                    x,
-                );
+            waiting.fetch_sub(1, Ordering::Relaxed);
+            // Parsed by the reader, or not (then here).
+            let mut prepared = prepared.into_iter();
+            for e in &batch {
+                let r = Recorded {
+                    seq: e.seq,
+                    source: &e.source,
+                    event_type: &e.event_type,
+                    recorded_at: e.recorded_at,
+                    vendor_time: e.vendor_time,
+                    body: &e.body,
+                };
+                let x = prepared.next().unwrap_or_else(|| prepare(&r));
+                f(r, x);
             }
             batch.truncate(SCAN_BATCH);
             let _ = empty_tx.send(batch);
