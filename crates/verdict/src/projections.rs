@@ -421,34 +421,47 @@ fn save_sessions<'a>(
     Ok(())
 }
 
-/// Sessions serialized per batch on a second thread while this one inserts them (the rebuild
-/// writes hundreds of thousands at once).
-fn save_sessions_pipelined(tx: &Connection, p: &Projection) -> anyhow::Result<()> {
+/// Runs `f` on `p`'s sessions in id order, each with its JSON, serialized in chunks on a
+/// second thread while `f` works (a rebuild handles hundreds of thousands at once).
+fn with_serialized<'a, T>(
+    p: &'a Projection,
+    f: impl FnOnce(&mut dyn Iterator<Item = anyhow::Result<(&'a Session, String)>>) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
     const CHUNK: usize = 4096;
     let sessions: Vec<&Session> = p.sessions().collect();
     std::thread::scope(|scope| {
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<anyhow::Result<Vec<String>>>(4);
+        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Vec<String>>(4);
         let chunks = sessions.chunks(CHUNK);
         std::thread::Builder::new()
             .name("verdict-replay-json".into())
             .spawn_scoped(scope, move || {
                 for chunk in chunks {
+                    // Serializing plain data does not fail; an empty text would be refused
+                    // by the reader's parse, so it is kept visible rather than hidden.
                     let texts = chunk
                         .iter()
-                        .map(|s| serde_json::to_string(s).map_err(anyhow::Error::from))
+                        .map(|s| serde_json::to_string(s).unwrap_or_default())
                         .collect();
                     if ready_tx.send(texts).is_err() {
                         return;
                     }
                 }
             })?;
-        let mut save = tx.prepare_cached(SAVE_SESSION)?;
-        for (chunk, texts) in sessions.chunks(CHUNK).zip(ready_rx) {
-            for (s, state) in chunk.iter().zip(texts?) {
-                save_session(&mut save, s, &state)?;
-            }
-        }
-        Ok(())
+        let mut items = sessions
+            .chunks(CHUNK)
+            .zip(ready_rx)
+            .flat_map(|(chunk, texts)| chunk.iter().copied().zip(texts))
+            .map(|(s, json)| {
+                if json.is_empty() {
+                    Err(anyhow::anyhow!(
+                        "session {}: cannot be serialized",
+                        s.session_id
+                    ))
+                } else {
+                    Ok((s, json))
+                }
+            });
+        f(&mut items)
     })
 }
 
@@ -638,7 +651,7 @@ pub fn rebuild(
     log: &mut SqliteLog,
     mut progress: impl FnMut(u64, u64),
     check: Option<&std::sync::mpsc::SyncSender<Vec<crate::rederive::Msg>>>,
-) -> anyhow::Result<Projection> {
+) -> anyhow::Result<Rebuilt> {
     let total = log.head()?.map_or(0, |h| h.seq);
     let started = std::time::Instant::now();
     let mut p = Projection::default();
@@ -730,21 +743,62 @@ pub fn rebuild(
     let tx = log
         .connection_mut()
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    tx.execute_batch(
-        "DELETE FROM sessions; DELETE FROM session_entries; DELETE FROM quarantine;
-         DROP INDEX IF EXISTS sessions_by_status; DROP INDEX IF EXISTS sessions_by_action;",
-    )?;
-    tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: cleared");
-    save_sessions_pipelined(&tx, &p)?;
-    tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: sessions");
-    tx.execute_batch(
-        "CREATE INDEX sessions_by_status ON sessions (vendor_status, session_id);
-         CREATE INDEX sessions_by_action ON sessions (action, session_id);",
-    )?;
-    tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: index");
-    write_links(&tx, &links, &quarantined)?;
+    let stored_quarantined: i64 =
+        tx.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+    // Only what differs from the stored rows is written, unless there are none (a first
+    // replay) or too many differ: then the tables are written whole.
+    let stored_any: bool =
+        tx.query_row("SELECT EXISTS (SELECT 1 FROM sessions)", [], |r| r.get(0))?;
+    let diff = match stored_any.then(|| diff_sessions(&tx, &p)).transpose()? {
+        Some(Some(sessions)) => diff_links(&tx, &links)?.map(|links| (sessions, links)),
+        _ => None,
+    };
+    let (previous_digest, written) = match diff {
+        Some((sessions, link_changes))
+            if sessions.is_empty()
+                && u64::try_from(stored_quarantined).ok() == Some(p.quarantined) =>
+        {
+            // Every stored row is what the fold made: so is the stored digest.
+            apply_link_changes(&tx, &links, &link_changes)?;
+            let written = Written {
+                sessions: 0,
+                links: link_changes.len(),
+                rewritten: false,
+            };
+            (None, written)
+        }
+        Some((sessions, link_changes)) => {
+            let previous = Some(stored_digest(&tx)?);
+            apply_session_changes(&tx, &sessions)?;
+            apply_link_changes(&tx, &links, &link_changes)?;
+            let written = Written {
+                sessions: sessions.len(),
+                links: link_changes.len(),
+                rewritten: false,
+            };
+            (previous, written)
+        }
+        None => {
+            let previous = Some(stored_digest(&tx)?);
+            rewrite_all(&tx, &p, &links)?;
+            let written = Written {
+                sessions: p.sessions().count(),
+                links: links.len(),
+                rewritten: true,
+            };
+            (previous, written)
+        }
+    };
+    tx.execute_batch("DELETE FROM quarantine")?;
+    write_links(&tx, &Vec::new(), &quarantined)?;
     set_checkpoint(&tx, PROJECTOR, p.last_seq)?;
-    tracing::debug!(secs = started.elapsed().as_secs_f64(), "replay: links");
+    tracing::debug!(
+        secs = started.elapsed().as_secs_f64(),
+        sessions = written.sessions,
+        links = written.links,
+        rewritten = written.rewritten,
+        "replay: rows to write found and written"
+    );
     tx.commit()?;
     log.connection()
         .pragma_update(None, "synchronous", "FULL")?;
@@ -752,7 +806,222 @@ pub fn rebuild(
         secs = started.elapsed().as_secs_f64(),
         "replay: projections written"
     );
-    Ok(p)
+    Ok(Rebuilt {
+        projection: p,
+        previous_digest,
+        written,
+    })
+}
+
+/// What [`rebuild`] made.
+#[derive(Debug)]
+pub struct Rebuilt {
+    /// The projection folded from the log.
+    pub projection: Projection,
+    /// The digest of the projections stored before the rebuild; `None` when they were
+    /// exactly the rebuilt ones (so their digest is the projection's).
+    pub previous_digest: Option<String>,
+    /// How much of the stored projections had to change.
+    pub written: Written,
+}
+
+/// Rows [`rebuild`] wrote.
+#[derive(Debug, Clone, Copy)]
+pub struct Written {
+    /// Sessions inserted, replaced or deleted.
+    pub sessions: usize,
+    /// Session links inserted or deleted.
+    pub links: usize,
+    /// Whether the tables were cleared and written whole (too much had changed).
+    pub rewritten: bool,
+}
+
+/// Above this share of changed rows (after [`DIFF_PROBE`] rows), clearing the tables and
+/// writing them whole is cheaper than changing rows one by one.
+const DIFF_MAX_SHARE: usize = 4;
+const DIFF_PROBE: usize = 10_000;
+
+fn too_many(changes: usize, seen: usize) -> bool {
+    seen >= DIFF_PROBE && changes * DIFF_MAX_SHARE > seen
+}
+
+/// A session row to change.
+enum SessionChange<'a> {
+    Save(&'a Session, String),
+    Delete(String),
+}
+
+/// The session rows that differ from `p` (stored rows and the new ones both in id order,
+/// merged), or `None` when so many differ that the table is better written whole. Each new
+/// row is compared column by column with the stored one, its JSON as text.
+fn diff_sessions<'a>(
+    tx: &Connection,
+    p: &'a Projection,
+) -> anyhow::Result<Option<Vec<SessionChange<'a>>>> {
+    let mut stmt = tx.prepare(
+        "SELECT session_id, vendor_status, action, updated_at, state FROM sessions \
+         ORDER BY session_id",
+    )?;
+    let mut stored = stmt.query([])?;
+    with_serialized(p, |fresh| {
+        let mut fresh = fresh.peekable();
+        let mut changes = Vec::new();
+        let mut seen = 0usize;
+        while let Some(row) = stored.next()? {
+            let id = row.get_ref(0)?.as_str()?;
+            while let Some(Ok((s, _))) = fresh.peek()
+                && s.session_id.as_str() < id
+            {
+                if let Some(Ok((s, json))) = fresh.next() {
+                    changes.push(SessionChange::Save(s, json));
+                }
+                seen += 1;
+            }
+            let same = match fresh.peek() {
+                Some(Ok((s, _))) if s.session_id == id => true,
+                Some(Err(e)) => anyhow::bail!("serializing a session: {e}"),
+                _ => false,
+            };
+            if same {
+                if let Some(Ok((s, json))) = fresh.next()
+                    && !stored_as(row, s, &json)?
+                {
+                    changes.push(SessionChange::Save(s, json));
+                }
+            } else {
+                changes.push(SessionChange::Delete(id.to_owned()));
+            }
+            seen += 1;
+            if too_many(changes.len(), seen) {
+                return Ok(None);
+            }
+        }
+        for item in fresh {
+            let (s, json) = item?;
+            changes.push(SessionChange::Save(s, json));
+            seen += 1;
+            if too_many(changes.len(), seen) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(changes))
+    })
+}
+
+/// Whether a stored row holds exactly what `s` (serialized as `json`) would be written as.
+fn stored_as(row: &rusqlite::Row<'_>, s: &Session, json: &str) -> rusqlite::Result<bool> {
+    Ok(
+        row.get_ref(1)?.as_str_or_null()? == s.vendor_status.as_deref()
+            && row.get_ref(2)?.as_str_or_null()?
+                == s.decision.as_deref().map(|(d, _)| d.action.as_str())
+            && row.get_ref(3)?.as_i64()? == s.updated_at
+            && row.get_ref(4)?.as_str()? == json,
+    )
+}
+
+fn apply_session_changes(tx: &Connection, changes: &[SessionChange<'_>]) -> anyhow::Result<()> {
+    let mut save = tx.prepare_cached(SAVE_SESSION)?;
+    let mut delete = tx.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?;
+    for c in changes {
+        match c {
+            SessionChange::Save(s, json) => {
+                save_session(&mut save, s, json)?;
+            }
+            SessionChange::Delete(id) => {
+                delete.execute([id])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A link to change: insert `links[i]`, or delete a stored one.
+enum LinkChange {
+    Insert(usize),
+    Delete(String, i64),
+}
+
+/// The links that differ from the sorted `links` (merged with the stored ones, in key order),
+/// or `None` when so many differ that the table is better written whole.
+fn diff_links(tx: &Connection, links: &Links) -> anyhow::Result<Option<Vec<LinkChange>>> {
+    let mut stmt =
+        tx.prepare("SELECT session_id, seq FROM session_entries ORDER BY session_id, seq")?;
+    let mut stored = stmt.query([])?;
+    let mut next = 0usize;
+    let mut changes = Vec::new();
+    let mut seen = 0usize;
+    while let Some(row) = stored.next()? {
+        let id = row.get_ref(0)?.as_str()?;
+        let seq = row.get_ref(1)?.as_i64()?;
+        let key = (id, seq);
+        while let Some((lid, lseq)) = links.get(next)
+            && (lid.as_str(), i64_of(*lseq)) < key
+        {
+            changes.push(LinkChange::Insert(next));
+            next += 1;
+            seen += 1;
+        }
+        match links.get(next) {
+            Some((lid, lseq)) if (lid.as_str(), i64_of(*lseq)) == key => next += 1,
+            _ => changes.push(LinkChange::Delete(id.to_owned(), seq)),
+        }
+        seen += 1;
+        if too_many(changes.len(), seen) {
+            return Ok(None);
+        }
+    }
+    changes.extend((next..links.len()).map(LinkChange::Insert));
+    if too_many(changes.len(), seen + links.len() - next) {
+        return Ok(None);
+    }
+    Ok(Some(changes))
+}
+
+fn apply_link_changes(
+    tx: &Connection,
+    links: &Links,
+    changes: &[LinkChange],
+) -> anyhow::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)",
+    )?;
+    let mut delete =
+        tx.prepare_cached("DELETE FROM session_entries WHERE session_id = ?1 AND seq = ?2")?;
+    for c in changes {
+        match c {
+            LinkChange::Insert(i) => {
+                if let Some((id, seq)) = links.get(*i) {
+                    insert.execute(params![id, i64_of(*seq)])?;
+                }
+            }
+            LinkChange::Delete(id, seq) => {
+                delete.execute(params![id, seq])?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Clears the session tables and writes them whole (indexes built again after the rows).
+fn rewrite_all(tx: &Connection, p: &Projection, links: &Links) -> anyhow::Result<()> {
+    tx.execute_batch(
+        "DROP INDEX IF EXISTS sessions_by_status; DROP INDEX IF EXISTS sessions_by_action;
+         DELETE FROM sessions; DELETE FROM session_entries;",
+    )?;
+    with_serialized(p, |fresh| {
+        let mut save = tx.prepare_cached(SAVE_SESSION)?;
+        for item in fresh {
+            let (s, json) = item?;
+            save_session(&mut save, s, &json)?;
+        }
+        Ok(())
+    })?;
+    tx.execute_batch(
+        "CREATE INDEX sessions_by_status ON sessions (vendor_status, session_id);
+         CREATE INDEX sessions_by_action ON sessions (action, session_id);",
+    )?;
+    write_links(tx, links, &Vec::new())?;
+    Ok(())
 }
 
 /// Messages handed to the decision check at once by [`rebuild`].

@@ -13,7 +13,6 @@ pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     drop(logcmd::open(loaded)?); // exit 2 when there is no log
     let mut log = SqliteLog::open(&loaded.config.storage.path)?;
     let before = projections::checkpoint(log.connection(), projections::PROJECTOR)?;
-    let live = projections::stored_digest(log.connection())?;
     let head = log.head()?.map_or(0, |h| h.seq);
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(head),
@@ -35,7 +34,11 @@ pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     let report = checker
         .join()
         .map_err(|_| anyhow::anyhow!("the decision check stopped unexpectedly"))?;
-    let p = p?;
+    let projections::Rebuilt {
+        projection: p,
+        previous_digest,
+        written,
+    } = p?;
     bar.finish_and_clear();
     let secs = started.elapsed().as_secs_f64();
     let mut out = std::io::stdout().lock();
@@ -47,15 +50,26 @@ pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
         p.sessions().count(),
         p.quarantined
     )?;
-    writeln!(out, "digest {}", p.digest())?;
+    let digest = p.digest();
+    writeln!(out, "digest {digest}")?;
+    let live = previous_digest.unwrap_or_else(|| digest.clone());
     let verdict = if before != p.last_seq {
         format!("projector was at seq {before} of {head}")
-    } else if live == p.digest() {
+    } else if live == digest {
         "matches".to_owned()
     } else {
         "DIFFERS".to_owned()
     };
     writeln!(out, "previous digest {live} ({verdict})")?;
+    let how = if written.rewritten {
+        "rewritten whole".to_owned()
+    } else {
+        format!(
+            "{} session rows and {} links changed",
+            written.sessions, written.links
+        )
+    };
+    writeln!(out, "projections: {how}")?;
     if report.differ == 0 {
         writeln!(
             out,

@@ -334,6 +334,54 @@ async fn the_cli_shows_what_the_api_shows_and_replay_matches_the_live_state() {
     );
     assert!(stdout.contains("replayed 23 entries"), "{stdout}");
     assert!(stdout.contains("all derived again the same"), "{stdout}");
+    assert!(
+        stdout.contains("projections: 0 session rows and 0 links changed"),
+        "{stdout}"
+    );
+
+    // Stored rows edited behind verdict's back: replay writes back exactly what differs.
+    let show = |id: &str| {
+        let out = verdict(&config, &["session", "show", id]);
+        (out.status.code(), text(&out.stdout))
+    };
+    let d0 = show("d-0");
+    let d6 = verdict(&config, &["session", "history", "d-6"]).stdout;
+    let db = rusqlite::Connection::open(dir.path().join("verdict.db")).unwrap();
+    db.execute_batch(
+        "UPDATE sessions SET vendor_status = 'DECLINED' WHERE session_id = 'd-0';
+         DELETE FROM session_entries WHERE session_id = 'd-6';
+         INSERT INTO sessions (session_id, vendor_status, action, updated_at, state)
+             VALUES ('ghost', NULL, NULL, 0, '{\"session_id\":\"ghost\"}');
+         INSERT INTO session_entries (session_id, seq) VALUES ('ghost', 1);",
+    )
+    .unwrap();
+    let out = verdict(&config, &["replay"]);
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("(DIFFERS)"), "{stdout}");
+    assert!(
+        stdout.contains("projections: 2 session rows and 3 links changed"),
+        "{stdout}"
+    );
+    assert_eq!(show("d-0"), d0);
+    assert_eq!(show("ghost").0, Some(1));
+    assert_eq!(verdict(&config, &["session", "history", "d-6"]).stdout, d6);
+    let out = verdict(&config, &["replay"]);
+    let stdout = text(&out.stdout);
+    assert!(
+        stdout.contains("(matches)") && stdout.contains("0 session rows and 0 links changed"),
+        "{stdout}"
+    );
+
+    // Projections lost entirely: written whole, the same as before.
+    db.execute_batch("DELETE FROM sessions; DELETE FROM session_entries;")
+        .unwrap();
+    drop(db);
+    let stdout = text(&verdict(&config, &["replay"]).stdout);
+    assert!(stdout.contains("projections: rewritten whole"), "{stdout}");
+    assert_eq!(show("d-0"), d0);
+    assert_eq!(verdict(&config, &["session", "history", "d-6"]).stdout, d6);
+    let stdout = text(&verdict(&config, &["replay"]).stdout);
+    assert!(stdout.contains("(matches)"), "{stdout}");
 }
 
 /// The projector folds what the server's writer commits from memory; an entry another process
