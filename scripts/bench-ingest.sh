@@ -56,20 +56,26 @@ pids+=($!)
 durable=$(wait_url "$work/verdict.out" "verdict listening on ")
 ceiling=$(wait_url "$work/ceiling.out" "ceiling listening on ")
 
-measure() { # url -> "req/s p50 p99 p999 max errors"
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+disk_bytes() { awk '/^write_bytes/ {print $2}' "/proc/$1/io"; }
+measure() { # url pid -> "req/s p50 p99 p999 max errors cpu_us_per_request disk_kb_per_request"
   wrk -t"${WRK_THREADS:-2}" -c"$conns" -d2s -s bench/seon.lua "$1/webhooks/seon-idv" > /dev/null # warm-up
-  wrk -t"${WRK_THREADS:-2}" -c"$conns" -d"${secs}s" -s bench/seon.lua "$1/webhooks/seon-idv" \
-    | sed -n 's/^RESULT //p' \
-    | awk '{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]} printf "%.0f %s %s %s %s %s\n", v["requests"]/v["seconds"], v["p50_ms"], v["p99_ms"], v["p999_ms"], v["max_ms"], v["errors"]}'
+  local c0 d0 result
+  c0=$(cpu_ticks "$2"); d0=$(disk_bytes "$2")
+  result=$(wrk -t"${WRK_THREADS:-2}" -c"$conns" -d"${secs}s" -s bench/seon.lua "$1/webhooks/seon-idv")
+  echo "$result" | sed -n 's/^RESULT //p' \
+    | awk -v c="$(( $(cpu_ticks "$2") - c0 ))" -v d="$(( $(disk_bytes "$2") - d0 ))" -v hz="$(getconf CLK_TCK)" \
+      '{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]} n=v["requests"]; printf "%.0f %s %s %s %s %s %.1f %.1f\n", n/v["seconds"], v["p50_ms"], v["p99_ms"], v["p999_ms"], v["max_ms"], v["errors"], c*1e6/hz/n, d/1024/n}'
 }
 
 echo "# $(nproc) cores, $conns connections, ${secs}s per target, wrk -t${WRK_THREADS:-2}, body $(wc -c < "$BODY") bytes"
-printf "%-8s %-8s %9s %8s %8s %8s %8s %7s\n" round target "req/s" "p50 ms" "p99 ms" "p99.9" "max ms" errors
+echo "# cpu: server CPU (user + system) per request; disk: bytes the server wrote to disk per request"
+printf "%-8s %-8s %9s %8s %8s %8s %8s %7s %8s %8s\n" round target "req/s" "p50 ms" "p99 ms" "p99.9" "max ms" errors "cpu us" "disk KB"
 for r in $(seq 1 "$rounds"); do
-  read -r c_rate c50 c99 c999 cmax cerr < <(measure "$ceiling")
-  read -r d_rate d50 d99 d999 dmax derr < <(measure "$durable")
-  printf "%-8s %-8s %9s %8s %8s %8s %8s %7s\n" "$r" ceiling "$c_rate" "$c50" "$c99" "$c999" "$cmax" "$cerr"
-  printf "%-8s %-8s %9s %8s %8s %8s %8s %7s\n" "$r" durable "$d_rate" "$d50" "$d99" "$d999" "$dmax" "$derr"
+  read -r c_rate c50 c99 c999 cmax cerr ccpu cdisk < <(measure "$ceiling" "${pids[1]}")
+  read -r d_rate d50 d99 d999 dmax derr dcpu ddisk < <(measure "$durable" "${pids[0]}")
+  printf "%-8s %-8s %9s %8s %8s %8s %8s %7s %8s %8s\n" "$r" ceiling "$c_rate" "$c50" "$c99" "$c999" "$cmax" "$cerr" "$ccpu" "$cdisk"
+  printf "%-8s %-8s %9s %8s %8s %8s %8s %7s %8s %8s\n" "$r" durable "$d_rate" "$d50" "$d99" "$d999" "$dmax" "$derr" "$dcpu" "$ddisk"
   awk -v d="$d_rate" -v c="$c_rate" -v r="$r" 'BEGIN { printf "%-8s ratio durable/ceiling: %.2f\n", r, d / c }'
 done
 if [ -n "${THREAD_CPU:-}" ]; then
