@@ -309,7 +309,7 @@ impl EventStore for SqliteLog {
     fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Entry>, StoreError> {
         // The limit is part of the text, not a parameter: SQLite re-prepares a statement on
         // every step after its LIMIT parameter is bound (the value may change the plan), which
-        // cost the projector a sixth of its time. Callers use a few fixed limits.
+        // cost the projector a sixth of its time. Callers keep the number of distinct limits small.
         let mut stmt = self.conn.prepare_cached(&format!(
             "SELECT {COLUMNS} FROM events WHERE seq > ?1 ORDER BY seq LIMIT {limit}"
         ))?;

@@ -39,6 +39,10 @@ pub struct Committed {
     pub body: bytes::Bytes,
 }
 
+/// A committed batch whose bodies are larger than this is not handed over (the reader reads it
+/// from the store): with the channel's capacity, this bounds the memory the tail can pin.
+pub const TAIL_BATCH_BYTES: usize = 8 << 20;
+
 /// The entries the writer has committed, handed over in memory after each commit (before the
 /// [`LogWriter::subscribe`] watch moves), so a reader that follows the log (the projector) need
 /// not read back what was just written. Lossy by design: when the reader lags and the channel
@@ -360,7 +364,9 @@ fn commit<S: EventStore>(
                 }
                 let _ = job.reply.send(Ok(mine));
             }
-            if let (Some(Tail(tail)), false) = (&config.tail, handed.is_empty()) {
+            if let (Some(Tail(tail)), false) = (&config.tail, handed.is_empty())
+                && handed.iter().map(|c| c.body.len()).sum::<usize>() <= TAIL_BATCH_BYTES
+            {
                 // Full (the reader lags) or gone: the reader reads these from the store.
                 let _ = tail.try_send(handed);
             }

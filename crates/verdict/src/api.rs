@@ -296,7 +296,9 @@ async fn events(
     let body = api
         .reads
         .run(move |log| {
-            let entries = log.read_after(after, limit)?;
+            // Rounded up (the limit is part of the cached statement's text), then cut.
+            let mut entries = log.read_after(after, limit.next_power_of_two())?;
+            entries.truncate(limit);
             let next = entries.last().map_or(after, |e| e.seq);
             let mut quarantined = projections::quarantined_between(log.connection(), after, next)?;
             let lines: Vec<String> = entries

@@ -496,16 +496,20 @@ impl Handed {
     /// if the writer handed them over; empty when it did not (they were appended by another
     /// process, or dropped while the projector lagged): the caller reads the store instead.
     fn take_after(&mut self, from: u64) -> Vec<Committed> {
-        if let Some(rx) = &self.rx {
-            // Bounded: while the projector lags, the channel fills and the writer drops batches.
-            while self.held.len() < BATCH
-                && let Ok(batch) = rx.try_recv()
-            {
-                self.held.extend(batch);
+        loop {
+            // Entries folded already (read from the store meanwhile) are dropped first, so
+            // they never take the room of the ones wanted.
+            while self.held.front().is_some_and(|c| c.seq <= from) {
+                self.held.pop_front();
             }
-        }
-        while self.held.front().is_some_and(|c| c.seq <= from) {
-            self.held.pop_front();
+            // Bounded: while the projector lags, the channel fills and the writer drops batches.
+            if self.held.len() >= BATCH {
+                break;
+            }
+            match self.rx.as_ref().map(mpsc::Receiver::try_recv) {
+                Some(Ok(batch)) => self.held.extend(batch),
+                _ => break,
+            }
         }
         let run = self
             .held
@@ -867,8 +871,17 @@ fn diff_sessions<'a>(
         let mut fresh = fresh.peekable();
         let mut changes = Vec::new();
         let mut seen = 0usize;
+        let mut last: Option<String> = None;
         while let Some(row) = stored.next()? {
-            let id = row.get_ref(0)?.as_str()?;
+            // A key that is not text, or stored keys out of the order the merge assumes
+            // (another encoding or collation): the tables are written whole instead.
+            let Ok(id) = row.get_ref(0)?.as_str() else {
+                return Ok(None);
+            };
+            if last.as_deref().is_some_and(|l| l >= id) {
+                return Ok(None);
+            }
+            last = Some(id.to_owned());
             while let Some(Ok((s, _))) = fresh.peek()
                 && s.session_id.as_str() < id
             {
@@ -908,28 +921,30 @@ fn diff_sessions<'a>(
     })
 }
 
-/// Whether a stored row holds exactly what `s` (serialized as `json`) would be written as.
+/// Whether a stored row holds exactly what `s` (serialized as `json`) would be written as (a
+/// value of another type than written differs).
 fn stored_as(row: &rusqlite::Row<'_>, s: &Session, json: &str) -> rusqlite::Result<bool> {
+    let action = s.decision.as_deref().map(|(d, _)| d.action.as_str());
     Ok(
-        row.get_ref(1)?.as_str_or_null()? == s.vendor_status.as_deref()
-            && row.get_ref(2)?.as_str_or_null()?
-                == s.decision.as_deref().map(|(d, _)| d.action.as_str())
-            && row.get_ref(3)?.as_i64()? == s.updated_at
-            && row.get_ref(4)?.as_str()? == json,
+        row.get_ref(1)?.as_str_or_null().ok() == Some(s.vendor_status.as_deref())
+            && row.get_ref(2)?.as_str_or_null().ok() == Some(action)
+            && row.get_ref(3)?.as_i64().ok() == Some(s.updated_at)
+            && row.get_ref(4)?.as_str().ok() == Some(json),
     )
 }
 
 fn apply_session_changes(tx: &Connection, changes: &[SessionChange<'_>]) -> anyhow::Result<()> {
-    let mut save = tx.prepare_cached(SAVE_SESSION)?;
+    // Deletes first: a key is never both deleted and saved, but if it were, the saved row wins.
     let mut delete = tx.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?;
     for c in changes {
-        match c {
-            SessionChange::Save(s, json) => {
-                save_session(&mut save, s, json)?;
-            }
-            SessionChange::Delete(id) => {
-                delete.execute([id])?;
-            }
+        if let SessionChange::Delete(id) = c {
+            delete.execute([id])?;
+        }
+    }
+    let mut save = tx.prepare_cached(SAVE_SESSION)?;
+    for c in changes {
+        if let SessionChange::Save(s, json) = c {
+            save_session(&mut save, s, json)?;
         }
     }
     Ok(())
@@ -950,10 +965,20 @@ fn diff_links(tx: &Connection, links: &Links) -> anyhow::Result<Option<Vec<LinkC
     let mut next = 0usize;
     let mut changes = Vec::new();
     let mut seen = 0usize;
+    let mut last: Option<(String, i64)> = None;
     while let Some(row) = stored.next()? {
-        let id = row.get_ref(0)?.as_str()?;
-        let seq = row.get_ref(1)?.as_i64()?;
+        // As for sessions: odd values or keys out of order mean writing the table whole.
+        let (Ok(id), Ok(seq)) = (row.get_ref(0)?.as_str(), row.get_ref(1)?.as_i64()) else {
+            return Ok(None);
+        };
         let key = (id, seq);
+        if last
+            .as_ref()
+            .is_some_and(|(lid, lseq)| (lid.as_str(), *lseq) >= key)
+        {
+            return Ok(None);
+        }
+        last = Some((id.to_owned(), seq));
         while let Some((lid, lseq)) = links.get(next)
             && (lid.as_str(), i64_of(*lseq)) < key
         {
@@ -988,15 +1013,15 @@ fn apply_link_changes(
     let mut delete =
         tx.prepare_cached("DELETE FROM session_entries WHERE session_id = ?1 AND seq = ?2")?;
     for c in changes {
-        match c {
-            LinkChange::Insert(i) => {
-                if let Some((id, seq)) = links.get(*i) {
-                    insert.execute(params![id, i64_of(*seq)])?;
-                }
-            }
-            LinkChange::Delete(id, seq) => {
-                delete.execute(params![id, seq])?;
-            }
+        if let LinkChange::Delete(id, seq) = c {
+            delete.execute(params![id, seq])?;
+        }
+    }
+    for c in changes {
+        if let LinkChange::Insert(i) = c
+            && let Some((id, seq)) = links.get(*i)
+        {
+            insert.execute(params![id, i64_of(*seq)])?;
         }
     }
     Ok(())
@@ -1426,6 +1451,23 @@ mod tests {
             held: VecDeque::new(),
         };
         assert!(none.take_after(0).is_empty());
+    }
+
+    #[test]
+    fn entries_read_from_the_store_meanwhile_do_not_block_the_hand_over() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut handed = Handed {
+            rx: Some(rx),
+            held: VecDeque::new(),
+        };
+        let batch = u64::try_from(BATCH).unwrap();
+        // A full batch that does not follow on (1-4 came from elsewhere): the store is read.
+        tx.send((5..5 + batch).map(committed).collect()).unwrap();
+        assert!(handed.take_after(0).is_empty());
+        // The store was read past all of it; the next batch follows on.
+        tx.send(vec![committed(5 + batch), committed(6 + batch)])
+            .unwrap();
+        assert_eq!(seqs(&handed.take_after(4 + batch)), [5 + batch, 6 + batch]);
     }
 
     #[test]

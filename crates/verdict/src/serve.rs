@@ -148,8 +148,9 @@ async fn serve(
     // Wakes the delivery dispatcher when a batch committed outbox rows (decisions for sinks).
     let outbox_wake = std::sync::Arc::new(tokio::sync::Notify::new());
     let on_batch_wake = std::sync::Arc::clone(&outbox_wake);
-    // The projector folds what the writer just committed from memory, not read back.
-    let (tail, tail_rx) = verdict_log::Tail::channel(64);
+    // The projector folds what the writer just committed from memory, not read back. At
+    // most 16 batches of at most 8 MiB of bodies wait: beyond, the projector reads the store.
+    let (tail, tail_rx) = verdict_log::Tail::channel(16);
     let writer_config = WriterConfig {
         tail: Some(tail),
         on_batch: Some(std::sync::Arc::new(

@@ -352,14 +352,15 @@ async fn the_cli_shows_what_the_api_shows_and_replay_matches_the_live_state() {
          DELETE FROM session_entries WHERE session_id = 'd-6';
          INSERT INTO sessions (session_id, vendor_status, action, updated_at, state)
              VALUES ('ghost', NULL, NULL, 0, '{\"session_id\":\"ghost\"}');
-         INSERT INTO session_entries (session_id, seq) VALUES ('ghost', 1);",
+         INSERT INTO session_entries (session_id, seq) VALUES ('ghost', 1);
+         UPDATE sessions SET updated_at = 'soon' WHERE session_id = 'd-1';",
     )
     .unwrap();
     let out = verdict(&config, &["replay"]);
     let stdout = text(&out.stdout);
     assert!(stdout.contains("(DIFFERS)"), "{stdout}");
     assert!(
-        stdout.contains("projections: 2 session rows and 3 links changed"),
+        stdout.contains("projections: 3 session rows and 3 links changed"),
         "{stdout}"
     );
     assert_eq!(show("d-0"), d0);
@@ -372,14 +373,22 @@ async fn the_cli_shows_what_the_api_shows_and_replay_matches_the_live_state() {
         "{stdout}"
     );
 
-    // Projections lost entirely: written whole, the same as before.
-    db.execute_batch("DELETE FROM sessions; DELETE FROM session_entries;")
-        .unwrap();
+    // A stored key of the wrong type, then projections lost entirely: written whole, the same
+    // as before.
+    for edit in [
+        "INSERT INTO session_entries (session_id, seq) VALUES ('d-6', 'x');",
+        "DELETE FROM sessions; DELETE FROM session_entries;",
+    ] {
+        db.execute_batch(edit).unwrap();
+        let stdout = text(&verdict(&config, &["replay"]).stdout);
+        assert!(
+            stdout.contains("projections: rewritten whole"),
+            "{edit} {stdout}"
+        );
+        assert_eq!(show("d-0"), d0);
+        assert_eq!(verdict(&config, &["session", "history", "d-6"]).stdout, d6);
+    }
     drop(db);
-    let stdout = text(&verdict(&config, &["replay"]).stdout);
-    assert!(stdout.contains("projections: rewritten whole"), "{stdout}");
-    assert_eq!(show("d-0"), d0);
-    assert_eq!(verdict(&config, &["session", "history", "d-6"]).stdout, d6);
     let stdout = text(&verdict(&config, &["replay"]).stdout);
     assert!(stdout.contains("(matches)"), "{stdout}");
 }
