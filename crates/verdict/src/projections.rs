@@ -747,52 +747,7 @@ pub fn rebuild(
     let tx = log
         .connection_mut()
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let stored_quarantined: i64 =
-        tx.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
-    // Only what differs from the stored rows is written, unless there are none (a first
-    // replay) or too many differ: then the tables are written whole.
-    let stored_any: bool =
-        tx.query_row("SELECT EXISTS (SELECT 1 FROM sessions)", [], |r| r.get(0))?;
-    let diff = match stored_any.then(|| diff_sessions(&tx, &p)).transpose()? {
-        Some(Some(sessions)) => diff_links(&tx, &links)?.map(|links| (sessions, links)),
-        _ => None,
-    };
-    let (previous_digest, written) = match diff {
-        Some((sessions, link_changes))
-            if sessions.is_empty()
-                && u64::try_from(stored_quarantined).ok() == Some(p.quarantined) =>
-        {
-            // Every stored row is what the fold made: so is the stored digest.
-            apply_link_changes(&tx, &links, &link_changes)?;
-            let written = Written {
-                sessions: 0,
-                links: link_changes.len(),
-                rewritten: false,
-            };
-            (None, written)
-        }
-        Some((sessions, link_changes)) => {
-            let previous = Some(stored_digest(&tx)?);
-            apply_session_changes(&tx, &sessions)?;
-            apply_link_changes(&tx, &links, &link_changes)?;
-            let written = Written {
-                sessions: sessions.len(),
-                links: link_changes.len(),
-                rewritten: false,
-            };
-            (previous, written)
-        }
-        None => {
-            let previous = Some(stored_digest(&tx)?);
-            rewrite_all(&tx, &p, &links)?;
-            let written = Written {
-                sessions: p.sessions().count(),
-                links: links.len(),
-                rewritten: true,
-            };
-            (previous, written)
-        }
-    };
+    let (previous_digest, written) = write_rebuilt(&tx, &p, &links)?;
     tx.execute_batch("DELETE FROM quarantine")?;
     write_links(&tx, &Vec::new(), &quarantined)?;
     set_checkpoint(&tx, PROJECTOR, p.last_seq)?;
@@ -814,6 +769,62 @@ pub fn rebuild(
         projection: p,
         previous_digest,
         written,
+    })
+}
+
+/// Writes the rebuilt sessions and links over the stored ones (only the rows that differ, or
+/// the tables whole), and returns the stored digest when it differed. The quarantine table and
+/// the checkpoint are the caller's.
+fn write_rebuilt(
+    tx: &Connection,
+    p: &Projection,
+    links: &Links,
+) -> anyhow::Result<(Option<String>, Written)> {
+    let stored_quarantined: i64 =
+        tx.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+    // Only what differs from the stored rows is written, unless there are none (a first
+    // replay) or too many differ: then the tables are written whole.
+    let stored_any: bool =
+        tx.query_row("SELECT EXISTS (SELECT 1 FROM sessions)", [], |r| r.get(0))?;
+    let diff = match stored_any.then(|| diff_sessions(tx, p)).transpose()? {
+        Some(Some(sessions)) => diff_links(tx, links)?.map(|links| (sessions, links)),
+        _ => None,
+    };
+    Ok(match diff {
+        Some((sessions, link_changes))
+            if sessions.is_empty()
+                && u64::try_from(stored_quarantined).ok() == Some(p.quarantined) =>
+        {
+            // Every stored row is what the fold made: so is the stored digest.
+            apply_link_changes(tx, links, &link_changes)?;
+            let written = Written {
+                sessions: 0,
+                links: link_changes.len(),
+                rewritten: false,
+            };
+            (None, written)
+        }
+        Some((sessions, link_changes)) => {
+            let previous = Some(stored_digest(tx)?);
+            apply_session_changes(tx, &sessions)?;
+            apply_link_changes(tx, links, &link_changes)?;
+            let written = Written {
+                sessions: sessions.len(),
+                links: link_changes.len(),
+                rewritten: false,
+            };
+            (previous, written)
+        }
+        None => {
+            let previous = Some(stored_digest(tx)?);
+            rewrite_all(tx, p, links)?;
+            let written = Written {
+                sessions: p.sessions().count(),
+                links: links.len(),
+                rewritten: true,
+            };
+            (previous, written)
+        }
     })
 }
 
@@ -1485,5 +1496,107 @@ mod tests {
             seqs(&handed.take_after(first.len() as u64)),
             (first.len() as u64 + 1..=n).collect::<Vec<_>>()
         );
+    }
+
+    mod write_rebuilt {
+        use std::collections::BTreeMap;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn session(id: &str, (status, updated_at, count): (Option<&str>, i64, u64)) -> Session {
+            let mut s = Session::new(id);
+            s.vendor_status = status.map(str::to_owned);
+            s.updated_at = updated_at;
+            s.event_count = count;
+            s
+        }
+
+        type Fields = (Option<&'static str>, i64, u64);
+
+        fn fields() -> impl Strategy<Value = Fields> {
+            (
+                prop::option::of(prop::sample::select(vec!["APPROVED", "REVIEW"])),
+                0i64..3,
+                0u64..3,
+            )
+        }
+
+        /// A stored session row: id, vendor status, action, updated_at, state.
+        type Row = (String, Option<String>, Option<String>, i64, String);
+
+        fn rows(conn: &Connection) -> Vec<Row> {
+            let mut stmt = conn
+                .prepare("SELECT session_id, vendor_status, action, updated_at, state FROM sessions ORDER BY session_id")
+                .unwrap();
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        }
+
+        fn links(conn: &Connection) -> Vec<(String, u64)> {
+            let mut stmt = conn
+                .prepare("SELECT session_id, seq FROM session_entries ORDER BY session_id, seq")
+                .unwrap();
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+
+            /// Whatever was stored, writing only what differs leaves the tables exactly as the
+            /// rebuilt projection, and the stored digest is reported unless nothing differed.
+            #[test]
+            fn leaves_what_a_full_rewrite_would(
+                stored in prop::collection::btree_map("[a-d]{1,2}", fields(), 0..12),
+                rebuilt in prop::collection::btree_map("[a-d]{1,2}", fields(), 0..12),
+                stored_links in prop::collection::btree_set(("[a-d]{1,2}", 1u64..6), 0..16),
+                rebuilt_links in prop::collection::btree_set(("[a-d]{1,2}", 1u64..6), 0..16),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let mut log = SqliteLog::open(dir.path().join("p.db")).unwrap();
+                let stored: BTreeMap<String, Session> =
+                    stored.iter().map(|(id, f)| (id.clone(), session(id, *f))).collect();
+                {
+                    let tx = log.connection_mut().transaction().unwrap();
+                    save_sessions(&tx, stored.values()).unwrap();
+                    let stored_links: Links = stored_links.iter().cloned().collect();
+                    write_links(&tx, &stored_links, &Vec::new()).unwrap();
+                    tx.commit().unwrap();
+                }
+                let mut p = Projection::default();
+                for (id, f) in &rebuilt {
+                    p.insert(session(id, *f));
+                }
+                let new_links: Links = rebuilt_links.iter().cloned().collect();
+                let tx = log.connection_mut().transaction().unwrap();
+                let (previous, _) = write_rebuilt(&tx, &p, &new_links).unwrap();
+                tx.commit().unwrap();
+
+                let expected: Vec<_> = p
+                    .sessions()
+                    .map(|s| {
+                        (s.session_id.clone(), s.vendor_status.clone(), None, s.updated_at,
+                         serde_json::to_string(s).unwrap())
+                    })
+                    .collect();
+                prop_assert_eq!(rows(log.connection()), expected);
+                prop_assert_eq!(links(log.connection()), rebuilt_links.into_iter().collect::<Vec<_>>());
+                let stored_digest = verdict_projector::digest(stored.values(), 0);
+                match previous {
+                    None => prop_assert_eq!(stored_digest, p.digest()),
+                    Some(d) => prop_assert_eq!(d, stored_digest),
+                }
+            }
+        }
     }
 }
