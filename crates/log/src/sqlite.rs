@@ -4,28 +4,11 @@ use std::time::Duration;
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
 use uuid::Uuid;
 
-use crate::entry::{EncodedBody, HashInput, decode_body, decode_body_into};
+use crate::entry::{EncodedBody, HashInput, decode_body};
 use crate::{
     Appended, Entry, EventStore, GENESIS, Hash, Head, NewEvent, StoreError, entry_hash, migrate,
     now_ms,
 };
-
-/// The fields of an entry a fold needs, borrowed from the current row of a scan.
-#[derive(Debug, Clone, Copy)]
-pub struct EntryRef<'a> {
-    /// Position in the log.
-    pub seq: u64,
-    /// Source name.
-    pub source: &'a str,
-    /// Event type.
-    pub event_type: &'a str,
-    /// Unix ms.
-    pub recorded_at: i64,
-    /// Unix ms.
-    pub vendor_time: Option<i64>,
-    /// The decoded body.
-    pub body: &'a [u8],
-}
 
 /// One connection to the SQLite log file.
 ///
@@ -132,36 +115,8 @@ impl SqliteLog {
     }
 
     /// Scans entries after `after` in seq order with only the fields a fold needs, borrowed
-    /// (no allocation per entry; bodies are decoded into one reused buffer). For replays.
-    pub fn scan(
-        &self,
-        after: u64,
-        mut f: impl FnMut(EntryRef<'_>) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
-        let mut buf = Vec::new();
-        self.scan_raw(
-            after,
-            |seq, source, event_type, recorded_at, vendor_time, encoding, stored| {
-                if !decode_body_into(encoding, stored, &mut buf) {
-                    return Err(StoreError::Corrupt {
-                        seq,
-                        what: format!("body cannot be decoded (body_encoding {encoding})"),
-                    });
-                }
-                f(EntryRef {
-                    seq,
-                    source,
-                    event_type,
-                    recorded_at,
-                    vendor_time,
-                    body: &buf,
-                })
-            },
-        )
-    }
-
-    /// Like [`Self::scan`], with each body as stored (`body_encoding`, bytes) for the caller to
-    /// decode ([`crate::decode_body_into`]) where it wants: `f(seq, source, type, recorded_at,
+    /// from the row, each body as stored (`body_encoding`, bytes) for the caller to decode
+    /// ([`crate::decode_body_into`]) where it wants (for replays): `f(seq, source, type, recorded_at,
     /// vendor_time, body_encoding, stored_body)`.
     #[allow(clippy::type_complexity)]
     pub fn scan_raw(

@@ -29,4 +29,6 @@ pub use fact::{
     Action, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Recorded, VendorKind, read,
 };
 pub use projection::{Projection, digest};
-pub use session::{AppliedOverride, Change, OrderKey, Session, SessionView, fact_session};
+pub use session::{
+    AppliedOverride, Change, OrderKey, Session, SessionView, fact_session, into_fact_session,
+};

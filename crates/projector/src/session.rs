@@ -250,6 +250,17 @@ pub struct SessionView<'a> {
     pub quarantined: u64,
 }
 
+/// The session a fact is about, taken out of it (no copy), if any: see [`fact_session`].
+pub fn into_fact_session(fact: Fact) -> Option<String> {
+    match fact {
+        Fact::Vendor { session_id, .. } | Fact::Noted { session_id } => Some(session_id),
+        Fact::Override(o) => Some(o.session_id),
+        Fact::Decision(d) => Some(d.session_id),
+        Fact::Quarantined { session_id, .. } => session_id,
+        Fact::Other => None,
+    }
+}
+
 /// The session a fact is about, if any.
 pub fn fact_session(fact: &Fact) -> Option<&str> {
     match fact {

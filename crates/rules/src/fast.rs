@@ -202,22 +202,18 @@ fn eval<'a>(f: &'a Fast, details: &'a Json, session: &'a Json) -> Option<Val<'a>
         },
         // Left to right, short-circuiting as cel does; any doubt (an error or a non-boolean on
         // either side) goes to cel, which also applies CEL's error absorption.
-        Fast::And(a, b) => match eval(a, details, session)? {
-            Val::Bool(false) => Val::Bool(false),
-            Val::Bool(true) => match eval(b, details, session)? {
-                Val::Bool(r) => Val::Bool(r),
+        Fast::And(a, b) | Fast::Or(a, b) => {
+            // `&&` stops at false, `||` at true.
+            let stop = matches!(f, Fast::Or(..));
+            match eval(a, details, session)? {
+                Val::Bool(x) if x == stop => Val::Bool(stop),
+                Val::Bool(_) => match eval(b, details, session)? {
+                    Val::Bool(r) => Val::Bool(r),
+                    _ => return None,
+                },
                 _ => return None,
-            },
-            _ => return None,
-        },
-        Fast::Or(a, b) => match eval(a, details, session)? {
-            Val::Bool(true) => Val::Bool(true),
-            Val::Bool(false) => match eval(b, details, session)? {
-                Val::Bool(r) => Val::Bool(r),
-                _ => return None,
-            },
-            _ => return None,
-        },
+            }
+        }
         Fast::Cmp(op, a, b) => {
             let (x, y) = (eval(a, details, session)?, eval(b, details, session)?);
             Val::Bool(match op {

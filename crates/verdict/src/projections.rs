@@ -16,7 +16,7 @@ use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
 
 use verdict_projector::{
     Action, Change, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Projection,
-    Recorded, Session, fact_session, read,
+    Recorded, Session, fact_session, into_fact_session, read,
 };
 
 /// The type of the entry that records a policy's text when it becomes active.
@@ -271,14 +271,13 @@ impl Unflushed {
         let start = self.cp.max(checkpoint);
         let mut decisions: Vec<DecisionBody> = Vec::new();
         for r in entries.into_iter().filter(|r| r.seq > start) {
-            let e = &r;
             let fact = read(&r);
             if let Fact::Quarantined { session_id, reason } = &fact {
                 self.quarantined
-                    .push((e.seq, session_id.clone(), reason.clone()));
+                    .push((r.seq, session_id.clone(), reason.clone()));
             }
             if let Some(id) = fact_session(&fact) {
-                self.links.push((id.to_owned(), e.seq));
+                self.links.push((id.to_owned(), r.seq));
                 if !self.touched.contains_key(id) {
                     let s = load_session(conn, id)?.unwrap_or_else(|| Session::new(id));
                     self.touched.insert(id.to_owned(), s);
@@ -287,7 +286,7 @@ impl Unflushed {
                     let change = s.apply(&r, &fact);
                     let errors = &mut self.rule_errors;
                     if let Some(d) =
-                        decider.and_then(|dc| decide(s, e, change, &dc.policy.load(), errors))
+                        decider.and_then(|dc| decide(s, &r, change, &dc.policy.load(), errors))
                     {
                         // Current at once, so a later entry compares against it; its seq is set
                         // when the append is durable, and again when its entry is folded.
@@ -296,7 +295,7 @@ impl Unflushed {
                     }
                 }
             }
-            self.cp = e.seq;
+            self.cp = r.seq;
             self.entries += 1;
             self.since.get_or_insert_with(std::time::Instant::now);
         }
@@ -351,7 +350,8 @@ impl Unflushed {
             }
         }
         let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        write_links(&tx, &self.links, &self.quarantined)?;
+        write_links(&tx, &self.links)?;
+        write_quarantined(&tx, &self.quarantined)?;
         save_sessions(&tx, self.touched.values())?;
         set_checkpoint(&tx, PROJECTOR, self.cp)?;
         tx.commit()?;
@@ -374,13 +374,18 @@ type Submitted = (String, Action, DecisionSource);
 type Links = Vec<(String, u64)>;
 type Quarantined = Vec<(u64, Option<String>, String)>;
 
-fn write_links(tx: &Connection, links: &Links, quarantined: &Quarantined) -> anyhow::Result<()> {
-    let mut link = tx.prepare_cached(
-        "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)",
-    )?;
+fn write_links(tx: &Connection, links: &Links) -> anyhow::Result<()> {
+    let mut link = tx.prepare_cached(INSERT_LINK)?;
     for (id, seq) in links {
         link.execute(params![id, i64_of(*seq)])?;
     }
+    Ok(())
+}
+
+/// Adds one session link (a link already there is kept).
+const INSERT_LINK: &str = "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)";
+
+fn write_quarantined(tx: &Connection, quarantined: &Quarantined) -> anyhow::Result<()> {
     let mut q = tx.prepare_cached(
         "INSERT OR REPLACE INTO quarantine (seq, session_id, reason) VALUES (?1, ?2, ?3)",
     )?;
@@ -430,18 +435,14 @@ fn with_serialized<'a, T>(
     const CHUNK: usize = 4096;
     let sessions: Vec<&Session> = p.sessions().collect();
     std::thread::scope(|scope| {
-        let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel::<Vec<String>>(4);
+        let (ready_tx, ready_rx) =
+            std::sync::mpsc::sync_channel::<Vec<serde_json::Result<String>>>(4);
         let chunks = sessions.chunks(CHUNK);
         std::thread::Builder::new()
             .name("verdict-replay-json".into())
             .spawn_scoped(scope, move || {
                 for chunk in chunks {
-                    // Serializing plain data does not fail; an empty text would be refused
-                    // by the reader's parse, so it is kept visible rather than hidden.
-                    let texts = chunk
-                        .iter()
-                        .map(|s| serde_json::to_string(s).unwrap_or_default())
-                        .collect();
+                    let texts = chunk.iter().map(serde_json::to_string).collect();
                     if ready_tx.send(texts).is_err() {
                         return;
                     }
@@ -452,14 +453,8 @@ fn with_serialized<'a, T>(
             .zip(ready_rx)
             .flat_map(|(chunk, texts)| chunk.iter().copied().zip(texts))
             .map(|(s, json)| {
-                if json.is_empty() {
-                    Err(anyhow::anyhow!(
-                        "session {}: cannot be serialized",
-                        s.session_id
-                    ))
-                } else {
-                    Ok((s, json))
-                }
+                json.map(|j| (s, j))
+                    .with_context(|| format!("session {}: cannot be serialized", s.session_id))
             });
         f(&mut items)
     })
@@ -713,7 +708,7 @@ pub fn rebuild(
             }
         }
         // The fact is done with: its session id becomes the link (no copy).
-        if let Some(id) = into_session_id(fact) {
+        if let Some(id) = into_fact_session(fact) {
             links.push((id, e.seq));
         }
         done += 1;
@@ -749,7 +744,7 @@ pub fn rebuild(
         .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     let (previous_digest, written) = write_rebuilt(&tx, &p, &links)?;
     tx.execute_batch("DELETE FROM quarantine")?;
-    write_links(&tx, &Vec::new(), &quarantined)?;
+    write_quarantined(&tx, &quarantined)?;
     set_checkpoint(&tx, PROJECTOR, p.last_seq)?;
     tracing::debug!(
         secs = started.elapsed().as_secs_f64(),
@@ -790,42 +785,28 @@ fn write_rebuilt(
         Some(Some(sessions)) => diff_links(tx, links)?.map(|links| (sessions, links)),
         _ => None,
     };
-    Ok(match diff {
-        Some((sessions, link_changes))
-            if sessions.is_empty()
-                && u64::try_from(stored_quarantined).ok() == Some(p.quarantined) =>
-        {
-            // Every stored row is what the fold made: so is the stored digest.
-            apply_link_changes(tx, links, &link_changes)?;
-            let written = Written {
-                sessions: 0,
-                links: link_changes.len(),
-                rewritten: false,
-            };
-            (None, written)
-        }
-        Some((sessions, link_changes)) => {
-            let previous = Some(stored_digest(tx)?);
-            apply_session_changes(tx, &sessions)?;
-            apply_link_changes(tx, links, &link_changes)?;
-            let written = Written {
-                sessions: sessions.len(),
-                links: link_changes.len(),
-                rewritten: false,
-            };
-            (previous, written)
-        }
-        None => {
-            let previous = Some(stored_digest(tx)?);
-            rewrite_all(tx, p, links)?;
-            let written = Written {
-                sessions: p.sessions().count(),
-                links: links.len(),
-                rewritten: true,
-            };
-            (previous, written)
-        }
-    })
+    let Some((sessions, link_changes)) = diff else {
+        let previous = stored_digest(tx)?;
+        rewrite_all(tx, p, links)?;
+        let written = Written {
+            sessions: p.sessions().count(),
+            links: links.len(),
+            rewritten: true,
+        };
+        return Ok((Some(previous), written));
+    };
+    // When every stored session row is what the fold made, so is the stored digest.
+    let unchanged =
+        sessions.is_empty() && u64::try_from(stored_quarantined).ok() == Some(p.quarantined);
+    let previous = (!unchanged).then(|| stored_digest(tx)).transpose()?;
+    apply_session_changes(tx, &sessions)?;
+    apply_link_changes(tx, links, &link_changes)?;
+    let written = Written {
+        sessions: sessions.len(),
+        links: link_changes.len(),
+        rewritten: false,
+    };
+    Ok((previous, written))
 }
 
 /// What [`rebuild`] made.
@@ -1018,9 +999,7 @@ fn apply_link_changes(
     links: &Links,
     changes: &[LinkChange],
 ) -> anyhow::Result<()> {
-    let mut insert = tx.prepare_cached(
-        "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)",
-    )?;
+    let mut insert = tx.prepare_cached(INSERT_LINK)?;
     let mut delete =
         tx.prepare_cached("DELETE FROM session_entries WHERE session_id = ?1 AND seq = ?2")?;
     for c in changes {
@@ -1056,7 +1035,7 @@ fn rewrite_all(tx: &Connection, p: &Projection, links: &Links) -> anyhow::Result
         "CREATE INDEX sessions_by_status ON sessions (vendor_status, session_id);
          CREATE INDEX sessions_by_action ON sessions (action, session_id);",
     )?;
-    write_links(tx, links, &Vec::new())?;
+    write_links(tx, links)?;
     Ok(())
 }
 
@@ -1077,18 +1056,7 @@ struct ScannedEntry {
     body: Vec<u8>,
 }
 
-/// The session a fact is about (as [`fact_session`]), taken out of it.
-fn into_session_id(fact: Fact) -> Option<String> {
-    match fact {
-        Fact::Vendor { session_id, .. } | Fact::Noted { session_id } => Some(session_id),
-        Fact::Override(o) => Some(o.session_id),
-        Fact::Decision(d) => Some(d.session_id),
-        Fact::Quarantined { session_id, .. } => session_id,
-        Fact::Other => None,
-    }
-}
-
-/// Runs `f` on every entry of the log in seq order, like [`SqliteLog::scan`], with the reading
+/// Runs `f` on every entry of the log in seq order, like [`SqliteLog::scan_raw`], with the reading
 /// (SQLite rows, LZ4 decoding) on a second thread with its own read-only connection, so the
 /// two cores share the work: `f` gets each entry with what `prepare` (parsing) made of it,
 /// while the next batch is read. `prepare` runs on whichever thread has time: the reader runs
@@ -1570,7 +1538,7 @@ mod tests {
                     let tx = log.connection_mut().transaction().unwrap();
                     save_sessions(&tx, stored.values()).unwrap();
                     let stored_links: Links = stored_links.iter().cloned().collect();
-                    write_links(&tx, &stored_links, &Vec::new()).unwrap();
+                    write_links(&tx, &stored_links).unwrap();
                     tx.commit().unwrap();
                 }
                 let mut p = Projection::default();

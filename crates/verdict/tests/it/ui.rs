@@ -346,13 +346,7 @@ async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
     .await
     .unwrap();
     let (_b, reader_cookie) = b;
-    let resp = s
-        .http
-        .get(s.url("/ui/sessions"))
-        .header("Cookie", format!("verdict_ui={cookie}"))
-        .send()
-        .await
-        .unwrap();
+    let resp = get_page(&s, &s.http, &cookie, "/ui/sessions").await;
     assert_eq!(
         resp.status().as_u16(),
         401,
@@ -387,6 +381,20 @@ fn set_cookie(resp: &reqwest::Response) -> Option<String> {
     let v = resp.headers().get("set-cookie")?.to_str().ok()?;
     let value = v.strip_prefix("verdict_ui=")?.split(';').next()?;
     (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// A GET of a `/ui` page with the login's cookie.
+async fn get_page(
+    s: &Server,
+    http: &reqwest::Client,
+    cookie: &str,
+    path: &str,
+) -> reqwest::Response {
+    http.get(s.url(path))
+        .header("Cookie", format!("verdict_ui={cookie}"))
+        .send()
+        .await
+        .unwrap()
 }
 
 #[tokio::test]
@@ -449,12 +457,8 @@ async fn log_in_and_out_refuse_forged_and_cross_site_posts() {
     let cookie = set_cookie(&resp).unwrap();
 
     // The session page carries the login's CSRF token; log-out needs it.
-    let page = http
-        .get(s.url(&format!("/ui/sessions/{SID}")))
-        .header("Cookie", format!("verdict_ui={cookie}"))
-        .send()
+    let page = get_page(&s, &http, &cookie, &format!("/ui/sessions/{SID}"))
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -491,12 +495,7 @@ async fn log_in_and_out_refuse_forged_and_cross_site_posts() {
         403
     );
     // Still logged in after the refused attempts.
-    let still = http
-        .get(s.url("/ui/sessions"))
-        .header("Cookie", format!("verdict_ui={cookie}"))
-        .send()
-        .await
-        .unwrap();
+    let still = get_page(&s, &http, &cookie, "/ui/sessions").await;
     assert_eq!(still.status().as_u16(), 200);
 
     // A refused override form comes back with what was typed and the action chosen.
@@ -531,11 +530,6 @@ async fn log_in_and_out_refuse_forged_and_cross_site_posts() {
             .unwrap()
             .contains("Max-Age=0")
     );
-    let gone = http
-        .get(s.url("/ui/sessions"))
-        .header("Cookie", format!("verdict_ui={cookie}"))
-        .send()
-        .await
-        .unwrap();
+    let gone = get_page(&s, &http, &cookie, "/ui/sessions").await;
     assert_eq!(gone.status().as_u16(), 401);
 }
