@@ -121,20 +121,33 @@ pub struct Api {
     pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
+/// How long an override waits for the projector: to catch up with everything acknowledged
+/// before it (so a session delivered a moment ago is found), and to fold the override (so the
+/// answer carries the decision it led to). Both return as soon as the projector is there,
+/// normally within milliseconds; only a badly overloaded server waits this long.
+pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Waits (at most `within`) until the projector has folded everything the writer had committed
+/// when this was called. False if it did not get there in time.
+pub async fn caught_up(api: &Api, within: std::time::Duration) -> bool {
+    let head = *api.writer.subscribe().borrow();
+    let mut projected = api.projected.clone();
+    tokio::time::timeout(within, projected.wait_for(|p| *p >= head))
+        .await
+        .is_ok_and(|r| r.is_ok()) // the guard is dropped here: it must not live across an await
+}
+
 /// The session's decision once the projector has folded `seq` (an override just recorded),
-/// waiting at most two seconds for the projector's progress to reach it.
+/// waiting at most [`SETTLE`] for the projector's progress to reach it.
 async fn current_decision_after(
     api: &Api,
     id: &str,
     seq: u64,
 ) -> anyhow::Result<Option<serde_json::Value>> {
     let mut projected = api.projected.clone();
-    let reached = tokio::time::timeout(
-        std::time::Duration::from_secs(2),
-        projected.wait_for(|p| *p >= seq),
-    )
-    .await
-    .is_ok_and(|r| r.is_ok()); // the guard is dropped here: it must not live across an await
+    let reached = tokio::time::timeout(SETTLE, projected.wait_for(|p| *p >= seq))
+        .await
+        .is_ok_and(|r| r.is_ok()); // the guard is dropped here: it must not live across an await
     if !reached {
         return Ok(None);
     }
@@ -367,13 +380,23 @@ async fn override_session(
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
     let body = validate_override(&id, &caller.name, &req.action, &req.reason, req.ticket)
         .map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))?;
+    // Sessions are known from the projections: let them catch up with what was acknowledged
+    // before this request, so an override right after the delivery finds its session.
+    let current = caught_up(&api, SETTLE).await;
     let lookup = id.clone();
     if !api
         .reads
         .run(move |log| projections::session_exists(log.connection(), &lookup))
         .await?
     {
-        return Err(ApiError(StatusCode::NOT_FOUND, "unknown session".into()));
+        return Err(if current {
+            ApiError(StatusCode::NOT_FOUND, "unknown session".into())
+        } else {
+            ApiError(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the projections are behind the log; retry shortly".into(),
+            )
+        });
     }
     let event = projections::override_event(&body)?;
     let seq = match api.writer.append(event).await {

@@ -107,10 +107,13 @@ pub fn run(sessions: u64) -> anyhow::Result<ExitCode> {
             backoff: Duration::from_millis(200),
         })
         .await?;
-        // Every session gets at least one decision; wait until the sink has been quiet a moment.
+        // Every session gets at least one decision: wait for as many as there are sessions, then
+        // until the sink has been quiet a moment (later decisions of the same sessions).
         let mut last = 0;
         let mut quiet = Instant::now();
-        while quiet.elapsed() < Duration::from_millis(800) && started.elapsed() < Duration::from_secs(60) {
+        while (last < sessions || quiet.elapsed() < Duration::from_millis(800))
+            && started.elapsed() < Duration::from_secs(60)
+        {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let now = seen.lock().map(|s| s.decisions).unwrap_or(0);
             if now != last {

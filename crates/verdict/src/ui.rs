@@ -35,8 +35,6 @@ use crate::projections;
 pub const COOKIE: &str = "verdict_ui";
 /// How long a login lasts.
 const LOGIN_TTL: Duration = Duration::from_secs(8 * 3600);
-/// How long an override waits for the projector before the page is shown anyway.
-const SETTLE: Duration = Duration::from_secs(3);
 /// The most timeline entries shown (the newest; all are folded for the state).
 const MAX_SHOWN: usize = 2000;
 /// The most logins one token holder keeps at once (the oldest is dropped).
@@ -1045,6 +1043,7 @@ async fn override_submit(
             .await;
         }
     };
+    let current = crate::api::caught_up(&ui.api, crate::api::SETTLE).await;
     let lookup = id.clone();
     match ui
         .api
@@ -1053,6 +1052,13 @@ async fn override_submit(
         .await
     {
         Ok(true) => {}
+        Ok(false) if !current => {
+            return error_page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(Who::of(&caller)),
+                "The projections are behind the log; try again shortly.".to_owned(),
+            );
+        }
         Ok(false) => {
             return error_page(
                 StatusCode::NOT_FOUND,
@@ -1084,10 +1090,10 @@ async fn override_submit(
     Redirect::to(&format!("/ui/sessions/{}#seq-{seq}", percent(&id))).into_response()
 }
 
-/// Waits (at most [`SETTLE`]) until the projector has folded the override at `seq` and the
+/// Waits (at most [`crate::api::SETTLE`]) until the projector has folded the override at `seq` and the
 /// decision it led to, so the page shown next has both.
 async fn settle(api: &Api, id: &str, seq: u64) {
-    let deadline = tokio::time::Instant::now() + SETTLE;
+    let deadline = tokio::time::Instant::now() + crate::api::SETTLE;
     let mut projected = api.projected.clone();
     let mut target = seq;
     loop {

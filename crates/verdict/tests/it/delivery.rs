@@ -194,9 +194,13 @@ async fn decisions_reach_the_sink_signed() {
     ] {
         assert!(d.get(field).is_some(), "{field} in {d}");
     }
-    // The decision matches the session's current one.
-    let (_, session) = get(&s, "/v1/sessions/sess-1", Some("tok-alice")).await;
-    assert_eq!(session["decision"]["decision_id"], d["decision_id"]);
+    // The decision matches the session's current one (once the projector has written it: the
+    // decision can reach the sink before the session's row is flushed).
+    eventually("the session's current decision", async || {
+        let (_, session) = get(&s, "/v1/sessions/sess-1", Some("tok-alice")).await;
+        (session["decision"]["decision_id"] == d["decision_id"]).then_some(())
+    })
+    .await;
     let rows = eventually("the delivery recorded", async || {
         let rows = deliveries(&s, &["--all"]);
         (rows.first().is_some_and(|r| r["state"] == "delivered")).then_some(rows)
@@ -213,11 +217,11 @@ async fn decisions_reach_the_sink_signed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_is_retried_and_retry_after_is_honoured() {
-    // 500, then 503 with Retry-After: 2, then 200.
+    // 500, then 503 with Retry-After: 5, then 200.
     let sink = Sink::start(Arc::new(
         |_: &Received, earlier: &[Received]| match earlier.len() {
             0 => (500, None),
-            1 => (503, Some("2".into())),
+            1 => (503, Some("5".into())),
             _ => (200, None),
         },
     ))
@@ -229,12 +233,12 @@ async fn a_500_is_retried_and_retry_after_is_honoured() {
     let second_gap = got[2].at - got[1].at;
     assert!(first_gap >= Duration::from_millis(100), "{first_gap:?}");
     assert!(
-        first_gap < Duration::from_millis(1900),
+        first_gap < Duration::from_millis(4500),
         "backoff, not Retry-After: {first_gap:?}"
     );
     assert!(
-        second_gap >= Duration::from_millis(1990),
-        "Retry-After: 2 honoured: {second_gap:?}"
+        second_gap >= Duration::from_millis(4990),
+        "Retry-After: 5 honoured: {second_gap:?}"
     );
     for r in &got {
         check_signature(r);
@@ -366,13 +370,11 @@ async fn a_restart_resumes_the_schedule() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn per_session_order_holds_while_other_sessions_proceed() {
-    // Session A's first decision fails twice; A's second decision must wait for it, B must not.
+    // Session A's first decision fails until B's decision has arrived: A's second decision must
+    // wait for it, B must not (if B waited behind A, neither would ever be delivered).
     let sink = Sink::start(Arc::new(|r: &Received, earlier: &[Received]| {
-        let a_before = earlier
-            .iter()
-            .filter(|e| e.json["session_id"] == "sess-a")
-            .count();
-        if r.json["session_id"] == "sess-a" && a_before < 2 {
+        let b_arrived = earlier.iter().any(|e| e.json["session_id"] == "sess-b");
+        if r.json["session_id"] == "sess-a" && !b_arrived {
             (500, None)
         } else {
             (200, None)
@@ -394,9 +396,13 @@ async fn per_session_order_holds_while_other_sessions_proceed() {
     .await;
     assert_eq!(status, 200);
     finish(&s, "sess-b").await;
-    let got = sink
-        .wait_for("A twice failed, A delivered twice, B", 5)
-        .await;
+    let got = eventually("B, then both of A's decisions", async || {
+        let got = sink.received();
+        got.iter()
+            .any(|r| r.json["session_id"] == "sess-a" && r.json["source"] == "analyst")
+            .then_some(got)
+    })
+    .await;
     let order: Vec<(String, String, u64)> = got
         .iter()
         .map(|r| {
@@ -407,30 +413,31 @@ async fn per_session_order_holds_while_other_sessions_proceed() {
             )
         })
         .collect();
-    let a: Vec<&(String, String, u64)> = order.iter().filter(|o| o.0 == "sess-a").collect();
-    assert_eq!(
-        a.iter().map(|o| o.1.as_str()).collect::<Vec<_>>(),
-        ["policy", "policy", "policy", "analyst"],
+    // A: its policy decision, failed at least once and then delivered, and only then the
+    // analyst's; nothing of A after that.
+    let a: Vec<&str> = order
+        .iter()
+        .filter(|o| o.0 == "sess-a")
+        .map(|o| o.1.as_str())
+        .collect();
+    let (last, policy) = a.split_last().unwrap();
+    assert_eq!(*last, "analyst", "{order:?}");
+    assert!(
+        policy.len() >= 2 && policy.iter().all(|s| *s == "policy"),
         "{order:?}"
     );
-    let b_at = order.iter().position(|o| o.0 == "sess-b").unwrap();
-    let a_delivered_at = order
-        .iter()
-        .enumerate()
-        .filter(|(_, o)| o.0 == "sess-a")
-        .nth(2)
-        .unwrap()
-        .0;
-    assert!(
-        b_at < a_delivered_at,
-        "B went ahead while A was retried: {order:?}"
+    // B went ahead while A was retried (A was refused until B arrived), once.
+    assert_eq!(
+        order.iter().filter(|o| o.0 == "sess-b").count(),
+        1,
+        "{order:?}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_undelivered_decision_is_superseded() {
     let sink = Sink::start(always(500)).await;
-    let s = Server::start_with(&config(&sink, "initial_backoff_ms = 1500\njitter = 0.0\n"));
+    let s = Server::start_with(&config(&sink, "initial_backoff_ms = 30000\njitter = 0.0\n"));
     finish(&s, "sess-s").await;
     sink.wait_for("the first attempt", 1).await;
     sink.respond(ok());
@@ -451,9 +458,9 @@ async fn a_stale_undelivered_decision_is_superseded() {
     assert_eq!(rows[0]["attempts"], 1);
     let got = sink.received();
     assert_eq!(got.last().unwrap().json["source"], "analyst");
-    // Superseded at once, not when the stale one's 1.5 s backoff ran out.
+    // Superseded at once, not when the stale one's 30 s backoff ran out.
     let waited = got.last().unwrap().at - got[0].at;
-    assert!(waited < Duration::from_millis(1400), "{waited:?}");
+    assert!(waited < Duration::from_secs(15), "{waited:?}");
     assert!(
         got.iter()
             .filter(|r| r.json["source"] == "policy")
@@ -535,7 +542,7 @@ async fn the_pull_feed_long_polls_and_wakes_promptly() {
     let (v, answered) = poll.await.unwrap();
     assert_eq!(v["decisions"][0]["session_id"], "sess-p2");
     assert!(
-        answered - posted < Duration::from_secs(5),
+        answered - posted < Duration::from_secs(20),
         "woken by the commit, not the 30 s timeout: {:?}",
         answered - started
     );
@@ -552,7 +559,7 @@ async fn the_pull_feed_long_polls_and_wakes_promptly() {
             .await
             .map(|r| r.status().as_u16())
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(1000)).await; // the request is read by then
     let stopping = Instant::now();
     let (status, _dir) = tokio::task::spawn_blocking(move || s.terminate())
         .await

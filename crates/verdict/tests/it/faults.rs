@@ -94,6 +94,7 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
     // Kill points vary from round to round (fixed, so a failure can be replayed).
     for (round, run_ms) in [350u64, 700, 200, 500].into_iter().enumerate() {
         let s = Server::start_in(dir);
+        let before = acked.lock().unwrap().len();
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let traffic = tokio::spawn(load(
             s.url("/webhooks/seon-idv"),
@@ -103,6 +104,12 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
             Arc::clone(&stop),
         ));
         tokio::time::sleep(Duration::from_millis(run_ms)).await;
+        // Under load from elsewhere the window may hold little traffic: kill only once this
+        // round has some acknowledged deliveries at stake.
+        eventually("deliveries acknowledged in this round", async || {
+            (acked.lock().unwrap().len() >= before + 30).then_some(())
+        })
+        .await;
         dir = tokio::task::spawn_blocking(move || s.kill()).await.unwrap();
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         traffic.await.unwrap();

@@ -181,6 +181,29 @@ async fn overrides_need_an_analyst_and_a_reason() {
         .map(|e| e["kind"].as_str().unwrap())
         .collect();
     assert_eq!(kinds, ["event", "override", "override"]);
+
+    // An override sent the moment a new session's delivery is acknowledged finds the session
+    // (the projector is let catch up with what was acknowledged before it; it flushes every
+    // few ms, so without that these would mostly be 404).
+    for i in 0..5 {
+        let id = format!("fresh-{i}");
+        let (status, _) = s
+            .post_seon(
+                &seon_body(&id, "REVIEW"),
+                Some(&format!("rf-{i}")),
+                SEON_SECRET,
+            )
+            .await;
+        assert_eq!(status, 200);
+        let (status, answer) = post_override(
+            &s,
+            &id,
+            "tok-alice",
+            json!({"action": "decline", "reason": "seen on the vendor's dashboard"}),
+        )
+        .await;
+        assert_eq!(status, 200, "{id}: {answer}");
+    }
 }
 
 #[tokio::test]

@@ -89,6 +89,9 @@ pub struct Server {
     pub base: String,
     pub dir: tempfile::TempDir,
     pub http: reqwest::Client,
+    /// Copies the server's stderr into `stderr.log`; joined once the server has exited, so the
+    /// file is whole when a test reads it.
+    stderr_copier: Option<std::thread::JoinHandle<()>>,
 }
 
 pub fn config_text(db: &Path, extra: &str) -> String {
@@ -141,7 +144,7 @@ impl Server {
         });
         let stderr = child.stderr.take().expect("stderr");
         let log_path = dir.path().join("stderr.log");
-        std::thread::spawn(move || {
+        let stderr_copier = std::thread::spawn(move || {
             let mut f = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
@@ -168,6 +171,7 @@ impl Server {
             base,
             dir,
             http: client(),
+            stderr_copier: Some(stderr_copier),
         }
     }
 
@@ -244,6 +248,7 @@ impl Server {
     pub fn kill(mut self) -> tempfile::TempDir {
         let _ = self.child.0.kill();
         let _ = self.child.0.wait();
+        self.join_stderr();
         self.dir
     }
 
@@ -256,12 +261,19 @@ impl Server {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok(Some(status)) = self.child.0.try_wait() {
+                self.join_stderr();
                 return (status, self.dir);
             }
             if Instant::now() > deadline {
                 panic!("verdict did not stop after SIGTERM:\n{}", self.stderr());
             }
             std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn join_stderr(&mut self) {
+        if let Some(copier) = self.stderr_copier.take() {
+            let _ = copier.join();
         }
     }
 

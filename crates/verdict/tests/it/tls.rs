@@ -134,29 +134,24 @@ async fn https_with_rotation_and_a_broken_replacement() {
 
     // A broken replacement (a key that is not the certificate's) is rejected: the second pair
     // keeps serving.
-    let failures = || s.stderr().matches("TLS certificate reload failed").count();
-    let before = failures();
+    // (Waits are for the specific message: a rotation with a pause between the two renames can
+    // log a passing mismatch of its own.)
+    let mismatches = || s.stderr().matches("does not match the certificate").count();
+    let before = mismatches();
     let third = cert();
     replace(&tls.join("tls.crt"), &third.0);
     eventually("the rejected reload logged", async || {
-        (failures() > before).then_some(())
+        (mismatches() > before).then_some(())
     })
     .await;
-    assert!(
-        s.stderr().contains("does not match the certificate"),
-        "{}",
-        s.stderr()
-    );
     assert_eq!(post_signed(&c2, &url, "t-4").await.unwrap(), 200);
     // Not PEM at all: rejected too, on SIGHUP as well.
-    let before = failures();
     replace(&tls.join("tls.crt"), "not a certificate\n");
     s.signal("HUP");
     eventually("the second rejection logged", async || {
-        (failures() > before).then_some(())
+        s.stderr().contains("no PEM certificate").then_some(())
     })
     .await;
-    assert!(s.stderr().contains("no PEM certificate"), "{}", s.stderr());
     assert_eq!(post_signed(&c2, &url, "t-5").await.unwrap(), 200);
     let (status, _) = s.terminate();
     assert!(status.success());

@@ -401,6 +401,16 @@ async fn get_page(
 async fn log_in_and_out_refuse_forged_and_cross_site_posts() {
     let s = Server::start_with(&config());
     assert_eq!(s.post_seon(REVIEW, Some("r-1"), SEON_SECRET).await.0, 200);
+    // The session page and the override form need the session projected (the 200 above
+    // only says the delivery is in the log): wait for it, as a browser user would reload.
+    eventually("the session projected", async || {
+        (get(&s, &format!("/v1/sessions/{SID}"), Some("tok-alice"))
+            .await
+            .0
+            == 200)
+            .then_some(())
+    })
+    .await;
     let _ = client();
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
@@ -457,11 +467,9 @@ async fn log_in_and_out_refuse_forged_and_cross_site_posts() {
     let cookie = set_cookie(&resp).unwrap();
 
     // The session page carries the login's CSRF token; log-out needs it.
-    let page = get_page(&s, &http, &cookie, &format!("/ui/sessions/{SID}"))
-        .await
-        .text()
-        .await
-        .unwrap();
+    let page = get_page(&s, &http, &cookie, &format!("/ui/sessions/{SID}")).await;
+    assert_eq!(page.status().as_u16(), 200);
+    let page = page.text().await.unwrap();
     let csrf = page
         .split("name=\"csrf\" value=\"")
         .nth(1)
