@@ -82,6 +82,46 @@ impl SqliteLog {
         &mut self.conn
     }
 
+    /// Leaves WAL for a rollback journal (`DELETE`, with `synchronous=FULL`) if no other
+    /// connection has the file open, and answers whether it did. For one large rewrite of
+    /// derived tables by a process that has the file to itself (replay): in WAL mode every
+    /// page written goes to the WAL and is copied into the database by the checkpoint; with a
+    /// rollback journal, pages new to the file are written once and only pages that existed
+    /// are journaled. Nothing waits for the switch: while another connection (a running
+    /// `serve`) has the file open, SQLite refuses it at once and the log stays in WAL mode.
+    /// [`SqliteLog::use_wal`] switches back; so does the next [`SqliteLog::open`] (after
+    /// rolling back a transaction a crash left behind).
+    pub fn try_rollback_journal(&mut self) -> Result<bool, StoreError> {
+        self.conn.busy_handler(None::<fn(i32) -> bool>)?;
+        let mode = self
+            .conn
+            .pragma_update_and_check(None, "journal_mode", "DELETE", |r| r.get::<_, String>(0));
+        self.conn.busy_handler(Some(wait_for_lock))?;
+        match mode {
+            Ok(m) if m.eq_ignore_ascii_case("delete") => {
+                self.conn.pragma_update(None, "synchronous", "FULL")?;
+                Ok(true)
+            }
+            Ok(_) => Ok(false),
+            Err(rusqlite::Error::SqliteFailure(e, _))
+                if matches!(
+                    e.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Back to WAL with `synchronous=FULL`, as [`SqliteLog::open`] sets it.
+    pub fn use_wal(&mut self) -> Result<(), StoreError> {
+        self.conn.pragma_update(None, "journal_mode", "WAL")?;
+        self.conn.pragma_update(None, "synchronous", "FULL")?;
+        Ok(())
+    }
+
     /// Runs `f` on every entry in seq order, starting after `after`, streaming from one query.
     pub fn for_each_after(
         &self,

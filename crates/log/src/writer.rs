@@ -197,7 +197,8 @@ impl LogWriter {
         rx.blocking_recv().map_err(|_| AppendError::Closed)?
     }
 
-    /// The seq of the newest committed entry; changes after every commit that stored something.
+    /// The seq of the newest committed entry; changes after every commit that stored something,
+    /// before its appends are answered (so it is at or past any seq an append has returned).
     /// Readers (projector, long polls) await `changed()` on it instead of polling.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.committed.clone()
@@ -343,6 +344,7 @@ fn commit<S: EventStore>(
                 .max();
             let mut results = results.into_iter();
             let mut handed = Vec::new();
+            let mut replies = Vec::with_capacity(jobs.len());
             for job in jobs.drain(..) {
                 let mine: Vec<Appended> = results.by_ref().take(job.events.len()).collect();
                 if config.tail.is_some() {
@@ -362,7 +364,7 @@ fn commit<S: EventStore>(
                         },
                     ));
                 }
-                let _ = job.reply.send(Ok(mine));
+                replies.push((job.reply, mine));
             }
             if let (Some(Tail(tail)), false) = (&config.tail, handed.is_empty())
                 && handed.iter().map(|c| c.body.len()).sum::<usize>() <= TAIL_BATCH_BYTES
@@ -378,6 +380,11 @@ fn commit<S: EventStore>(
                     }
                     changed
                 });
+            }
+            // Answered last: whoever has seen an append acknowledged finds the head at or past
+            // it (an override right after a delivery waits for the projector to reach it).
+            for (reply, mine) in replies {
+                let _ = reply.send(Ok(mine));
             }
         }
         Err(e) => {

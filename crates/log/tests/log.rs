@@ -275,3 +275,65 @@ fn outbox_rows_are_written_with_a_new_event_only() -> R {
     );
     Ok(())
 }
+
+fn journal_mode(conn: &Connection) -> String {
+    conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap()
+}
+
+#[test]
+fn the_rollback_journal_only_when_alone_and_wal_again_after() -> R {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("v.db");
+    let mut log = SqliteLog::open(&path)?;
+    log.append_batch(&[&ev("a", "{}")])?;
+
+    // Another connection has the file open (and has read it): refused at once, still WAL.
+    let other = SqliteLog::open(&path)?;
+    assert_eq!(other.head()?.map(|h| h.seq), Some(1));
+    let asked = std::time::Instant::now();
+    assert!(!log.try_rollback_journal()?);
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(2),
+        "it waited"
+    );
+    assert_eq!(journal_mode(log.connection()), "wal");
+    log.append_batch(&[&ev("b", "{}")])?;
+    assert_eq!(other.head()?.map(|h| h.seq), Some(2));
+    drop(other);
+
+    // Alone: switched; appends still chain; back to WAL after.
+    assert!(log.try_rollback_journal()?);
+    assert_eq!(journal_mode(log.connection()), "delete");
+    log.append_batch(&[&ev("c", "{}")])?;
+    log.use_wal()?;
+    assert_eq!(journal_mode(log.connection()), "wal");
+    let fresh = Connection::open(&path)?;
+    assert_eq!(journal_mode(&fresh), "wal");
+    drop(fresh);
+
+    // Left in rollback mode (a crash between the two), the next open brings WAL back.
+    assert!(log.try_rollback_journal()?);
+    drop(log);
+    let log = SqliteLog::open(&path)?;
+    assert_eq!(journal_mode(log.connection()), "wal");
+    assert_eq!(log.head()?.map(|h| h.seq), Some(3));
+    assert!(verify(&log)?.is_intact(), "chain intact");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_head_watch_is_at_an_answered_seq_already() -> R {
+    let dir = tempfile::tempdir()?;
+    let writer = LogWriter::open(dir.path().join("v.db"), WriterConfig::default())?;
+    let head = writer.subscribe();
+    for i in 0..500 {
+        let seq = writer.append(ev(&format!("k-{i}"), "{}")).await?.seq();
+        assert!(
+            *head.borrow() >= seq,
+            "answered {seq} before the head moved"
+        );
+    }
+    writer.close().await;
+    Ok(())
+}

@@ -734,28 +734,43 @@ pub fn rebuild(
     links.sort_unstable();
     log.connection()
         .pragma_update(None, "cache_size", -262_144)?; // 256 MiB for the rebuild
-    // Derived data written in one transaction: atomic in WAL without an fsync at its commit
-    // (a power cut right after replay leaves the previous projections and checkpoint, which
-    // `serve` folds forward). The log's own appends stay `FULL`.
-    log.connection()
-        .pragma_update(None, "synchronous", "NORMAL")?;
-    let tx = log
-        .connection_mut()
-        .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-    let (previous_digest, written) = write_rebuilt(&tx, &p, &links)?;
-    tx.execute_batch("DELETE FROM quarantine")?;
-    write_quarantined(&tx, &quarantined)?;
-    set_checkpoint(&tx, PROJECTOR, p.last_seq)?;
+    // The rebuilt tables (~500 MB for a million sessions) are written once, into the database
+    // file, when this process has the file to itself; through the WAL (written, then copied by
+    // the checkpoint) when a server has it open.
+    let rollback = log.try_rollback_journal()?;
+    if !rollback {
+        // Derived data written in one transaction: atomic in WAL without an fsync at its commit
+        // (a power cut right after replay leaves the previous projections and checkpoint,
+        // which `serve` folds forward). The log's own appends stay `FULL`.
+        log.connection()
+            .pragma_update(None, "synchronous", "NORMAL")?;
+    }
     tracing::debug!(
-        secs = started.elapsed().as_secs_f64(),
-        sessions = written.sessions,
-        links = written.links,
-        rewritten = written.rewritten,
-        "replay: rows to write found and written"
+        journal = if rollback { "rollback" } else { "wal" },
+        "replay: writing"
     );
-    tx.commit()?;
-    log.connection()
-        .pragma_update(None, "synchronous", "FULL")?;
+    let outcome = (|| -> anyhow::Result<_> {
+        let tx = log
+            .connection_mut()
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let (previous_digest, written) = write_rebuilt(&tx, &p, &links)?;
+        tx.execute_batch("DELETE FROM quarantine")?;
+        write_quarantined(&tx, &quarantined)?;
+        set_checkpoint(&tx, PROJECTOR, p.last_seq)?;
+        tracing::debug!(
+            secs = started.elapsed().as_secs_f64(),
+            sessions = written.sessions,
+            links = written.links,
+            rewritten = written.rewritten,
+            "replay: rows to write found and written"
+        );
+        tx.commit()?;
+        Ok((previous_digest, written))
+    })();
+    // Back to WAL (and `synchronous=FULL`) whether or not the write succeeded.
+    let restored = log.use_wal();
+    let (previous_digest, written) = outcome?;
+    restored?;
     tracing::info!(
         secs = started.elapsed().as_secs_f64(),
         "replay: projections written"
