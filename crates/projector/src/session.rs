@@ -7,7 +7,10 @@ use crate::seon::is_terminal;
 
 /// Where a vendor event stands in the "which is newest" order: the sender's event time, then
 /// terminal statuses before `REVIEW`, then the log's seq. The largest key is the newest.
+/// Stored as a `[vendor_time, terminal, seq]` array (a third of the object's size, in every
+/// session row); read from either the array or an object with those keys (rows written before).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(into = "(i64, u8, u64)")]
 pub struct OrderKey {
     /// Unix ms of the sender's event time (`i64::MIN` when the event has none).
     pub vendor_time: i64,
@@ -15,6 +18,12 @@ pub struct OrderKey {
     pub terminal: u8,
     /// The entry's seq.
     pub seq: u64,
+}
+
+impl From<OrderKey> for (i64, u8, u64) {
+    fn from(k: OrderKey) -> Self {
+        (k.vendor_time, k.terminal, k.seq)
+    }
 }
 
 impl OrderKey {
@@ -46,7 +55,7 @@ pub struct AppliedOverride {
 
 /// The state of one session, folded from its events. Persisted as JSON in the projection
 /// table (a compatibility promise: fields are only added, with defaults; an absent field reads
-/// as its default, so `None`s are not written).
+/// as its default, so `None`s and a zero `quarantined` are not written).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Session {
@@ -86,6 +95,7 @@ pub struct Session {
     /// Entries applied to this session (vendor events, overrides, quarantined, notes).
     pub event_count: u64,
     /// Quarantined entries that name this session.
+    #[serde(skip_serializing_if = "is_zero")]
     pub quarantined: u64,
     /// Unix ms of the newest entry applied.
     pub updated_at: i64,
@@ -269,5 +279,48 @@ pub fn fact_session(fact: &Fact) -> Option<&str> {
         Fact::Decision(d) => Some(&d.session_id),
         Fact::Quarantined { session_id, .. } => session_id.as_deref(),
         Fact::Other => None,
+    }
+}
+
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // test code
+
+    use super::*;
+
+    fn key(seq: u64) -> OrderKey {
+        OrderKey {
+            vendor_time: 1_772_410_260_000,
+            terminal: 1,
+            seq,
+        }
+    }
+
+    #[test]
+    fn stored_state_is_compact_and_rows_written_before_still_read() {
+        let mut s = Session::new("gen-1");
+        s.vendor_status = Some("APPROVED".into());
+        s.vendor_key = Some(key(7));
+        s.finished = Some(key(7));
+        s.event_count = 1;
+        s.last_seq = 7;
+        let json = serde_json::to_string(&s).unwrap();
+        assert_eq!(
+            json,
+            r#"{"session_id":"gen-1","vendor_status":"APPROVED","vendor_key":[1772410260000,1,7],"finished":[1772410260000,1,7],"event_count":1,"updated_at":0,"last_seq":7}"#
+        );
+        assert_eq!(serde_json::from_str::<Session>(&json).unwrap(), s);
+        // The shape written before: order keys as objects, quarantined always present.
+        let before = r#"{"session_id":"gen-1","vendor_status":"APPROVED","vendor_key":{"vendor_time":1772410260000,"terminal":1,"seq":7},"finished":{"vendor_time":1772410260000,"terminal":1,"seq":7},"event_count":1,"quarantined":0,"updated_at":0,"last_seq":7}"#;
+        assert_eq!(serde_json::from_str::<Session>(before).unwrap(), s);
+        s.quarantined = 2;
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(r#""quarantined":2"#), "{json}");
+        assert_eq!(serde_json::from_str::<Session>(&json).unwrap(), s);
     }
 }

@@ -47,7 +47,10 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
     let mut sessions: Vec<(u64, String)> = Vec::new();
     {
         let mut stmt = log.connection().prepare(
-            "SELECT json_extract(state, '$.finished.seq') AS f, state FROM sessions \
+            // The finished event's seq: the third item of its order key (an object's `seq`
+            // in rows written before order keys were stored as arrays).
+            "SELECT coalesce(json_extract(state, '$.finished[2]'), \
+             json_extract(state, '$.finished.seq')) AS f, state FROM sessions \
              WHERE f IS NOT NULL ORDER BY f",
         )?;
         let mut rows = stmt.query([])?;
