@@ -90,6 +90,14 @@ fn main() -> anyhow::Result<()> {
     }
     let refs: Vec<&NewEvent> = batch.iter().collect();
     log.append_batch(&refs)?;
+    // Leave the file as a server leaves its log: all of it in the database file and on disk.
+    // (Written with `synchronous=OFF`, it would otherwise still be in the page cache, and the
+    // kernel would be writing it back during whatever is measured next.)
+    log.connection()
+        .pragma_update(None, "synchronous", "FULL")?;
+    log.connection()
+        .query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
+        .context("checkpointing and syncing the log")?;
     println!(
         "wrote {written} events for {session} sessions to {} in {:.1}s",
         args.db.display(),
