@@ -270,15 +270,7 @@ async fn dead_letters_are_listed_and_redriven() {
     assert_eq!(dead[0]["attempts"], 2);
     assert_eq!(dead[0]["last_status"], 500);
     assert_eq!(sink.received().len(), 2);
-    let metrics = s
-        .http
-        .get(s.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = s.metrics().await;
     assert!(
         metrics.contains(r#"verdict_sink_dead_letters_total{sink="backend"} 1"#),
         "{metrics}"

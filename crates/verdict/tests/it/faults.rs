@@ -299,15 +299,7 @@ async fn hostile_input_gets_a_clear_4xx_and_stores_nothing() {
         assert_eq!(status, 200, "{v}");
     }
     eventually("both quarantined", async || {
-        let t = s
-            .http
-            .get(s.url("/metrics"))
-            .send()
-            .await
-            .ok()?
-            .text()
-            .await
-            .ok()?;
+        let t = s.metrics().await;
         t.contains("verdict_quarantined_total 2").then_some(())
     })
     .await;

@@ -32,14 +32,6 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-async fn scrape(s: &Server) -> String {
-    let resp = s.http.get(s.url("/metrics")).send().await.unwrap();
-    assert_eq!(resp.status(), 200);
-    let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
-    assert!(ct.starts_with("text/plain"), "{ct}");
-    resp.text().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_deliveries_appends_decisions_and_reloads() {
     let dir = tempfile::tempdir().unwrap();
@@ -70,7 +62,7 @@ async fn metrics_count_deliveries_appends_decisions_and_reloads() {
     let text = eventually(
         "the decision and the quarantined entry counted",
         async || {
-            let t = scrape(&s).await;
+            let t = s.metrics().await;
             (sample(&t, "verdict_decisions_total", &[("source", "policy")]).is_some()
                 && sample(&t, "verdict_quarantined_total", &[]).is_some())
             .then_some(t)
@@ -120,7 +112,7 @@ async fn metrics_count_deliveries_appends_decisions_and_reloads() {
     // A policy that does not compile: a failed reload is counted (and the old one stays).
     std::fs::write(&policy, "[policy]\nname = \"broken\"\n").unwrap();
     let text = eventually("the failed reload counted", async || {
-        let t = scrape(&s).await;
+        let t = s.metrics().await;
         sample(&t, "verdict_policy_reloads_total", &[("result", "failed")]).map(|_| t)
     })
     .await;

@@ -271,6 +271,15 @@ impl Server {
         }
     }
 
+    /// `GET /metrics`: the Prometheus text (asserting a 200 of type text/plain).
+    pub async fn metrics(&self) -> String {
+        let resp = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with("text/plain"), "{ct}");
+        resp.text().await.unwrap()
+    }
+
     fn join_stderr(&mut self) {
         if let Some(copier) = self.stderr_copier.take() {
             let _ = copier.join();
