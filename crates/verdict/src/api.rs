@@ -137,6 +137,39 @@ pub async fn caught_up(api: &Api, within: std::time::Duration) -> bool {
         .is_ok_and(|r| r.is_ok()) // the guard is dropped here: it must not live across an await
 }
 
+/// Whether a session is known, for an override (see [`known`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Known {
+    /// In the projections.
+    Yes,
+    /// Not there, with the projections caught up with everything acknowledged before.
+    No,
+    /// Not there, and the projector did not catch up within [`SETTLE`].
+    Behind,
+}
+
+/// Looks a session up in the projections; if it is not there, looks again once the projector
+/// has caught up with everything acknowledged before this call (at most [`SETTLE`]), so an
+/// override sent right after the delivery's 200 finds its session. Known sessions never wait.
+pub async fn known(api: &Api, id: &str) -> anyhow::Result<Known> {
+    let exists = || {
+        let lookup = id.to_owned();
+        api.reads
+            .run(move |log| projections::session_exists(log.connection(), &lookup))
+    };
+    if exists().await? {
+        return Ok(Known::Yes);
+    }
+    let current = caught_up(api, SETTLE).await;
+    Ok(if exists().await? {
+        Known::Yes
+    } else if current {
+        Known::No
+    } else {
+        Known::Behind
+    })
+}
+
 /// The session's decision once the projector has folded `seq` (an override just recorded),
 /// waiting at most [`SETTLE`] for the projector's progress to reach it.
 async fn current_decision_after(
@@ -165,7 +198,15 @@ pub struct ApiError(StatusCode, String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        json_response(self.0, serde_json::json!({ "error": self.1 }).to_string())
+        let mut resp = json_response(self.0, serde_json::json!({ "error": self.1 }).to_string());
+        if self.0 == StatusCode::SERVICE_UNAVAILABLE {
+            // Both causes (the log cannot be written, the projections are behind) are brief.
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        resp
     }
 }
 
@@ -380,23 +421,15 @@ async fn override_session(
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
     let body = validate_override(&id, &caller.name, &req.action, &req.reason, req.ticket)
         .map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))?;
-    // Sessions are known from the projections: let them catch up with what was acknowledged
-    // before this request, so an override right after the delivery finds its session.
-    let current = caught_up(&api, SETTLE).await;
-    let lookup = id.clone();
-    if !api
-        .reads
-        .run(move |log| projections::session_exists(log.connection(), &lookup))
-        .await?
-    {
-        return Err(if current {
-            ApiError(StatusCode::NOT_FOUND, "unknown session".into())
-        } else {
-            ApiError(
+    match known(&api, &id).await? {
+        Known::Yes => {}
+        Known::No => return Err(ApiError(StatusCode::NOT_FOUND, "unknown session".into())),
+        Known::Behind => {
+            return Err(ApiError(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the projections are behind the log; retry shortly".into(),
-            )
-        });
+            ));
+        }
     }
     let event = projections::override_event(&body)?;
     let seq = match api.writer.append(event).await {

@@ -777,17 +777,13 @@ pub fn rebuild(
     // the checkpoint) when a server has it open.
     let rollback = log.try_rollback_journal()?;
     if !rollback {
-        // Derived data written in one transaction: atomic in WAL without an fsync at its commit
-        // (a power cut right after replay leaves the previous projections and checkpoint,
-        // which `serve` folds forward). The log's own appends stay `FULL`.
-        log.connection()
-            .pragma_update(None, "synchronous", "NORMAL")?;
+        through_wal(log)?;
     }
     tracing::debug!(
         journal = if rollback { "rollback" } else { "wal" },
         "replay: writing"
     );
-    let outcome = (|| -> anyhow::Result<_> {
+    let write = |log: &mut SqliteLog| -> anyhow::Result<_> {
         let tx = log
             .connection_mut()
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -804,11 +800,24 @@ pub fn rebuild(
         );
         tx.commit()?;
         Ok((previous_digest, written))
-    })();
+    };
+    let mut outcome = write(log);
+    if rollback && outcome.as_ref().is_err_and(is_busy) {
+        // With a rollback journal, a reader (a process that opened the file after the switch)
+        // holding it past the busy timeout keeps the commit out; in WAL mode readers never do.
+        // Nothing was written: once more, through the WAL.
+        tracing::warn!("replay: another process kept the file busy; writing through the WAL");
+        log.use_wal()?;
+        through_wal(log)?;
+        outcome = write(log);
+    }
     // Back to WAL (and `synchronous=FULL`) whether or not the write succeeded.
     let restored = log.use_wal();
     let (previous_digest, written) = outcome?;
-    restored?;
+    if let Err(e) = restored {
+        // The projections are committed; the next open of the log sets WAL mode again.
+        tracing::warn!(error = %e, "replay: could not switch the log back to WAL mode");
+    }
     tracing::info!(
         secs = started.elapsed().as_secs_f64(),
         "replay: projections written"
@@ -817,6 +826,28 @@ pub fn rebuild(
         projection: p,
         previous_digest,
         written,
+    })
+}
+
+/// Settings for writing the rebuilt projections through the WAL: derived data written in one
+/// transaction is atomic there without an fsync at its commit (a power cut right after replay
+/// leaves the previous projections and checkpoint, which `serve` folds forward). The log's own
+/// appends stay `FULL` ([`SqliteLog::use_wal`] sets it back).
+fn through_wal(log: &SqliteLog) -> rusqlite::Result<()> {
+    log.connection()
+        .pragma_update(None, "synchronous", "NORMAL")
+}
+
+/// Whether an error is SQLite's "busy" or "locked" (another connection held the lock past the
+/// busy handler's limit).
+fn is_busy(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
+            matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            )
+        })
     })
 }
 
@@ -1468,6 +1499,29 @@ pub fn session_exists(conn: &Connection, id: &str) -> anyhow::Result<bool> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn busy_and_locked_are_told_from_other_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let mut holder = rusqlite::Connection::open(&path).unwrap();
+        holder.execute_batch("CREATE TABLE t (x)").unwrap();
+        let tx = holder.transaction().unwrap();
+        tx.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let busy = other
+            .execute("INSERT INTO t VALUES (2)", [])
+            .map_err(|e| anyhow::Error::from(e).context("writing"))
+            .unwrap_err();
+        assert!(is_busy(&busy), "{busy:#}");
+        let other_error = other
+            .execute("INSERT INTO nowhere VALUES (2)", [])
+            .map_err(anyhow::Error::from)
+            .unwrap_err();
+        assert!(!is_busy(&other_error), "{other_error:#}");
+        drop(tx);
+    }
+
     fn committed(seq: u64) -> Committed {
         Committed {
             seq,
@@ -1655,9 +1709,31 @@ mod tests {
             let statuses = [Some("APPROVED"), None, Some("REVIEW")];
             let mut p = Projection::default();
             // Not multiples of the rows per statement: some rows go through the single-row path.
+            let actions = [Action::Approve, Action::Decline, Action::Review];
             for i in 0..(3 * SESSIONS_PER_INSERT + 7) {
                 let f = (statuses[i % 3], i64::try_from(i).unwrap(), (i % 5) as u64);
-                p.insert(session(&format!("s-{i:04}"), f));
+                let mut s = session(&format!("s-{i:04}"), f);
+                if i % 4 != 0 {
+                    // A decision: its action is the row's `action` column.
+                    s.decision = Some(Box::new((
+                        DecisionBody {
+                            decision_id: format!("d-{i}"),
+                            session_id: s.session_id.clone(),
+                            reference_id: None,
+                            user_id: None,
+                            action: actions[i % 3],
+                            source: DecisionSource::Policy,
+                            rules: Vec::new(),
+                            reasons: Vec::new(),
+                            policy: None,
+                            actor: None,
+                            decided_at: "2026-11-26T00:00:00.000Z".into(),
+                            trigger_seq: 1,
+                        },
+                        i as u64 + 1,
+                    )));
+                }
+                p.insert(s);
             }
             let new_links: Links = (0..(5 * LINKS_PER_INSERT + 3))
                 .map(|i| (format!("s-{:04}", i % 150), i as u64 + 1))
@@ -1674,7 +1750,7 @@ mod tests {
                     (
                         s.session_id.clone(),
                         s.vendor_status.clone(),
-                        None,
+                        decided_action(s).map(str::to_owned),
                         s.updated_at,
                         serde_json::to_string(s).unwrap(),
                     )

@@ -27,7 +27,7 @@ use verdict_log::{AppendError, EventStore as _, SqliteLog, rfc3339_ms};
 use verdict_projector::fact::INTERNAL_SOURCE;
 use verdict_projector::{Action, DecisionBody, Fact, Session, VendorKind, read};
 
-use crate::api::{Api, Caller, authenticate, bearer, validate_override};
+use crate::api::{Api, Caller, Known, authenticate, bearer, validate_override};
 use crate::config::Role;
 use crate::projections;
 
@@ -1043,23 +1043,19 @@ async fn override_submit(
             .await;
         }
     };
-    let current = crate::api::caught_up(&ui.api, crate::api::SETTLE).await;
-    let lookup = id.clone();
-    match ui
-        .api
-        .reads
-        .run(move |log| projections::session_exists(log.connection(), &lookup))
-        .await
-    {
-        Ok(true) => {}
-        Ok(false) if !current => {
-            return error_page(
+    match crate::api::known(&ui.api, &id).await {
+        Ok(Known::Yes) => {}
+        Ok(Known::Behind) => {
+            let mut page = error_page(
                 StatusCode::SERVICE_UNAVAILABLE,
                 Some(Who::of(&caller)),
                 "The projections are behind the log; try again shortly.".to_owned(),
             );
+            page.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return page;
         }
-        Ok(false) => {
+        Ok(Known::No) => {
             return error_page(
                 StatusCode::NOT_FOUND,
                 Some(Who::of(&caller)),

@@ -405,8 +405,8 @@ async fn per_session_order_holds_while_other_sessions_proceed() {
             )
         })
         .collect();
-    // A: its policy decision, failed at least once and then delivered, and only then the
-    // analyst's; nothing of A after that.
+    // A: its policy decision, failed at least once and then delivered (the first attempt
+    // after B, which the sink accepts), and only then the analyst's; nothing of A after that.
     let a: Vec<&str> = order
         .iter()
         .filter(|o| o.0 == "sess-a")
@@ -417,6 +417,14 @@ async fn per_session_order_holds_while_other_sessions_proceed() {
     assert!(
         policy.len() >= 2 && policy.iter().all(|s| *s == "policy"),
         "{order:?}"
+    );
+    let b_at = order.iter().position(|o| o.0 == "sess-b").unwrap();
+    let analyst_at = order.iter().position(|o| o.1 == "analyst").unwrap();
+    assert!(
+        order[b_at..analyst_at]
+            .iter()
+            .any(|o| o.0 == "sess-a" && o.1 == "policy"),
+        "A's policy decision delivered before its analyst decision: {order:?}"
     );
     // B went ahead while A was retried (A was refused until B arrived), once.
     assert_eq!(
