@@ -55,11 +55,15 @@ pub struct AppliedOverride {
 
 /// The state of one session, folded from its events. Persisted as JSON in the projection
 /// table (a compatibility promise: fields are only added, with defaults; an absent field reads
-/// as its default, so `None`s and a zero `quarantined` are not written).
+/// as its default, so `None`s and a zero `quarantined` are not written). The fields the table
+/// keeps as columns (`session_id`, `vendor_status`, `updated_at`) are not in the JSON: whoever
+/// reads a row fills them from its columns (rows written before, which have them in the JSON
+/// too, read the same).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Session {
-    /// SEON's session id.
+    /// SEON's session id (a column of the stored row).
+    #[serde(skip)]
     pub session_id: String,
     /// The customer's reference (from the newest vendor event that carries one).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -67,8 +71,8 @@ pub struct Session {
     /// The customer's user id (likewise).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_id: Option<String>,
-    /// The status of the newest vendor event (see [`OrderKey`]).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// The status of the newest vendor event (see [`OrderKey`]); a column of the stored row.
+    #[serde(skip)]
     pub vendor_status: Option<String>,
     /// The key of the event that set `vendor_status`.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -97,7 +101,8 @@ pub struct Session {
     /// Quarantined entries that name this session.
     #[serde(skip_serializing_if = "is_zero")]
     pub quarantined: u64,
-    /// Unix ms of the newest entry applied.
+    /// Unix ms of the newest entry applied (a column of the stored row).
+    #[serde(skip)]
     pub updated_at: i64,
     /// The newest seq applied; an entry at or below it is a no-op.
     pub last_seq: u64,
@@ -309,18 +314,28 @@ mod tests {
         s.finished = Some(key(7));
         s.event_count = 1;
         s.last_seq = 7;
+        s.updated_at = 1_795_661_635_365;
+        // What the columns hold is filled from them by the reader of a row.
+        let read = |json: &str| {
+            let mut r = serde_json::from_str::<Session>(json).unwrap();
+            r.session_id = "gen-1".into();
+            r.vendor_status = Some("APPROVED".into());
+            r.updated_at = 1_795_661_635_365;
+            r
+        };
         let json = serde_json::to_string(&s).unwrap();
         assert_eq!(
             json,
-            r#"{"session_id":"gen-1","vendor_status":"APPROVED","vendor_key":[1772410260000,1,7],"finished":[1772410260000,1,7],"event_count":1,"updated_at":0,"last_seq":7}"#
+            r#"{"vendor_key":[1772410260000,1,7],"finished":[1772410260000,1,7],"event_count":1,"last_seq":7}"#
         );
-        assert_eq!(serde_json::from_str::<Session>(&json).unwrap(), s);
-        // The shape written before: order keys as objects, quarantined always present.
-        let before = r#"{"session_id":"gen-1","vendor_status":"APPROVED","vendor_key":{"vendor_time":1772410260000,"terminal":1,"seq":7},"finished":{"vendor_time":1772410260000,"terminal":1,"seq":7},"event_count":1,"quarantined":0,"updated_at":0,"last_seq":7}"#;
-        assert_eq!(serde_json::from_str::<Session>(before).unwrap(), s);
+        assert_eq!(read(&json), s);
+        // The shape written before: the columns' values in the JSON too, order keys as
+        // objects, quarantined always present.
+        let before = r#"{"session_id":"gen-1","vendor_status":"APPROVED","vendor_key":{"vendor_time":1772410260000,"terminal":1,"seq":7},"finished":{"vendor_time":1772410260000,"terminal":1,"seq":7},"event_count":1,"quarantined":0,"updated_at":1795661635365,"last_seq":7}"#;
+        assert_eq!(read(before), s);
         s.quarantined = 2;
         let json = serde_json::to_string(&s).unwrap();
         assert!(json.contains(r#""quarantined":2"#), "{json}");
-        assert_eq!(serde_json::from_str::<Session>(&json).unwrap(), s);
+        assert_eq!(read(&json), s);
     }
 }

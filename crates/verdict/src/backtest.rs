@@ -44,19 +44,23 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
     let recorded = recorded_policy_decisions(&log)?;
     // Every session with a finished event, in the order of that event (the states are parsed
     // by the workers).
-    let mut sessions: Vec<(u64, String)> = Vec::new();
+    let mut sessions: Vec<(u64, projections::StoredSession)> = Vec::new();
     {
         let mut stmt = log.connection().prepare(
             // The finished event's seq: the third item of its order key (an object's `seq`
             // in rows written before order keys were stored as arrays).
-            "SELECT coalesce(json_extract(state, '$.finished[2]'), \
-             json_extract(state, '$.finished.seq')) AS f, state FROM sessions \
+            "SELECT session_id, vendor_status, updated_at, state, \
+             coalesce(json_extract(state, '$.finished[2]'), \
+             json_extract(state, '$.finished.seq')) AS f FROM sessions \
              WHERE f IS NOT NULL ORDER BY f",
         )?;
         let mut rows = stmt.query([])?;
         while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(0)?;
-            sessions.push((u64::try_from(seq).unwrap_or(0), row.get(1)?));
+            let seq: i64 = row.get(4)?;
+            sessions.push((
+                u64::try_from(seq).unwrap_or(0),
+                projections::session_row(row)?,
+            ));
         }
     }
     let total = sessions.len() as u64;
@@ -84,8 +88,8 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
                         .connection()
                         .prepare_cached("SELECT body, body_encoding FROM events WHERE seq = ?1")?;
                     let mut out = Vec::with_capacity(part.len());
-                    for (seq, state) in part {
-                        let s: Session = serde_json::from_str(state).context("a stored session")?;
+                    for (seq, stored) in part {
+                        let s: Session = stored.read()?;
                         let (stored, encoding): (Vec<u8>, i64) = stmt
                             .query_row([i64::try_from(*seq).unwrap_or(i64::MAX)], |r| {
                                 Ok((r.get(0)?, r.get(1)?))

@@ -53,13 +53,59 @@ pub fn checkpoint(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
 
 /// One session's stored state.
 pub fn load_session(conn: &Connection, id: &str) -> anyhow::Result<Option<Session>> {
-    let state: Option<String> = conn
-        .prepare_cached("SELECT state FROM sessions WHERE session_id = ?1")?
-        .query_row([id], |r| r.get(0))
-        .optional()?;
-    state
-        .map(|s| serde_json::from_str(&s).with_context(|| format!("session {id}: stored state")))
+    conn.prepare_cached(&format!("{SELECT_SESSION} WHERE session_id = ?1"))?
+        .query_row([id], session_row)
+        .optional()?
+        .map(|row| row.read())
         .transpose()
+}
+
+/// Selects what [`session_row`] reads.
+pub const SELECT_SESSION: &str =
+    "SELECT session_id, vendor_status, updated_at, state FROM sessions";
+
+/// A session row as stored: the columns the state JSON leaves out, and the JSON.
+#[derive(Debug, Clone)]
+pub struct StoredSession {
+    id: String,
+    vendor_status: Option<String>,
+    updated_at: i64,
+    state: String,
+}
+
+/// Reads a row selected by [`SELECT_SESSION`] (its first four columns). A column edited to a
+/// value of another type behind verdict's back reads as something no fold produces (a status
+/// naming the odd value, time 0) rather than failing: the stored digest then differs, and
+/// replay writes the row again.
+pub fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
+    use rusqlite::types::ValueRef;
+    let vendor_status = match r.get_ref(1)? {
+        ValueRef::Null => None,
+        ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
+        other => Some(format!("(stored as {:?})", other.data_type())),
+    };
+    let updated_at = match r.get_ref(2)? {
+        ValueRef::Integer(t) => t,
+        _ => 0,
+    };
+    Ok(StoredSession {
+        id: r.get(0)?,
+        vendor_status,
+        updated_at,
+        state: r.get(3)?,
+    })
+}
+
+impl StoredSession {
+    /// The session: its state JSON, and the values the JSON leaves to the columns.
+    pub fn read(&self) -> anyhow::Result<Session> {
+        let mut s: Session = serde_json::from_str(&self.state)
+            .with_context(|| format!("session {}: stored state", self.id))?;
+        s.session_id.clone_from(&self.id);
+        s.vendor_status.clone_from(&self.vendor_status);
+        s.updated_at = self.updated_at;
+        Ok(s)
+    }
 }
 
 fn i64_of(v: u64) -> i64 {
@@ -1288,10 +1334,10 @@ fn scan_in_parallel<T: Send>(
 
 /// The digest of the stored (incrementally built) projections.
 pub fn stored_digest(conn: &Connection) -> anyhow::Result<String> {
-    let mut stmt = conn.prepare("SELECT state FROM sessions ORDER BY session_id")?;
+    let mut stmt = conn.prepare(&format!("{SELECT_SESSION} ORDER BY session_id"))?;
     let sessions = stmt
-        .query_map([], |r| r.get::<_, String>(0))?
-        .map(|s| Ok(serde_json::from_str::<Session>(&s?)?))
+        .query_map([], session_row)?
+        .map(|row| row?.read())
         .collect::<anyhow::Result<Vec<Session>>>()?;
     let quarantined: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
     Ok(verdict_projector::digest(
@@ -1433,10 +1479,10 @@ pub fn list_sessions(
     after: Option<&str>,
     limit: usize,
 ) -> anyhow::Result<(Vec<Session>, Option<String>)> {
-    let mut stmt = conn.prepare_cached(
-        "SELECT state FROM sessions WHERE (?1 IS NULL OR vendor_status = ?1) \
-         AND (?4 IS NULL OR action = ?4) AND session_id > ?2 ORDER BY session_id LIMIT ?3",
-    )?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "{SELECT_SESSION} WHERE (?1 IS NULL OR vendor_status = ?1) \
+         AND (?4 IS NULL OR action = ?4) AND session_id > ?2 ORDER BY session_id LIMIT ?3"
+    ))?;
     let limit = limit.clamp(1, 1000);
     let mut sessions = stmt
         .query_map(
@@ -1446,9 +1492,9 @@ pub fn list_sessions(
                 i64_of(limit as u64 + 1),
                 action
             ],
-            |r| r.get::<_, String>(0),
+            session_row,
         )?
-        .map(|s| Ok(serde_json::from_str::<Session>(&s?)?))
+        .map(|row| row?.read())
         .collect::<anyhow::Result<Vec<Session>>>()?;
     let next = if sessions.len() > limit {
         sessions.truncate(limit);
