@@ -55,10 +55,11 @@ pub struct AppliedOverride {
 
 /// The state of one session, folded from its events. Persisted as JSON in the projection
 /// table (a compatibility promise: fields are only added, with defaults; an absent field reads
-/// as its default, so `None`s and a zero `quarantined` are not written). The fields the table
-/// keeps as columns (`session_id`, `vendor_status`, `updated_at`) are not in the JSON: whoever
-/// reads a row fills them from its columns (rows written before, which have them in the JSON
-/// too, read the same).
+/// as its default, so `None`s and a zero `quarantined` are not written; a change that older
+/// versions could not read raises the schema version, as migration 0005 did). The fields the
+/// table keeps as columns (`session_id`, `vendor_status`, `updated_at`) are not in the JSON:
+/// whoever reads a row fills them from its columns (rows written before, which have them in
+/// the JSON too, read the same).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct Session {

@@ -74,25 +74,34 @@ pub struct StoredSession {
 }
 
 /// Reads a row selected by [`SELECT_SESSION`] (its first four columns). A column edited to a
-/// value of another type behind verdict's back reads as something no fold produces (a status
-/// naming the odd value, time 0) rather than failing: the stored digest then differs, and
-/// replay writes the row again.
+/// value of another type behind verdict's back is an error (`verdict replay` repairs it).
 pub fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
-    use rusqlite::types::ValueRef;
-    let vendor_status = match r.get_ref(1)? {
-        ValueRef::Null => None,
-        ValueRef::Text(t) => Some(String::from_utf8_lossy(t).into_owned()),
-        other => Some(format!("(stored as {:?})", other.data_type())),
-    };
-    let updated_at = match r.get_ref(2)? {
-        ValueRef::Integer(t) => t,
-        _ => 0,
-    };
     Ok(StoredSession {
         id: r.get(0)?,
-        vendor_status,
-        updated_at,
+        vendor_status: r.get(1)?,
+        updated_at: r.get(2)?,
         state: r.get(3)?,
+    })
+}
+
+/// Like [`session_row`], for the stored digest that replay compares with: a column of an odd
+/// type reads as something no fold produces (an id or status naming it), so the digest differs
+/// and the row is written again, instead of failing the replay that would repair it.
+fn session_row_for_digest(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
+    use rusqlite::types::ValueRef;
+    let text = |v: ValueRef<'_>| match v {
+        ValueRef::Text(t) => String::from_utf8_lossy(t).into_owned(),
+        other => format!("(stored as {:?})", other.data_type()),
+    };
+    let vendor_status = match r.get_ref(1)? {
+        ValueRef::Null => None,
+        other => Some(text(other)),
+    };
+    Ok(StoredSession {
+        id: text(r.get_ref(0)?),
+        vendor_status,
+        updated_at: 0, // not in the digest
+        state: text(r.get_ref(3)?),
     })
 }
 
@@ -1336,8 +1345,16 @@ fn scan_in_parallel<T: Send>(
 pub fn stored_digest(conn: &Connection) -> anyhow::Result<String> {
     let mut stmt = conn.prepare(&format!("{SELECT_SESSION} ORDER BY session_id"))?;
     let sessions = stmt
-        .query_map([], session_row)?
-        .map(|row| row?.read())
+        .query_map([], session_row_for_digest)?
+        .map(|row| {
+            let row = row?;
+            // A state that does not read is a session no fold produces: the digest differs.
+            Ok(row.read().unwrap_or_else(|_| {
+                let mut s = Session::new(row.id.as_str());
+                s.vendor_status = Some("(unreadable state)".into());
+                s
+            }))
+        })
         .collect::<anyhow::Result<Vec<Session>>>()?;
     let quarantined: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
     Ok(verdict_projector::digest(
@@ -1744,6 +1761,56 @@ mod tests {
                     Some(d) => prop_assert_eq!(d, stored_digest),
                 }
             }
+        }
+
+        /// Rows written by the previous version (the columns' values repeated in the JSON, order
+        /// keys as objects) read by their columns: the stored digest is the columns' one, and
+        /// each such row is written again in the current shape.
+        #[test]
+        fn rows_of_the_previous_shape_are_read_by_their_columns_and_rewritten() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = SqliteLog::open(dir.path().join("p.db")).unwrap();
+            let mut p = Projection::default();
+            for (id, status) in [("a", "APPROVED"), ("b", "REVIEW")] {
+                let mut s = session(id, (Some(status), 5, 1));
+                s.finished = Some(verdict_projector::OrderKey {
+                    vendor_time: 1_772_410_260_000,
+                    terminal: 1,
+                    seq: 3,
+                });
+                p.insert(s);
+            }
+            // "b"'s JSON says APPROVED, its column REVIEW: the column is what counts.
+            log.connection()
+                .execute_batch(
+                    r#"INSERT INTO sessions (session_id, vendor_status, action, updated_at, state) VALUES
+                     ('a', 'APPROVED', NULL, 5, '{"session_id":"a","vendor_status":"APPROVED","finished":{"vendor_time":1772410260000,"terminal":1,"seq":3},"event_count":1,"quarantined":0,"updated_at":5,"last_seq":0}'),
+                     ('b', 'REVIEW', NULL, 5, '{"session_id":"b","vendor_status":"APPROVED","finished":{"vendor_time":1772410260000,"terminal":1,"seq":3},"event_count":1,"quarantined":0,"updated_at":5,"last_seq":0}');"#,
+                )
+                .unwrap();
+            assert_eq!(stored_digest(log.connection()).unwrap(), p.digest());
+            assert_eq!(
+                load_session(log.connection(), "b").unwrap().as_ref(),
+                p.session("b")
+            );
+            let tx = log.connection_mut().transaction().unwrap();
+            let (previous, written) = write_rebuilt(&tx, &p, &Links::new()).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(written.sessions, 2);
+            assert_eq!(previous.as_deref(), Some(p.digest().as_str()));
+            let expected: Vec<Row> = p
+                .sessions()
+                .map(|s| {
+                    (
+                        s.session_id.clone(),
+                        s.vendor_status.clone(),
+                        None,
+                        s.updated_at,
+                        serde_json::to_string(s).unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(rows(log.connection()), expected);
         }
 
         /// Written whole, many rows per statement (and the rest one by one), the tables hold

@@ -396,10 +396,19 @@ async fn the_cli_shows_what_the_api_shows_and_replay_matches_the_live_state() {
         "{stdout}"
     );
 
-    // A stored key of the wrong type, then projections lost entirely: written whole, the same
-    // as before.
+    // A state that is not JSON: that row written again.
+    db.execute_batch("UPDATE sessions SET state = 'not json' WHERE session_id = 'd-4';")
+        .unwrap();
+    let stdout = text(&verdict(&config, &["replay"]).stdout);
+    assert!(
+        stdout.contains("(DIFFERS)") && stdout.contains("1 session rows and 0 links changed"),
+        "{stdout}"
+    );
+    // A stored key of the wrong type (a link's seq, a session's id), then projections lost
+    // entirely: written whole, the same as before.
     for edit in [
         "INSERT INTO session_entries (session_id, seq) VALUES ('d-6', 'x');",
+        "UPDATE sessions SET session_id = CAST('d-5' AS BLOB) WHERE session_id = 'd-5';",
         "DELETE FROM sessions; DELETE FROM session_entries;",
     ] {
         db.execute_batch(edit).unwrap();
