@@ -44,7 +44,7 @@ pub use entry::{
 pub use error::{AppendError, StoreError};
 pub use export::{ExportedEntry, one_line_json, rfc3339_ms};
 pub use migrate::{SCHEMA_VERSION, migrate};
-pub use sqlite::SqliteLog;
+pub use sqlite::{SqliteLog, is_busy};
 pub use store::{Appended, EventStore, Head};
 pub use uuid::Uuid;
 pub use verify::{Problem, VerifyReport, verify};

@@ -10,6 +10,15 @@ use crate::{
     now_ms,
 };
 
+/// Whether an error is SQLite's "busy" or "locked": another connection held the lock (past the
+/// busy handler's limit, where one is set).
+pub fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+    )
+}
+
 /// One connection to the SQLite log file.
 ///
 /// Opened read-write ([`SqliteLog::open`]) it sets WAL with `synchronous=FULL` and brings the
@@ -103,14 +112,7 @@ impl SqliteLog {
                 Ok(true)
             }
             Ok(_) => Ok(false),
-            Err(rusqlite::Error::SqliteFailure(e, _))
-                if matches!(
-                    e.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) =>
-            {
-                Ok(false)
-            }
+            Err(e) if is_busy(&e) => Ok(false),
             Err(e) => Err(e.into()),
         }
     }

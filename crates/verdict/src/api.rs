@@ -127,14 +127,18 @@ pub struct Api {
 /// normally within milliseconds; only a badly overloaded server waits this long.
 pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// Waits (at most `within`) until the projector has folded everything the writer had committed
-/// when this was called. False if it did not get there in time.
-pub async fn caught_up(api: &Api, within: std::time::Duration) -> bool {
-    let head = *api.writer.subscribe().borrow();
+/// Waits (until `deadline` at the latest) for the projector to have folded `seq`. False if it
+/// did not get there in time.
+pub async fn projected_to(api: &Api, seq: u64, deadline: tokio::time::Instant) -> bool {
     let mut projected = api.projected.clone();
-    tokio::time::timeout(within, projected.wait_for(|p| *p >= head))
+    tokio::time::timeout_at(deadline, projected.wait_for(|p| *p >= seq))
         .await
         .is_ok_and(|r| r.is_ok()) // the guard is dropped here: it must not live across an await
+}
+
+/// [`SETTLE`] from now.
+pub fn settle_deadline() -> tokio::time::Instant {
+    tokio::time::Instant::now() + SETTLE
 }
 
 /// Whether a session is known, for an override (see [`known`]).
@@ -160,7 +164,9 @@ pub async fn known(api: &Api, id: &str) -> anyhow::Result<Known> {
     if exists().await? {
         return Ok(Known::Yes);
     }
-    let current = caught_up(api, SETTLE).await;
+    // Everything the writer had committed when asked.
+    let head = *api.writer.subscribe().borrow();
+    let current = projected_to(api, head, settle_deadline()).await;
     Ok(if exists().await? {
         Known::Yes
     } else if current {
@@ -177,11 +183,7 @@ async fn current_decision_after(
     id: &str,
     seq: u64,
 ) -> anyhow::Result<Option<serde_json::Value>> {
-    let mut projected = api.projected.clone();
-    let reached = tokio::time::timeout(SETTLE, projected.wait_for(|p| *p >= seq))
-        .await
-        .is_ok_and(|r| r.is_ok()); // the guard is dropped here: it must not live across an await
-    if !reached {
+    if !projected_to(api, seq, settle_deadline()).await {
         return Ok(None);
     }
     let lookup = id.to_owned();

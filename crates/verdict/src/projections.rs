@@ -430,37 +430,60 @@ type Links = Vec<(String, u64)>;
 type Quarantined = Vec<(u64, Option<String>, String)>;
 
 fn write_links(tx: &Connection, links: &Links) -> anyhow::Result<()> {
-    // Many rows per statement: a million single-row inserts spend most of their time stepping
-    // and resetting the statement.
-    let mut chunks = links.chunks_exact(LINKS_PER_INSERT);
-    if links.len() >= LINKS_PER_INSERT {
-        let mut many = tx.prepare_cached(&insert_links_sql(LINKS_PER_INSERT))?;
-        for chunk in &mut chunks {
-            for (i, (id, seq)) in chunk.iter().enumerate() {
-                many.raw_bind_parameter(2 * i + 1, id)?;
-                many.raw_bind_parameter(2 * i + 2, i64_of(*seq))?;
+    insert_rows(
+        tx,
+        LINKS_INTO,
+        2,
+        links.iter().map(Ok),
+        |stmt, at, (id, seq)| {
+            stmt.raw_bind_parameter(at, id)?;
+            stmt.raw_bind_parameter(at + 1, i64_of(*seq))
+        },
+    )
+}
+
+/// Where session links go (a link already there is kept); see [`values_sql`].
+const LINKS_INTO: &str = "INSERT OR IGNORE INTO session_entries (session_id, seq)";
+
+/// Rows written by one statement of [`insert_rows`].
+const ROWS_PER_INSERT: usize = 64;
+
+/// `into` followed by `VALUES` for `rows` rows of `cols` parameters each.
+fn values_sql(into: &str, cols: usize, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; cols].join(", "));
+    format!("{into} VALUES {}", vec![row.as_str(); rows].join(", "))
+}
+
+/// Inserts `rows` with `into` ([`values_sql`]), [`ROWS_PER_INSERT`] rows per statement (a
+/// million single-row inserts spend most of their time stepping and resetting the statement)
+/// and the rest one by one (so the statement cache holds two texts, whatever the count).
+/// `bind(statement, first, row)` binds one row's `cols` values from parameter `first` on.
+fn insert_rows<T>(
+    tx: &Connection,
+    into: &str,
+    cols: usize,
+    rows: impl IntoIterator<Item = anyhow::Result<T>>,
+    bind: impl Fn(&mut rusqlite::CachedStatement<'_>, usize, &T) -> rusqlite::Result<()>,
+) -> anyhow::Result<()> {
+    let mut many = tx.prepare_cached(&values_sql(into, cols, ROWS_PER_INSERT))?;
+    let mut chunk = Vec::with_capacity(ROWS_PER_INSERT);
+    for row in rows {
+        chunk.push(row?);
+        if chunk.len() == ROWS_PER_INSERT {
+            for (i, row) in chunk.iter().enumerate() {
+                bind(&mut many, i * cols + 1, row)?;
             }
             many.raw_execute()?;
+            chunk.clear();
         }
     }
-    let mut link = tx.prepare_cached(INSERT_LINK)?;
-    for (id, seq) in chunks.remainder() {
-        link.execute(params![id, i64_of(*seq)])?;
+    let mut one = tx.prepare_cached(&values_sql(into, cols, 1))?;
+    for row in &chunk {
+        bind(&mut one, 1, row)?;
+        one.raw_execute()?;
     }
     Ok(())
 }
-
-/// Links written by one statement of [`write_links`].
-const LINKS_PER_INSERT: usize = 64;
-
-/// [`INSERT_LINK`] for `n` rows.
-fn insert_links_sql(n: usize) -> String {
-    let rows = vec!["(?, ?)"; n].join(", ");
-    format!("INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES {rows}")
-}
-
-/// Adds one session link (a link already there is kept).
-const INSERT_LINK: &str = "INSERT OR IGNORE INTO session_entries (session_id, seq) VALUES (?1, ?2)";
 
 fn write_quarantined(tx: &Connection, quarantined: &Quarantined) -> anyhow::Result<()> {
     let mut q = tx.prepare_cached(
@@ -495,17 +518,6 @@ fn save_session(
 /// The `action` column: the current decision's action.
 fn decided_action(s: &Session) -> Option<&'static str> {
     s.decision.as_deref().map(|(d, _)| d.action.as_str())
-}
-
-/// Sessions written by one statement when a rebuild writes the table whole.
-const SESSIONS_PER_INSERT: usize = 64;
-
-/// Inserts `n` session rows into an empty table (a rebuild clears it first).
-fn save_sessions_sql(n: usize) -> String {
-    let rows = vec!["(?, ?, ?, ?, ?)"; n].join(", ");
-    format!(
-        "INSERT INTO sessions (session_id, vendor_status, action, updated_at, state) VALUES {rows}"
-    )
 }
 
 fn save_sessions<'a>(
@@ -896,14 +908,8 @@ fn through_wal(log: &SqliteLog) -> rusqlite::Result<()> {
 /// Whether an error is SQLite's "busy" or "locked" (another connection held the lock past the
 /// busy handler's limit).
 fn is_busy(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| {
-        c.downcast_ref::<rusqlite::Error>().is_some_and(|e| {
-            matches!(
-                e.sqlite_error_code(),
-                Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-            )
-        })
-    })
+    e.chain()
+        .any(|c| c.downcast_ref().is_some_and(verdict_log::is_busy))
 }
 
 /// Writes the rebuilt sessions and links over the stored ones (only the rows that differ, or
@@ -1055,10 +1061,9 @@ fn diff_sessions<'a>(
 /// Whether a stored row holds exactly what `s` (serialized as `json`) would be written as (a
 /// value of another type than written differs).
 fn stored_as(row: &rusqlite::Row<'_>, s: &Session, json: &str) -> rusqlite::Result<bool> {
-    let action = s.decision.as_deref().map(|(d, _)| d.action.as_str());
     Ok(
         row.get_ref(1)?.as_str_or_null().ok() == Some(s.vendor_status.as_deref())
-            && row.get_ref(2)?.as_str_or_null().ok() == Some(action)
+            && row.get_ref(2)?.as_str_or_null().ok() == Some(decided_action(s))
             && row.get_ref(3)?.as_i64().ok() == Some(s.updated_at)
             && row.get_ref(4)?.as_str().ok() == Some(json),
     )
@@ -1138,7 +1143,7 @@ fn apply_link_changes(
     links: &Links,
     changes: &[LinkChange],
 ) -> anyhow::Result<()> {
-    let mut insert = tx.prepare_cached(INSERT_LINK)?;
+    let mut insert = tx.prepare_cached(&values_sql(LINKS_INTO, 2, 1))?;
     let mut delete =
         tx.prepare_cached("DELETE FROM session_entries WHERE session_id = ?1 AND seq = ?2")?;
     for c in changes {
@@ -1168,30 +1173,16 @@ fn rewrite_all(tx: &Connection, p: &Projection, links: &Links) -> anyhow::Result
          DELETE FROM sessions; DELETE FROM session_entries;",
     )?;
     took("tables cleared");
+    // Into the table just cleared: plain inserts.
+    let into = "INSERT INTO sessions (session_id, vendor_status, action, updated_at, state)";
     with_serialized(p, |fresh| {
-        // Many rows per statement, as in write_links.
-        let mut many = tx.prepare_cached(&save_sessions_sql(SESSIONS_PER_INSERT))?;
-        let mut chunk = Vec::with_capacity(SESSIONS_PER_INSERT);
-        for item in fresh {
-            chunk.push(item?);
-            if chunk.len() == SESSIONS_PER_INSERT {
-                for (i, (s, json)) in chunk.iter().enumerate() {
-                    let at = 5 * i;
-                    many.raw_bind_parameter(at + 1, &s.session_id)?;
-                    many.raw_bind_parameter(at + 2, &s.vendor_status)?;
-                    many.raw_bind_parameter(at + 3, decided_action(s))?;
-                    many.raw_bind_parameter(at + 4, s.updated_at)?;
-                    many.raw_bind_parameter(at + 5, json)?;
-                }
-                many.raw_execute()?;
-                chunk.clear();
-            }
-        }
-        let mut save = tx.prepare_cached(SAVE_SESSION)?;
-        for (s, json) in &chunk {
-            save_session(&mut save, s, json)?;
-        }
-        Ok(())
+        insert_rows(tx, into, 5, fresh, |stmt, at, (s, json)| {
+            stmt.raw_bind_parameter(at, &s.session_id)?;
+            stmt.raw_bind_parameter(at + 1, &s.vendor_status)?;
+            stmt.raw_bind_parameter(at + 2, decided_action(s))?;
+            stmt.raw_bind_parameter(at + 3, s.updated_at)?;
+            stmt.raw_bind_parameter(at + 4, json)
+        })
     })?;
     took("sessions written");
     tx.execute_batch(
@@ -1219,6 +1210,19 @@ struct ScannedEntry {
     recorded_at: i64,
     vendor_time: Option<i64>,
     body: Vec<u8>,
+}
+
+impl ScannedEntry {
+    fn recorded(&self) -> Recorded<'_> {
+        Recorded {
+            seq: self.seq,
+            source: &self.source,
+            event_type: &self.event_type,
+            recorded_at: self.recorded_at,
+            vendor_time: self.vendor_time,
+            body: &self.body,
+        }
+    }
 }
 
 /// Runs `f` on every entry of the log in seq order, like [`SqliteLog::scan_raw`], with the reading
@@ -1284,14 +1288,7 @@ fn scan_in_parallel<T: Send>(
                             });
                         }
                         if parse_here {
-                            prepared.push(prepare(&Recorded {
-                                seq,
-                                source,
-                                event_type,
-                                recorded_at,
-                                vendor_time,
-                                body: &slot.body,
-                            }));
+                            prepared.push(prepare(&slot.recorded()));
                         }
                         used += 1;
                         if used == SCAN_BATCH {
@@ -1321,14 +1318,7 @@ fn scan_in_parallel<T: Send>(
             // Parsed by the reader, or not (then here).
             let mut prepared = prepared.into_iter();
             for e in &batch {
-                let r = Recorded {
-                    seq: e.seq,
-                    source: &e.source,
-                    event_type: &e.event_type,
-                    recorded_at: e.recorded_at,
-                    vendor_time: e.vendor_time,
-                    body: &e.body,
-                };
+                let r = e.recorded();
                 let x = prepared.next().unwrap_or_else(|| prepare(&r));
                 f(r, x);
             }
@@ -1823,7 +1813,7 @@ mod tests {
             let mut p = Projection::default();
             // Not multiples of the rows per statement: some rows go through the single-row path.
             let actions = [Action::Approve, Action::Decline, Action::Review];
-            for i in 0..(3 * SESSIONS_PER_INSERT + 7) {
+            for i in 0..(3 * ROWS_PER_INSERT + 7) {
                 let f = (statuses[i % 3], i64::try_from(i).unwrap(), (i % 5) as u64);
                 let mut s = session(&format!("s-{i:04}"), f);
                 if i % 4 != 0 {
@@ -1848,7 +1838,7 @@ mod tests {
                 }
                 p.insert(s);
             }
-            let new_links: Links = (0..(5 * LINKS_PER_INSERT + 3))
+            let new_links: Links = (0..(5 * ROWS_PER_INSERT + 3))
                 .map(|i| (format!("s-{:04}", i % 150), i as u64 + 1))
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()

@@ -1089,14 +1089,10 @@ async fn override_submit(
 /// Waits (at most [`crate::api::SETTLE`]) until the projector has folded the override at `seq` and the
 /// decision it led to, so the page shown next has both.
 async fn settle(api: &Api, id: &str, seq: u64) {
-    let deadline = tokio::time::Instant::now() + crate::api::SETTLE;
-    let mut projected = api.projected.clone();
+    let deadline = crate::api::settle_deadline();
     let mut target = seq;
     loop {
-        let reached = tokio::time::timeout_at(deadline, projected.wait_for(|p| *p >= target))
-            .await
-            .is_ok_and(|r| r.is_ok());
-        if !reached || !api.decides {
+        if !crate::api::projected_to(api, target, deadline).await || !api.decides {
             return;
         }
         let lookup = id.to_owned();
