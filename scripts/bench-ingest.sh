@@ -5,7 +5,8 @@
 #
 #   scripts/bench-ingest.sh [CONNECTIONS] [SECONDS] [ROUNDS]
 #
-# Knobs: WRK_THREADS (default 2), THREAD_CPU=1 (CPU seconds per server thread),
+# Knobs: WRK_THREADS (default 2), THREAD_CPU=1 (CPU seconds per server thread), VERDICT=PATH (a
+# verdict binary built before, for A/B runs; default: the release build of this checkout),
 # BENCH_LOG=verdict_log=trace KEEP_LOG=FILE (per-batch size and commit time).
 set -euo pipefail
 conns=${1:-32}
@@ -14,7 +15,8 @@ rounds=${3:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
-cargo build --release -q -p verdict
+verdict=${VERDICT:-target/release/verdict}
+[ -n "${VERDICT:-}" ] || cargo build --release -q -p verdict
 cargo build --release -q -p verdict-ingress --example ceiling
 
 work=$(mktemp -d "${BENCH_DIR:-$root/target}/bench-ingest.XXXXXX")
@@ -48,7 +50,7 @@ wait_url() { # file prefix -> url
   echo "server did not start: $(cat "$1")" >&2; exit 1
 }
 
-RUST_LOG=${BENCH_LOG:-warn} target/release/verdict --config "$work/verdict.toml" serve \
+RUST_LOG=${BENCH_LOG:-warn} "$verdict" --config "$work/verdict.toml" serve \
   > "$work/verdict.out" 2> "$work/verdict.err" &
 pids+=($!)
 target/release/examples/ceiling 127.0.0.1:0 "$secret" > "$work/ceiling.out" &
@@ -82,4 +84,4 @@ if [ -n "${THREAD_CPU:-}" ]; then
   for t in /proc/"${pids[0]}"/task/*; do echo "thread $(cat "$t/comm") $(awk '{print ($14+$15)/100}' "$t/stat")s"; done
 fi
 kill -TERM "${pids[0]}"; wait "${pids[0]}" 2>/dev/null || true
-target/release/verdict --config "$work/verdict.toml" log verify
+"$verdict" --config "$work/verdict.toml" log verify

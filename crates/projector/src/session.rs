@@ -170,11 +170,9 @@ impl Session {
                 }
                 // A re-delivery of the event already reflected (same time, same status: a
                 // replay under a new Request-Id) moves nothing forward: it decides nothing.
-                let status_before = self.vendor_status.clone();
+                let status_differs = *status != self.vendor_status;
                 let moves_on = |k: OrderKey| {
-                    k.vendor_time < key.vendor_time
-                        || k.terminal < key.terminal
-                        || *status != status_before
+                    k.vendor_time < key.vendor_time || k.terminal < key.terminal || status_differs
                 };
                 if status.is_some() && self.vendor_key.is_none_or(|k| key > k) {
                     change.vendor_status = self.vendor_status != *status;

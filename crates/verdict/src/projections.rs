@@ -754,7 +754,7 @@ pub fn spawn_runner(
 pub fn rebuild(
     log: &mut SqliteLog,
     mut progress: impl FnMut(u64, u64),
-    check: Option<&std::sync::mpsc::SyncSender<Vec<crate::rederive::Msg>>>,
+    check: Option<&crate::rederive::Sender>,
 ) -> anyhow::Result<Rebuilt> {
     let total = log.head()?.map_or(0, |h| h.seq);
     let started = std::time::Instant::now();
@@ -766,7 +766,7 @@ pub fn rebuild(
     // Until a policy is activated in the log, there is nothing to derive policy decisions with
     // (the check ignores them), so their bodies are not copied to it.
     let mut policy_seen = false;
-    let mut to_check: Vec<crate::rederive::Msg> = Vec::new();
+    let mut to_check: Vec<crate::rederive::Msg> = check.map(|c| c.batch()).unwrap_or_default();
     let fold = |e: Recorded<'_>, fact: Fact| {
         if let Fact::Quarantined { session_id, reason } = &fact {
             quarantined.push((e.seq, session_id.clone(), reason.clone()));
@@ -777,8 +777,8 @@ pub fn rebuild(
             // Handed over in batches: a message each would wake the checker for every entry.
             let mut send = |m: Msg| {
                 to_check.push(m);
-                if to_check.len() >= CHECK_BATCH {
-                    let _ = check.send(std::mem::take(&mut to_check));
+                if to_check.len() >= crate::rederive::BATCH {
+                    check.send(&mut to_check);
                 }
             };
             if let Some((s, change)) = applied {
@@ -826,7 +826,7 @@ pub fn rebuild(
     if let Some(check) = check
         && !to_check.is_empty()
     {
-        let _ = check.send(to_check);
+        check.send(&mut to_check);
     }
     progress(done, total);
     tracing::info!(
@@ -835,10 +835,38 @@ pub fn rebuild(
         "replay: folded"
     );
     let started = std::time::Instant::now();
-    // Sorted, so the inserts append to the B-trees instead of splitting pages all over.
-    links.sort_unstable();
+    let (previous_digest, written) = std::thread::scope(|scope| {
+        // Sorted (so the inserts append to the B-trees instead of splitting pages all over) on a
+        // second thread while the sessions are compared or written.
+        let links = SortedLinks::spawn(scope, links)?;
+        write_projections(log, &p, links, &quarantined, started)
+    })?;
+    tracing::info!(
+        secs = started.elapsed().as_secs_f64(),
+        "replay: projections written"
+    );
+    Ok(Rebuilt {
+        projection: p,
+        previous_digest,
+        written,
+    })
+}
+
+/// Writes [`rebuild`]'s projections in one transaction (through a rollback journal when this
+/// process has the file to itself) and returns what [`write_rebuilt`] did.
+fn write_projections(
+    log: &mut SqliteLog,
+    p: &Projection,
+    mut links: SortedLinks<'_>,
+    quarantined: &Quarantined,
+    started: std::time::Instant,
+) -> anyhow::Result<(Option<String>, Written)> {
+    // 64 MiB: the rows go in key order, so what is written stays written (a bigger cache only
+    // holds more dirty pages until the commit, in memory the process must fault in first: on
+    // a VM, a 256 MiB cache made the commit ~1 s longer), and the index builds' sorter, whose
+    // in-memory limit is this size, sorts a million sessions' keys (~40 MB) without a file.
     log.connection()
-        .pragma_update(None, "cache_size", -262_144)?; // 256 MiB for the rebuild
+        .pragma_update(None, "cache_size", -65_536)?;
     // The rebuilt tables (~500 MB for a million sessions) are written once, into the database
     // file, when this process has the file to itself; through the WAL (written, then copied by
     // the checkpoint) when a server has it open.
@@ -850,13 +878,13 @@ pub fn rebuild(
         journal = if rollback { "rollback" } else { "wal" },
         "replay: writing"
     );
-    let write = |log: &mut SqliteLog| -> anyhow::Result<_> {
+    let mut write = |log: &mut SqliteLog| -> anyhow::Result<_> {
         let tx = log
             .connection_mut()
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let (previous_digest, written) = write_rebuilt(&tx, &p, &links)?;
+        let (previous_digest, written) = write_rebuilt(&tx, p, &mut links)?;
         tx.execute_batch("DELETE FROM quarantine")?;
-        write_quarantined(&tx, &quarantined)?;
+        write_quarantined(&tx, quarantined)?;
         set_checkpoint(&tx, PROJECTOR, p.last_seq)?;
         tracing::debug!(
             secs = started.elapsed().as_secs_f64(),
@@ -880,20 +908,52 @@ pub fn rebuild(
     }
     // Back to WAL (and `synchronous=FULL`) whether or not the write succeeded.
     let restored = log.use_wal();
-    let (previous_digest, written) = outcome?;
+    let done = outcome?;
     if let Err(e) = restored {
         // The projections are committed; the next open of the log sets WAL mode again.
         tracing::warn!(error = %e, "replay: could not switch the log back to WAL mode");
     }
-    tracing::info!(
-        secs = started.elapsed().as_secs_f64(),
-        "replay: projections written"
-    );
-    Ok(Rebuilt {
-        projection: p,
-        previous_digest,
-        written,
-    })
+    Ok(done)
+}
+
+/// The rebuilt links, sorted by (session, seq) on a second thread (a million take about half a
+/// second) while [`rebuild`] writes the sessions; [`SortedLinks::get`] waits for them.
+enum SortedLinks<'scope> {
+    Sorting(std::thread::ScopedJoinHandle<'scope, Links>),
+    Sorted(Links),
+    /// The sorting thread panicked.
+    Lost,
+}
+
+impl<'scope> SortedLinks<'scope> {
+    fn spawn<'env>(
+        scope: &'scope std::thread::Scope<'scope, 'env>,
+        mut links: Links,
+    ) -> std::io::Result<Self> {
+        std::thread::Builder::new()
+            .name("verdict-replay-sort".into())
+            .spawn_scoped(scope, move || {
+                links.sort_unstable();
+                links
+            })
+            .map(Self::Sorting)
+    }
+
+    /// The sorted links (waiting for the sort, the first time).
+    fn get(&mut self) -> anyhow::Result<&Links> {
+        if matches!(self, Self::Sorting(_))
+            && let Self::Sorting(handle) = std::mem::replace(self, Self::Lost)
+            && let Ok(links) = handle.join()
+        {
+            *self = Self::Sorted(links);
+        }
+        match self {
+            Self::Sorted(links) => Ok(links),
+            Self::Sorting(_) | Self::Lost => {
+                anyhow::bail!("the replay's sorting thread stopped unexpectedly")
+            }
+        }
+    }
 }
 
 /// Settings for writing the rebuilt projections through the WAL: derived data written in one
@@ -918,7 +978,7 @@ fn is_busy(e: &anyhow::Error) -> bool {
 fn write_rebuilt(
     tx: &Connection,
     p: &Projection,
-    links: &Links,
+    links: &mut SortedLinks<'_>,
 ) -> anyhow::Result<(Option<String>, Written)> {
     let stored_quarantined: i64 =
         tx.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
@@ -927,7 +987,7 @@ fn write_rebuilt(
     let stored_any: bool =
         tx.query_row("SELECT EXISTS (SELECT 1 FROM sessions)", [], |r| r.get(0))?;
     let diff = match stored_any.then(|| diff_sessions(tx, p)).transpose()? {
-        Some(Some(sessions)) => diff_links(tx, links)?.map(|links| (sessions, links)),
+        Some(Some(sessions)) => diff_links(tx, links.get()?)?.map(|links| (sessions, links)),
         _ => None,
     };
     let Some((sessions, link_changes)) = diff else {
@@ -935,7 +995,7 @@ fn write_rebuilt(
         rewrite_all(tx, p, links)?;
         let written = Written {
             sessions: p.sessions().count(),
-            links: links.len(),
+            links: links.get()?.len(),
             rewritten: true,
         };
         return Ok((Some(previous), written));
@@ -945,7 +1005,7 @@ fn write_rebuilt(
         sessions.is_empty() && u64::try_from(stored_quarantined).ok() == Some(p.quarantined);
     let previous = (!unchanged).then(|| stored_digest(tx)).transpose()?;
     apply_session_changes(tx, &sessions)?;
-    apply_link_changes(tx, links, &link_changes)?;
+    apply_link_changes(tx, links.get()?, &link_changes)?;
     let written = Written {
         sessions: sessions.len(),
         links: link_changes.len(),
@@ -1162,7 +1222,7 @@ fn apply_link_changes(
 }
 
 /// Clears the session tables and writes them whole (indexes built again after the rows).
-fn rewrite_all(tx: &Connection, p: &Projection, links: &Links) -> anyhow::Result<()> {
+fn rewrite_all(tx: &Connection, p: &Projection, links: &mut SortedLinks<'_>) -> anyhow::Result<()> {
     let mut step = std::time::Instant::now();
     let mut took = |what: &str| {
         tracing::debug!(secs = step.elapsed().as_secs_f64(), "replay: {what}");
@@ -1190,13 +1250,12 @@ fn rewrite_all(tx: &Connection, p: &Projection, links: &Links) -> anyhow::Result
          CREATE INDEX sessions_by_action ON sessions (action, session_id);",
     )?;
     took("session indexes built");
+    let links = links.get()?;
+    took("links sorted");
     write_links(tx, links)?;
     took("links written");
     Ok(())
 }
-
-/// Messages handed to the decision check at once by [`rebuild`].
-const CHECK_BATCH: usize = 256;
 
 /// Entries read ahead per batch by [`scan_in_parallel`].
 const SCAN_BATCH: usize = 512;
@@ -1575,6 +1634,25 @@ mod tests {
         drop(tx);
     }
 
+    #[test]
+    fn links_are_sorted_on_the_side_and_waited_for_once() {
+        let unsorted: Links = [("b", 3), ("a", 9), ("b", 1), ("a", 2), ("c", 5)]
+            .into_iter()
+            .map(|(id, seq)| (id.to_owned(), seq))
+            .collect();
+        let mut expected = unsorted.clone();
+        expected.sort_unstable();
+        std::thread::scope(|scope| {
+            let mut links = SortedLinks::spawn(scope, unsorted).unwrap();
+            assert_eq!(links.get().unwrap(), &expected);
+            // The second call has them already.
+            assert!(matches!(links, SortedLinks::Sorted(_)));
+            assert_eq!(links.get().unwrap(), &expected);
+        });
+        let mut lost = SortedLinks::Lost;
+        assert!(lost.get().is_err());
+    }
+
     fn committed(seq: u64) -> Committed {
         Committed {
             seq,
@@ -1733,7 +1811,8 @@ mod tests {
                 }
                 let new_links: Links = rebuilt_links.iter().cloned().collect();
                 let tx = log.connection_mut().transaction().unwrap();
-                let (previous, _) = write_rebuilt(&tx, &p, &new_links).unwrap();
+                let (previous, _) =
+                    write_rebuilt(&tx, &p, &mut SortedLinks::Sorted(new_links)).unwrap();
                 tx.commit().unwrap();
 
                 let expected: Vec<_> = p
@@ -1784,7 +1863,8 @@ mod tests {
                 p.session("b")
             );
             let tx = log.connection_mut().transaction().unwrap();
-            let (previous, written) = write_rebuilt(&tx, &p, &Links::new()).unwrap();
+            let (previous, written) =
+                write_rebuilt(&tx, &p, &mut SortedLinks::Sorted(Links::new())).unwrap();
             tx.commit().unwrap();
             assert_eq!(written.sessions, 2);
             assert_eq!(previous.as_deref(), Some(p.digest().as_str()));
@@ -1844,7 +1924,8 @@ mod tests {
                 .into_iter()
                 .collect();
             let tx = log.connection_mut().transaction().unwrap();
-            let (_, written) = write_rebuilt(&tx, &p, &new_links).unwrap();
+            let (_, written) =
+                write_rebuilt(&tx, &p, &mut SortedLinks::Sorted(new_links.clone())).unwrap();
             tx.commit().unwrap();
             assert!(written.rewritten);
             let expected: Vec<Row> = p

@@ -25,7 +25,7 @@ pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     }
     let started = std::time::Instant::now();
     // Every recorded decision is derived again on a second thread while the fold runs.
-    let (check_tx, check_rx) = std::sync::mpsc::sync_channel(16);
+    let (check_tx, check_rx) = crate::rederive::channel();
     let checker = std::thread::Builder::new()
         .name("verdict-rederive".into())
         .spawn(move || crate::rederive::run(&check_rx))?;
