@@ -19,6 +19,13 @@ pub enum StoreError {
         /// The newest version this build knows.
         supported: u32,
     },
+    /// A read-only open found a transaction that a killed process left unfinished (a hot
+    /// rollback journal, as `verdict replay` killed while writing leaves): only a read-write
+    /// open can roll it back. Callers stop and say so.
+    #[error(
+        "the log has an unfinished write (a rollback journal left by a process that was killed, such as `verdict replay`); a read-only command cannot roll it back: run `verdict replay` or start `verdict serve` once, then retry"
+    )]
+    Unfinished,
     /// A row holds a value that cannot be decoded (a hash of the wrong length, a bad UUID).
     /// [`crate::verify`] reports these as problems at their seq; readers surface them as 500s.
     #[error("corrupt row at seq {seq}: {what}")]

@@ -19,6 +19,13 @@ pub fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// Whether SQLite refused a read-only connection because the file has a hot rollback journal
+/// (`SQLITE_READONLY_ROLLBACK`).
+fn is_unfinished(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if f.extended_code == rusqlite::ffi::SQLITE_READONLY_ROLLBACK)
+}
+
 /// One connection to the SQLite log file.
 ///
 /// Opened read-write ([`SqliteLog::open`]) it sets WAL with `synchronous=FULL` and brings the
@@ -78,6 +85,12 @@ impl SqliteLog {
             OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
         )?;
         conn.busy_handler(Some(wait_for_lock))?;
+        // The first read takes the shared lock, where SQLite finds a hot journal.
+        match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
+            Err(e) if is_unfinished(&e) => return Err(StoreError::Unfinished),
+            Err(e) => return Err(e.into()),
+            Ok(_) => {}
+        }
         Ok(Self { conn })
     }
 

@@ -322,6 +322,46 @@ fn the_rollback_journal_only_when_alone_and_wal_again_after() -> R {
     Ok(())
 }
 
+#[test]
+fn a_read_only_open_names_a_write_left_unfinished() -> R {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("v.db");
+    let mut log = SqliteLog::open(&path)?;
+    log.append_batch(&[&ev("a", "{}")])?;
+    // A write in progress through a rollback journal, its pages already spilling into the
+    // file: copied as it stands, the copy is what a process killed at that moment leaves.
+    let conn = log.connection_mut();
+    conn.execute_batch(
+        "CREATE TABLE scratch (x BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+         INSERT INTO scratch SELECT randomblob(1000) FROM n;",
+    )?;
+    assert!(log.try_rollback_journal()?);
+    let conn = log.connection_mut();
+    conn.pragma_update(None, "cache_size", 2)?;
+    let tx = conn.transaction()?;
+    tx.execute("UPDATE scratch SET x = randomblob(1000)", [])?;
+    let copy = dir.path().join("killed");
+    std::fs::create_dir(&copy)?;
+    let journal = dir.path().join("v.db-journal");
+    assert!(journal.exists(), "the update spilled into the file");
+    std::fs::copy(&path, copy.join("v.db"))?;
+    std::fs::copy(&journal, copy.join("v.db-journal"))?;
+    drop(tx);
+
+    let refused = SqliteLog::open_read_only(copy.join("v.db"))
+        .err()
+        .ok_or("the read-only open succeeded")?;
+    assert!(matches!(refused, StoreError::Unfinished), "{refused}");
+    assert!(refused.to_string().contains("verdict replay"), "{refused}");
+    // A read-write open rolls it back; read-only opens work again, the chain intact.
+    drop(SqliteLog::open(copy.join("v.db"))?);
+    let reopened = SqliteLog::open_read_only(copy.join("v.db"))?;
+    assert!(verify(&reopened)?.is_intact());
+    assert_eq!(reopened.head()?.map(|h| h.seq), Some(1));
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_head_watch_is_at_an_answered_seq_already() -> R {
     let dir = tempfile::tempdir()?;

@@ -6,16 +6,9 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use verdict_log::SqliteLog;
-
 use crate::config::Loaded;
 use crate::outbox::{self, Filter};
 use crate::{UsageError, logcmd};
-
-fn open_rw(loaded: &Loaded) -> anyhow::Result<SqliteLog> {
-    drop(logcmd::open(loaded)?); // exit 2 when there is no log
-    Ok(SqliteLog::open(&loaded.config.storage.path)?)
-}
 
 /// Prints deliveries, newest first: a table, or one JSON object a line.
 pub fn list(loaded: &Loaded, filter: Filter, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
@@ -65,7 +58,7 @@ pub fn list(loaded: &Loaded, filter: Filter, limit: usize, json: bool) -> anyhow
 /// Queues deliveries again: one by id, or every dead one.
 pub fn retry(loaded: &Loaded, id: Option<i64>, all_dead: bool) -> anyhow::Result<ExitCode> {
     let log = match (id, all_dead) {
-        (Some(_), false) | (None, true) => open_rw(loaded)?,
+        (Some(_), false) | (None, true) => logcmd::open_rw(loaded)?,
         _ => {
             return Err(UsageError(crate::config::ConfigError::usage(
                 "give a delivery ID or --all-dead (not both)",
@@ -96,7 +89,7 @@ pub fn retry(loaded: &Loaded, id: Option<i64>, all_dead: bool) -> anyhow::Result
 
 /// Enables a sink that answered 410 Gone.
 pub fn enable(loaded: &Loaded, sink: &str) -> anyhow::Result<ExitCode> {
-    let log = open_rw(loaded)?;
+    let log = logcmd::open_rw(loaded)?;
     let mut out = std::io::stdout().lock();
     if outbox::enable(log.connection(), sink)? {
         writeln!(out, "sink {sink} enabled")?;

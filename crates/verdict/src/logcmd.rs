@@ -11,11 +11,24 @@ use crate::config::Loaded;
 
 /// Opens the configured log read-only (exit 2 when there is none).
 pub fn open(loaded: &Loaded) -> anyhow::Result<SqliteLog> {
+    let path = existing(loaded)?;
+    SqliteLog::open_read_only(path).with_context(|| format!("opening {}", path.display()))
+}
+
+/// Opens the configured log read-write, for the commands that write (exit 2 when there is
+/// none: they never create one). A read-write open also rolls back a write a killed process
+/// left unfinished.
+pub fn open_rw(loaded: &Loaded) -> anyhow::Result<SqliteLog> {
+    let path = existing(loaded)?;
+    SqliteLog::open(path).with_context(|| format!("opening {}", path.display()))
+}
+
+fn existing(loaded: &Loaded) -> anyhow::Result<&std::path::Path> {
     let path = &loaded.config.storage.path;
     if !path.exists() {
         return Err(UsageError(loaded.storage_missing()).into());
     }
-    SqliteLog::open_read_only(path).with_context(|| format!("opening {}", path.display()))
+    Ok(path)
 }
 
 /// Exit 0 intact; 1 broken, naming the first bad seq.

@@ -3,15 +3,14 @@
 use std::io::Write as _;
 use std::process::ExitCode;
 
-use verdict_log::{EventStore as _, SqliteLog};
+use verdict_log::EventStore as _;
 
 use crate::config::Loaded;
 use crate::{UsageError, api, logcmd, projections};
 
 /// Rebuilds every projection from the log and prints the digest.
 pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
-    drop(logcmd::open(loaded)?); // exit 2 when there is no log
-    let mut log = SqliteLog::open(&loaded.config.storage.path)?;
+    let mut log = logcmd::open_rw(loaded)?;
     let before = projections::checkpoint(log.connection(), projections::PROJECTOR)?;
     let head = log.head()?.map_or(0, |h| h.seq);
     let bar = indicatif::ProgressBar::with_draw_target(
@@ -138,8 +137,7 @@ pub fn override_session(
 ) -> anyhow::Result<ExitCode> {
     let body = api::validate_override(id, actor, action, reason, ticket)
         .map_err(|m| UsageError(crate::config::ConfigError::usage(m)))?;
-    drop(logcmd::open(loaded)?);
-    let mut log = SqliteLog::open(&loaded.config.storage.path)?;
+    let mut log = logcmd::open_rw(loaded)?;
     if !projections::session_exists(log.connection(), id)? {
         return unknown(id);
     }

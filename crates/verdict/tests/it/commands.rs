@@ -70,6 +70,69 @@ async fn log_export_writes_one_entry_a_line_with_the_payload() {
     assert_eq!(text(&after.stdout).lines().count(), 1);
 }
 
+#[test]
+fn a_write_left_unfinished_is_named_and_the_next_replay_rolls_it_back() {
+    let (dir, config) = write_config("");
+    let db = dir.path().join("v.db");
+    let mut log = verdict_log::SqliteLog::open(&db).unwrap();
+    let events: Vec<verdict_log::NewEvent> = (0..3)
+        .map(|i| {
+            verdict_log::NewEvent::new(
+                "seon-idv",
+                "idv:session_finished",
+                format!("u-{i}"),
+                seon_body(&format!("u-{i}"), "APPROVED").into_bytes(),
+            )
+        })
+        .collect();
+    verdict_log::EventStore::append_batch(&mut log, &events.iter().collect::<Vec<_>>()).unwrap();
+    // A replay killed while writing through its rollback journal leaves the file with a hot
+    // journal: made here by copying the files in the middle of a write that spills pages.
+    let conn = log.connection_mut();
+    conn.execute_batch(
+        "CREATE TABLE scratch (x BLOB);
+         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
+         INSERT INTO scratch SELECT randomblob(1000) FROM n;",
+    )
+    .unwrap();
+    assert!(log.try_rollback_journal().unwrap());
+    let conn = log.connection_mut();
+    conn.pragma_update(None, "cache_size", 2).unwrap();
+    let tx = conn.transaction().unwrap();
+    tx.execute("UPDATE scratch SET x = randomblob(1000)", [])
+        .unwrap();
+    let killed = dir.path().join("killed");
+    std::fs::create_dir(&killed).unwrap();
+    std::fs::copy(&db, killed.join("v.db")).unwrap();
+    std::fs::copy(dir.path().join("v.db-journal"), killed.join("v.db-journal")).unwrap();
+    drop(tx);
+    drop(log);
+    let config_killed = dir.path().join("killed.toml");
+    std::fs::write(&config_killed, config_text(&killed.join("v.db"), "")).unwrap();
+    drop(config);
+
+    for args in [&["log", "verify"][..], &["session", "show", "u-1"]] {
+        let out = verdict(&config_killed, args);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains("unfinished write"), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("run `verdict replay`"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The advice works: replay opens the file read-write (rolling the write back) first.
+    let out = verdict(&config_killed, &["replay"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("replayed 3 entries"));
+    let out = verdict(&config_killed, &["log", "verify"]);
+    assert!(
+        text(&out.stdout).starts_with("ok: 3 entries"),
+        "{}",
+        text(&out.stdout)
+    );
+}
+
 fn write_config(extra: &str) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("verdict.toml");
