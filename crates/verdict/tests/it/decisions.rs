@@ -328,6 +328,21 @@ async fn a_backtest_shows_what_a_candidate_would_change() {
         said.contains("analyst overrides: 1 sessions; the candidate agrees with 1 (100.0%), the recorded policy decisions with 0 (0.0%)"),
         "{said}"
     );
+    // Session rows in the shape earlier versions wrote (order keys as objects, the row's
+    // columns repeated in the state) give the same backtest.
+    assert_eq!(in_the_previous_shape(&dir.path().join("verdict.db")), 2);
+    let out = verdict(
+        &config,
+        &["policy", "backtest", "--policy", path.to_str().unwrap()],
+    );
+    let untimed = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| !l.contains("evaluated in"))
+            .map(str::to_owned)
+            .collect()
+    };
+    assert_eq!(untimed(&text(&out.stdout)), untimed(&said));
+    assert!(text(&out.stdout).contains("2 finished sessions evaluated"));
     // A candidate that does not compile: diagnostics and exit 1.
     std::fs::write(&path, "[policy]\nname = 1\n").unwrap();
     let out = verdict(
@@ -373,4 +388,38 @@ async fn a_replayed_delivery_under_a_new_request_id_does_not_undo_an_override() 
 
 async fn session_as(s: &Server, id: &str) -> (u16, Value) {
     get(s, &format!("/v1/sessions/{id}"), Some("tok-alice")).await
+}
+
+/// Rewrites every session row into the state shape of earlier versions; returns how many.
+fn in_the_previous_shape(db: &std::path::Path) -> usize {
+    let conn = rusqlite::Connection::open(db).unwrap();
+    let rows: Vec<(String, Option<String>, i64, String)> = conn
+        .prepare("SELECT session_id, vendor_status, updated_at, state FROM sessions")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+        .unwrap()
+        .map(Result::unwrap)
+        .collect();
+    for (id, status, updated_at, state) in &rows {
+        let mut v: serde_json::Value = serde_json::from_str(state).unwrap();
+        let o = v.as_object_mut().unwrap();
+        for key in ["vendor_key", "ids_key", "finished", "status_update"] {
+            if let Some(k) = o.get(key).and_then(|k| k.as_array()).cloned() {
+                o.insert(
+                    key.into(),
+                    json!({"vendor_time": k[0], "terminal": k[1], "seq": k[2]}),
+                );
+            }
+        }
+        o.insert("session_id".into(), json!(id));
+        o.insert("vendor_status".into(), json!(status));
+        o.insert("updated_at".into(), json!(updated_at));
+        o.insert("quarantined".into(), json!(0));
+        conn.execute(
+            "UPDATE sessions SET state = ?1 WHERE session_id = ?2",
+            rusqlite::params![v.to_string(), id],
+        )
+        .unwrap();
+    }
+    rows.len()
 }
