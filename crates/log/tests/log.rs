@@ -344,7 +344,7 @@ fn a_read_only_open_names_a_write_left_unfinished() -> R {
     let copy = dir.path().join("killed");
     std::fs::create_dir(&copy)?;
     let journal = dir.path().join("v.db-journal");
-    assert!(journal.exists(), "the update spilled into the file");
+    assert!(journal.exists(), "the write has its rollback journal");
     std::fs::copy(&path, copy.join("v.db"))?;
     std::fs::copy(&journal, copy.join("v.db-journal"))?;
     drop(tx);

@@ -837,7 +837,7 @@ pub fn rebuild(
     let started = std::time::Instant::now();
     let (previous_digest, written) = std::thread::scope(|scope| {
         // Sorted (so the inserts append to the B-trees instead of splitting pages all over) on a
-        // second thread while the sessions are compared or written.
+        // thread of their own while the sessions are compared or written.
         let links = SortedLinks::spawn(scope, links)?;
         write_projections(log, &p, links, &quarantined, started)
     })?;
@@ -916,8 +916,8 @@ fn write_projections(
     Ok(done)
 }
 
-/// The rebuilt links, sorted by (session, seq) on a second thread (a million take about half a
-/// second) while [`rebuild`] writes the sessions; [`SortedLinks::get`] waits for them.
+/// The rebuilt links, sorted by (session, seq) on a thread of their own (a million take about
+/// half a second) while [`rebuild`] writes the sessions; [`SortedLinks::get`] waits for them.
 enum SortedLinks<'scope> {
     Sorting(std::thread::ScopedJoinHandle<'scope, Links>),
     Sorted(Links),

@@ -144,124 +144,149 @@ impl Sender {
 
 /// Runs the check over the messages until the channel closes.
 pub fn run(rx: &Receiver) -> Report {
-    let mut report = Report::default();
-    let mut policies: HashMap<String, Arc<Policy>> = HashMap::new();
-    let mut in_force: Option<Arc<Policy>> = None;
-    let mut previous: Option<Arc<Policy>> = None;
-    let mut activated_at = 0u64;
-    let mut current: HashMap<String, (Action, DecisionSource)> = HashMap::new();
-    let mut expected: HashMap<u64, Expected> = HashMap::new();
-    let mut last_recorded_trigger = 0u64;
-    let is_current =
-        |current: &HashMap<String, (Action, DecisionSource)>, id: &str, d: &Derived| {
-            current.get(id) == Some(&(d.action, d.source))
-        };
+    let mut check = Check::default();
     for mut batch in &rx.full {
         for msg in batch.drain(..) {
-            match msg {
-                Msg::Activated { seq, text } => match Policy::parse(&text) {
-                    Ok(p) => {
-                        let p = Arc::new(p);
-                        policies.insert(p.sha256.clone(), Arc::clone(&p));
-                        previous = in_force.replace(p);
-                        activated_at = seq;
-                    }
-                    Err(_) => report.differs(format!(
-                        "seq {seq}: the recorded policy text does not compile with this verdict"
-                    )),
-                },
-                Msg::Fixed {
-                    seq,
-                    session_id,
-                    derived,
-                } => {
-                    if !is_current(&current, &session_id, &derived) {
-                        current.insert(session_id.clone(), (derived.action, derived.source));
-                        expected.insert(
-                            seq,
-                            Expected {
-                                session_id,
-                                main: Some(derived),
-                                alt: None,
-                            },
-                        );
-                    }
-                }
-                Msg::Policy {
-                    seq,
-                    session_id,
-                    body,
-                    session,
-                } => {
-                    let Some(policy) = &in_force else { continue };
-                    let derived = policy_decision(policy, &body, session.clone());
-                    let main = (!is_current(&current, &session_id, &derived)).then_some(derived);
-                    if let Some(m) = &main {
-                        current.insert(session_id.clone(), (m.action, m.source));
-                    }
-                    let alt = previous
-                        .as_ref()
-                        .filter(|_| seq.saturating_sub(activated_at) <= RELOAD_WINDOW)
-                        .map(|old| policy_decision(old, &body, session));
-                    if main.is_some() || alt.is_some() {
-                        expected.insert(
-                            seq,
-                            Expected {
-                                session_id,
-                                main,
-                                alt,
-                            },
-                        );
-                    }
-                }
-                Msg::Recorded { seq, decision } => {
-                    report.checked += 1;
-                    let d = *decision;
-                    last_recorded_trigger = last_recorded_trigger.max(d.trigger_seq);
-                    current.insert(d.session_id.clone(), (d.action, d.source));
-                    let Some(exp) = expected.remove(&d.trigger_seq) else {
-                        report.differs(format!(
-                        "seq {seq} (session {}): {} by {} for entry {}, which calls for no decision when derived again",
-                        d.session_id,
-                        d.action.as_str(),
-                        d.source.as_str(),
-                        d.trigger_seq
-                    ));
-                        continue;
-                    };
-                    let sha = d.policy.as_ref().map(|p| p.sha256.as_str());
-                    let matching = exp.main.iter().chain(exp.alt.iter()).find(|c| {
-                        c.source == d.source && c.policy.as_ref().map(|p| p.sha256.as_str()) == sha
-                    });
-                    match matching {
-                    Some(c) if c.action == d.action && c.rules == d.rules => {}
-                    Some(c) => report.differs(format!(
-                        "seq {seq} (session {}): recorded {} {:?}, derived again {} {:?}",
-                        exp.session_id,
-                        d.action.as_str(),
-                        d.rules,
-                        c.action.as_str(),
-                        c.rules
-                    )),
-                    None => report.differs(format!(
-                        "seq {seq} (session {}): recorded by {}{}, which was not in force at entry {}",
-                        exp.session_id,
-                        d.source.as_str(),
-                        sha.map(|s| format!(" (policy {s})")).unwrap_or_default(),
-                        d.trigger_seq
-                    )),
-                }
-                }
-            }
+            check.handle(msg);
         }
         // Handed back for reuse; once the scan has finished, nobody takes it.
         let _ = rx.empty.send(batch);
     }
-    // Expected before the last recorded decision, yet never recorded: a difference too.
-    report.missing = expected
-        .iter()
-        .filter(|(t, e)| **t < last_recorded_trigger && e.main.is_some())
-        .count() as u64;
-    report.differ += report.missing;
-    report
+    check.finish()
+}
+
+/// The check's state while messages arrive in log order.
+#[derive(Default)]
+struct Check {
+    report: Report,
+    in_force: Option<Arc<Policy>>,
+    previous: Option<Arc<Policy>>,
+    activated_at: u64,
+    /// Each session's current decision (action, source), as the live projector would see it.
+    current: HashMap<String, (Action, DecisionSource)>,
+    /// Decisions expected, by the seq of the entry that calls for them.
+    expected: HashMap<u64, Expected>,
+    last_recorded_trigger: u64,
+}
+
+impl Check {
+    fn is_current(&self, id: &str, d: &Derived) -> bool {
+        self.current.get(id) == Some(&(d.action, d.source))
+    }
+
+    fn handle(&mut self, msg: Msg) {
+        match msg {
+            Msg::Activated { seq, text } => match Policy::parse(&text) {
+                Ok(p) => {
+                    let p = Arc::new(p);
+                    self.previous = self.in_force.replace(p);
+                    self.activated_at = seq;
+                }
+                Err(_) => self.report.differs(format!(
+                    "seq {seq}: the recorded policy text does not compile with this verdict"
+                )),
+            },
+            Msg::Fixed {
+                seq,
+                session_id,
+                derived,
+            } => {
+                if !self.is_current(&session_id, &derived) {
+                    self.current
+                        .insert(session_id.clone(), (derived.action, derived.source));
+                    self.expected.insert(
+                        seq,
+                        Expected {
+                            session_id,
+                            main: Some(derived),
+                            alt: None,
+                        },
+                    );
+                }
+            }
+            Msg::Policy {
+                seq,
+                session_id,
+                body,
+                session,
+            } => {
+                let Some(policy) = &self.in_force else { return };
+                let derived = policy_decision(policy, &body, session.clone());
+                let main = (!self.is_current(&session_id, &derived)).then_some(derived);
+                if let Some(m) = &main {
+                    self.current
+                        .insert(session_id.clone(), (m.action, m.source));
+                }
+                let alt = self
+                    .previous
+                    .as_ref()
+                    .filter(|_| seq.saturating_sub(self.activated_at) <= RELOAD_WINDOW)
+                    .map(|old| policy_decision(old, &body, session));
+                if main.is_some() || alt.is_some() {
+                    self.expected.insert(
+                        seq,
+                        Expected {
+                            session_id,
+                            main,
+                            alt,
+                        },
+                    );
+                }
+            }
+            Msg::Recorded { seq, decision } => self.recorded(seq, &decision),
+        }
+    }
+
+    fn recorded(&mut self, seq: u64, d: &DecisionBody) {
+        self.report.checked += 1;
+        self.last_recorded_trigger = self.last_recorded_trigger.max(d.trigger_seq);
+        self.current
+            .insert(d.session_id.clone(), (d.action, d.source));
+        let Some(exp) = self.expected.remove(&d.trigger_seq) else {
+            self.report.differs(format!(
+                "seq {seq} (session {}): {} by {} for entry {}, which calls for no decision when derived again",
+                d.session_id,
+                d.action.as_str(),
+                d.source.as_str(),
+                d.trigger_seq
+            ));
+            return;
+        };
+        let sha = d.policy.as_ref().map(|p| p.sha256.as_str());
+        let matching =
+            exp.main.iter().chain(exp.alt.iter()).find(|c| {
+                c.source == d.source && c.policy.as_ref().map(|p| p.sha256.as_str()) == sha
+            });
+        match matching {
+            Some(c) if c.action == d.action && c.rules == d.rules => {}
+            Some(c) => self.report.differs(format!(
+                "seq {seq} (session {}): recorded {} {:?}, derived again {} {:?}",
+                exp.session_id,
+                d.action.as_str(),
+                d.rules,
+                c.action.as_str(),
+                c.rules
+            )),
+            None => self.report.differs(format!(
+                "seq {seq} (session {}): recorded by {}{}, which was not in force at entry {}",
+                exp.session_id,
+                d.source.as_str(),
+                sha.map(|s| format!(" (policy {s})")).unwrap_or_default(),
+                d.trigger_seq
+            )),
+        }
+    }
+
+    /// The report, once every message is in.
+    fn finish(mut self) -> Report {
+        // Expected before the last recorded decision, yet never recorded: a difference too.
+        let last = self.last_recorded_trigger;
+        self.report.missing = self
+            .expected
+            .iter()
+            .filter(|(t, e)| **t < last && e.main.is_some())
+            .count() as u64;
+        self.report.differ += self.report.missing;
+        self.report
+    }
 }
