@@ -835,11 +835,20 @@ pub fn rebuild(
         "replay: folded"
     );
     let started = std::time::Instant::now();
-    let (previous_digest, written) = std::thread::scope(|scope| {
+    let ((previous_digest, written), digest) = std::thread::scope(|scope| {
         // Sorted (so the inserts append to the B-trees instead of splitting pages all over) on a
         // thread of their own while the sessions are compared or written.
         let links = SortedLinks::spawn(scope, links)?;
-        write_projections(log, &p, links, &quarantined, started)
+        // The digest too (every session serialized and hashed, ~0.5 s for a million): the
+        // write keeps one core busy, the other has room.
+        let digest = std::thread::Builder::new()
+            .name("verdict-replay-digest".into())
+            .spawn_scoped(scope, || p.digest())?;
+        let written = write_projections(log, &p, links, &quarantined, started)?;
+        let digest = digest
+            .join()
+            .map_err(|_| anyhow::anyhow!("the replay's digest thread stopped unexpectedly"))?;
+        anyhow::Ok((written, digest))
     })?;
     tracing::info!(
         secs = started.elapsed().as_secs_f64(),
@@ -847,6 +856,7 @@ pub fn rebuild(
     );
     Ok(Rebuilt {
         projection: p,
+        digest,
         previous_digest,
         written,
     })
@@ -1019,6 +1029,8 @@ fn write_rebuilt(
 pub struct Rebuilt {
     /// The projection folded from the log.
     pub projection: Projection,
+    /// Its digest ([`Projection::digest`]).
+    pub digest: String,
     /// The digest of the projections stored before the rebuild; `None` when they were
     /// exactly the rebuilt ones (so their digest is the projection's).
     pub previous_digest: Option<String>,

@@ -35,6 +35,7 @@ pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
         .map_err(|_| anyhow::anyhow!("the decision check stopped unexpectedly"))?;
     let projections::Rebuilt {
         projection: p,
+        digest,
         previous_digest,
         written,
     } = p?;
@@ -49,7 +50,6 @@ pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
         p.sessions().count(),
         p.quarantined
     )?;
-    let digest = p.digest();
     writeln!(out, "digest {digest}")?;
     let live = previous_digest.unwrap_or_else(|| digest.clone());
     let verdict = if before != p.last_seq {
