@@ -14,15 +14,18 @@ use crate::seon::is_terminal;
 pub struct OrderKey {
     /// Unix ms of the sender's event time (`i64::MIN` when the event has none).
     pub vendor_time: i64,
-    /// 1 for a terminal status (`APPROVED`, `DECLINED`, `ABANDONED`), else 0.
-    pub terminal: u8,
+    /// A terminal status (`APPROVED`, `DECLINED`, `ABANDONED`); stored as 1 or 0. A `bool`,
+    /// not a `u8`: its spare values let `Option<OrderKey>` take no more room than the key, and
+    /// a session holds four (a replay holds every session in memory).
+    #[serde(deserialize_with = "terminal_flag")]
+    pub terminal: bool,
     /// The entry's seq.
     pub seq: u64,
 }
 
 impl From<OrderKey> for (i64, u8, u64) {
     fn from(k: OrderKey) -> Self {
-        (k.vendor_time, k.terminal, k.seq)
+        (k.vendor_time, u8::from(k.terminal), k.seq)
     }
 }
 
@@ -30,7 +33,7 @@ impl OrderKey {
     fn of(r: &Recorded<'_>, status: Option<&str>) -> Self {
         Self {
             vendor_time: r.vendor_time.unwrap_or(i64::MIN),
-            terminal: u8::from(status.is_some_and(is_terminal)),
+            terminal: status.is_some_and(is_terminal),
             seq: r.seq,
         }
     }
@@ -98,10 +101,10 @@ pub struct Session {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub decision: Option<Box<(DecisionBody, u64)>>,
     /// Entries applied to this session (vendor events, overrides, quarantined, notes).
-    pub event_count: u64,
+    pub event_count: u32,
     /// Quarantined entries that name this session.
     #[serde(skip_serializing_if = "is_zero")]
-    pub quarantined: u64,
+    pub quarantined: u32,
     /// Unix ms of the newest entry applied (a column of the stored row).
     #[serde(skip)]
     pub updated_at: i64,
@@ -145,7 +148,7 @@ impl Session {
         }
         change.applied = true;
         self.last_seq = r.seq;
-        self.event_count += 1;
+        self.event_count = self.event_count.saturating_add(1);
         self.updated_at = self.updated_at.max(r.recorded_at);
         match fact {
             Fact::Vendor {
@@ -172,7 +175,9 @@ impl Session {
                 // replay under a new Request-Id) moves nothing forward: it decides nothing.
                 let status_differs = *status != self.vendor_status;
                 let moves_on = |k: OrderKey| {
-                    k.vendor_time < key.vendor_time || k.terminal < key.terminal || status_differs
+                    k.vendor_time < key.vendor_time
+                        || (!k.terminal && key.terminal)
+                        || status_differs
                 };
                 if status.is_some() && self.vendor_key.is_none_or(|k| key > k) {
                     change.vendor_status = self.vendor_status != *status;
@@ -213,7 +218,7 @@ impl Session {
                 self.decision = Some(Box::new((d.clone(), r.seq)));
                 change.decided = true;
             }
-            Fact::Quarantined { .. } => self.quarantined += 1,
+            Fact::Quarantined { .. } => self.quarantined = self.quarantined.saturating_add(1),
             Fact::Noted { .. } | Fact::Other => {}
         }
         change
@@ -233,8 +238,8 @@ impl Session {
                 .as_ref()
                 .map(|o| (o.actor.as_str(), o.action, o.reason.as_str())),
             decision: self.decision.as_deref().map(|(d, _)| (d.action, d.source)),
-            event_count: self.event_count,
-            quarantined: self.quarantined,
+            event_count: u64::from(self.event_count),
+            quarantined: u64::from(self.quarantined),
         }
     }
 }
@@ -287,7 +292,28 @@ pub fn fact_session(fact: &Fact) -> Option<&str> {
 }
 
 #[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
-fn is_zero(n: &u64) -> bool {
+/// Reads a stored `terminal`: 1 or 0 (any other number as 1), or a boolean.
+fn terminal_flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    struct Flag;
+    impl serde::de::Visitor<'_> for Flag {
+        type Value = bool;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("1, 0 or a boolean")
+        }
+        fn visit_bool<E: serde::de::Error>(self, b: bool) -> Result<bool, E> {
+            Ok(b)
+        }
+        fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<bool, E> {
+            Ok(n != 0)
+        }
+        fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<bool, E> {
+            Ok(n != 0)
+        }
+    }
+    d.deserialize_any(Flag)
+}
+
+fn is_zero(n: &u32) -> bool {
     *n == 0
 }
 
@@ -300,7 +326,7 @@ mod tests {
     fn key(seq: u64) -> OrderKey {
         OrderKey {
             vendor_time: 1_772_410_260_000,
-            terminal: 1,
+            terminal: true,
             seq,
         }
     }

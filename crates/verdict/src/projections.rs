@@ -1749,7 +1749,7 @@ mod tests {
 
         use super::super::*;
 
-        fn session(id: &str, (status, updated_at, count): (Option<&str>, i64, u64)) -> Session {
+        fn session(id: &str, (status, updated_at, count): (Option<&str>, i64, u32)) -> Session {
             let mut s = Session::new(id);
             s.vendor_status = status.map(str::to_owned);
             s.updated_at = updated_at;
@@ -1757,13 +1757,13 @@ mod tests {
             s
         }
 
-        type Fields = (Option<&'static str>, i64, u64);
+        type Fields = (Option<&'static str>, i64, u32);
 
         fn fields() -> impl Strategy<Value = Fields> {
             (
                 prop::option::of(prop::sample::select(vec!["APPROVED", "REVIEW"])),
                 0i64..3,
-                0u64..3,
+                0u32..3,
             )
         }
 
@@ -1856,7 +1856,7 @@ mod tests {
                 let mut s = session(id, (Some(status), 5, 1));
                 s.finished = Some(verdict_projector::OrderKey {
                     vendor_time: 1_772_410_260_000,
-                    terminal: 1,
+                    terminal: true,
                     seq: 3,
                 });
                 p.insert(s);
@@ -1906,7 +1906,7 @@ mod tests {
             // Not multiples of the rows per statement: some rows go through the single-row path.
             let actions = [Action::Approve, Action::Decline, Action::Review];
             for i in 0..(3 * ROWS_PER_INSERT + 7) {
-                let f = (statuses[i % 3], i64::try_from(i).unwrap(), (i % 5) as u64);
+                let f = (statuses[i % 3], i64::try_from(i).unwrap(), (i % 5) as u32);
                 let mut s = session(&format!("s-{i:04}"), f);
                 if i % 4 != 0 {
                     // A decision: its action is the row's `action` column.

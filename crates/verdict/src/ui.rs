@@ -582,8 +582,8 @@ async fn sessions_page(
             vendor_status: dash(s.vendor_status.as_deref()),
             action: s.decision.as_deref().map(|(d, _)| d.action.as_str()),
             decision_source: s.decision.as_deref().map_or("", |(d, _)| d.source.as_str()),
-            events: s.event_count,
-            quarantined: s.quarantined,
+            events: u64::from(s.event_count),
+            quarantined: u64::from(s.quarantined),
             updated_at: rfc3339_ms(s.updated_at),
         })
         .collect();
@@ -882,8 +882,8 @@ fn timeline(
                     .map_or_else(String::new, |t| format!(" · ticket {t}"))
             )
         }),
-        events: s.event_count,
-        quarantined: s.quarantined,
+        events: u64::from(s.event_count),
+        quarantined: u64::from(s.quarantined),
         updated_at: rfc3339_ms(s.updated_at),
         hidden: shown_from,
     };
