@@ -291,7 +291,6 @@ pub fn fact_session(fact: &Fact) -> Option<&str> {
     }
 }
 
-#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
 /// Reads a stored `terminal`: 1 or 0 (any other number as 1), or a boolean.
 fn terminal_flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     struct Flag;
@@ -313,6 +312,7 @@ fn terminal_flag<'de, D: serde::Deserializer<'de>>(d: D) -> Result<bool, D::Erro
     d.deserialize_any(Flag)
 }
 
+#[allow(clippy::trivially_copy_pass_by_ref)] // serde's skip_serializing_if passes a reference
 fn is_zero(n: &u32) -> bool {
     *n == 0
 }
@@ -329,6 +329,31 @@ mod tests {
             terminal: true,
             seq,
         }
+    }
+
+    #[test]
+    fn a_stored_terminal_flag_reads_as_1_0_or_a_boolean() {
+        let key = |text: &str| serde_json::from_str::<OrderKey>(text);
+        assert!(key("[5, 1, 7]").unwrap().terminal);
+        assert!(!key("[5, 0, 7]").unwrap().terminal);
+        assert!(key("[5, true, 7]").unwrap().terminal);
+        assert!(
+            !key(r#"{"vendor_time": 5, "terminal": 0, "seq": 7}"#)
+                .unwrap()
+                .terminal
+        );
+        assert!(key(r#"[5, "yes", 7]"#).is_err());
+        // Written as 1 or 0, as before the field was a bool.
+        let written = OrderKey {
+            vendor_time: 5,
+            terminal: true,
+            seq: 7,
+        };
+        assert_eq!(serde_json::to_string(&written).unwrap(), "[5,1,7]");
+        assert_eq!(
+            std::mem::size_of::<Option<OrderKey>>(),
+            std::mem::size_of::<OrderKey>()
+        );
     }
 
     #[test]
