@@ -88,19 +88,18 @@ impl SqliteLog {
         // The first read takes the shared lock, where SQLite finds a hot journal. Asked again
         // after a moment before it is called unfinished: a writer rolling back its own
         // transaction can make a journal look hot to a reader for an instant.
-        for attempt in 0..3 {
+        let mut retries = 2;
+        loop {
             match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
                 Ok(_) => return Ok(Self { conn }),
-                Err(e) if is_unfinished(&e) => {
-                    if attempt == 2 {
-                        return Err(StoreError::Unfinished);
-                    }
+                Err(e) if is_unfinished(&e) && retries > 0 => {
+                    retries -= 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
                 }
+                Err(e) if is_unfinished(&e) => return Err(StoreError::Unfinished),
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(StoreError::Unfinished)
     }
 
     /// The underlying connection, for tables that live beside the log (projections).

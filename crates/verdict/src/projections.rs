@@ -951,11 +951,10 @@ impl<'scope> SortedLinks<'scope> {
 
     /// The sorted links (waiting for the sort, the first time).
     fn get(&mut self) -> anyhow::Result<&Links> {
-        if matches!(self, Self::Sorting(_))
+        if let Self::Sorting(_) = self
             && let Self::Sorting(handle) = std::mem::replace(self, Self::Lost)
-            && let Ok(links) = handle.join()
         {
-            *self = Self::Sorted(links);
+            *self = handle.join().map_or(Self::Lost, Self::Sorted);
         }
         match self {
             Self::Sorted(links) => Ok(links),
