@@ -403,6 +403,34 @@ mod tests {
         assert_ne!(a, b);
     }
 
+    proptest::proptest! {
+        /// lz4_flex runs without its safe-only mode (Cargo.toml): whatever a row holds, the
+        /// decoder answers `false` or some bytes, never a panic or a read out of bounds; and
+        /// what the encoder made, with any one byte changed, is the same.
+        #[test]
+        fn any_stored_bytes_decode_or_fail_cleanly(
+            raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
+            noise in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+            flip in proptest::prelude::any::<(usize, u8)>(),
+        ) {
+            let body = bytes::Bytes::from(raw.repeat(2));
+            let encoded = EncodedBody::encode(&body, sha256(&body));
+            let mut out = Vec::new();
+            proptest::prop_assert!(decode_body_into(encoded.encoding as i64, &encoded.bytes, &mut out));
+            proptest::prop_assert_eq!(&out[..], &body[..]);
+            let mut bent = encoded.bytes.to_vec();
+            if !bent.is_empty() {
+                let at = flip.0 % bent.len();
+                bent[at] ^= flip.1.max(1);
+            }
+            let _ = decode_body_into(1, &bent, &mut out);
+            let _ = decode_body_into(1, &noise, &mut out);
+            let mut sized = u32::try_from(body.len()).unwrap_or(0).to_le_bytes().to_vec();
+            sized.extend_from_slice(&noise);
+            let _ = decode_body_into(1, &sized, &mut out);
+        }
+    }
+
     #[test]
     fn a_reused_buffer_holds_exactly_each_decoded_body() {
         let numbers = |n: usize| {
