@@ -58,16 +58,6 @@ fn wait_for_lock(tries: i32) -> bool {
     true
 }
 
-/// Pages in the WAL after which the connection that commits copies them into the database
-/// (SQLite's automatic, passive checkpoint; its default is 1,000). The checkpoint runs on the
-/// committing thread right after its commit, so with the log writer it delays the next batch:
-/// 1,000 pages (8 MB) made a stall of several milliseconds about once a hundred commits, which
-/// set the ingest p99 at 32 connections (median 9.2 ms over 11 runs); 128 pages (1 MiB) make
-/// shorter stalls more often (median p99 6.3 ms over 17 runs, 256 pages 6.8), throughput the
-/// same within this VM's noise, ~9% more bytes written (a page changed in several commits is
-/// copied more often). docs/benchmarks.md has the runs.
-const WAL_AUTOCHECKPOINT_PAGES: i64 = 128;
-
 impl SqliteLog {
     /// Opens (creating if needed) the log at `path` for reading and writing, and migrates it.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, StoreError> {
@@ -83,7 +73,6 @@ impl SqliteLog {
         conn.pragma_update(None, "page_size", 8192)?;
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "wal_autocheckpoint", WAL_AUTOCHECKPOINT_PAGES)?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
         Ok(Self { conn })

@@ -377,34 +377,3 @@ async fn the_head_watch_is_at_an_answered_seq_already() -> R {
     writer.close().await;
     Ok(())
 }
-
-#[test]
-fn the_wal_is_copied_back_every_128_pages_not_every_thousand() -> R {
-    let dir = tempfile::tempdir()?;
-    let path = dir.path().join("v.db");
-    let mut log = SqliteLog::open(&path)?;
-    let pages: i64 = log
-        .connection()
-        .query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0))?;
-    assert_eq!(pages, 128);
-    // Incompressible 6 KB bodies, one a commit: about a page of WAL each, 600 in all, far past
-    // 128 pages and short of SQLite's default of 1,000.
-    let mut noise = 0x9e37_79b9_7f4a_7c15_u64;
-    for i in 0..600 {
-        let body: String = (0..6000)
-            .map(|_| {
-                noise ^= noise << 13;
-                noise ^= noise >> 7;
-                noise ^= noise << 17;
-                char::from(b'a' + (noise % 26) as u8)
-            })
-            .collect();
-        log.append_batch(&[&ev(&format!("k{i}"), &body)])?;
-    }
-    // Copied back and restarted from its start: the WAL file never grew much past 128 pages
-    // (with the default it would hold ~600 pages, ~5 MB).
-    let wal = std::fs::metadata(dir.path().join("v.db-wal"))?.len();
-    assert!(wal < 3 << 20, "WAL is {wal} bytes");
-    assert!(verify(&log)?.is_intact());
-    Ok(())
-}
