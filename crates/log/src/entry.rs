@@ -92,6 +92,11 @@ impl EncodedBody {
             bytes: raw.clone(),
         }
     }
+
+    /// What goes into the `body` and `body_encoding` columns.
+    pub fn stored(&self) -> (BodyEncoding, &[u8]) {
+        (self.encoding, &self.bytes)
+    }
 }
 
 /// Decodes a stored body into `out` (reused between calls); `false` (and `out` empty) when the
@@ -405,8 +410,8 @@ mod tests {
 
     proptest::proptest! {
         /// lz4_flex runs without its safe-only mode (Cargo.toml): whatever a row holds, the
-        /// decoder answers `false` or some bytes, never a panic or a read out of bounds; and
-        /// what the encoder made, with any one byte changed, is the same.
+        /// decoder answers `false` or some bytes, never a panic or a read out of bounds. So it
+        /// does for what the encoder made with any one byte changed.
         #[test]
         fn any_stored_bytes_decode_or_fail_cleanly(
             raw in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096),
