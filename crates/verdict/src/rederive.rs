@@ -82,10 +82,12 @@ impl Report {
 struct Expected {
     session_id: String,
     /// The decision expected (with the policy in force by log order), if it changes anything.
-    main: Option<Derived>,
+    /// Boxed, as `alt`: most entries of the map hold one or neither, and a `Derived` inline is
+    /// ~200 bytes in every bucket.
+    main: Option<Box<Derived>>,
     /// Shortly after a reload, the decision of the policy before it (the live projector may
     /// still have used it for a moment while the new one was being recorded).
-    alt: Option<Derived>,
+    alt: Option<Box<Derived>>,
 }
 
 /// How many entries after an activation the previous policy is also tried.
@@ -198,7 +200,7 @@ impl Check {
                         seq,
                         Expected {
                             session_id,
-                            main: Some(derived),
+                            main: Some(Box::new(derived)),
                             alt: None,
                         },
                     );
@@ -227,8 +229,8 @@ impl Check {
                         seq,
                         Expected {
                             session_id,
-                            main,
-                            alt,
+                            main: main.map(Box::new),
+                            alt: alt.map(Box::new),
                         },
                     );
                 }
