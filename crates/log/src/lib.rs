@@ -48,7 +48,9 @@ pub use sqlite::{SqliteLog, is_busy};
 pub use store::{Appended, EventStore, Head};
 pub use uuid::Uuid;
 pub use verify::{Problem, VerifyReport, verify};
-pub use writer::{Committed, LogWriter, PendingAppend, Tail, WriterConfig, WriterStats};
+pub use writer::{
+    Committed, LogWriter, PendingAppend, Tail, WRITER_CHECKPOINT_PAGES, WriterConfig, WriterStats,
+};
 
 /// The `source` of events verdict writes itself (overrides, decisions, policy activations).
 pub const INTERNAL_SOURCE: &str = "verdict";

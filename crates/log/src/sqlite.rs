@@ -1,4 +1,6 @@
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, OptionalExtension, Row, TransactionBehavior, params};
@@ -35,6 +37,16 @@ fn is_unfinished(e: &rusqlite::Error) -> bool {
 #[derive(Debug)]
 pub struct SqliteLog {
     conn: Connection,
+    /// Set by [`SqliteLog::defer_checkpoints`].
+    deferred: Option<Deferred>,
+}
+
+/// Checkpoints taken out of the commit: the WAL hook records the WAL's size after each commit,
+/// [`EventStore::after_commit`] checkpoints once it reaches `pages`.
+#[derive(Debug)]
+struct Deferred {
+    wal_pages: Arc<AtomicI32>,
+    pages: i32,
 }
 
 const COLUMNS: &str = "seq, event_id, source, type, event_version, dedupe_key, recorded_at, \
@@ -75,7 +87,10 @@ impl SqliteLog {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.set_prepared_statement_cache_capacity(64);
         migrate(&mut conn)?;
-        Ok(Self { conn })
+        Ok(Self {
+            conn,
+            deferred: None,
+        })
     }
 
     /// Opens an existing log read-only. Fails if the file does not exist.
@@ -91,7 +106,12 @@ impl SqliteLog {
         let mut retries = 2;
         loop {
             match conn.query_row("PRAGMA user_version", [], |r| r.get::<_, i64>(0)) {
-                Ok(_) => return Ok(Self { conn }),
+                Ok(_) => {
+                    return Ok(Self {
+                        conn,
+                        deferred: None,
+                    });
+                }
                 Err(e) if is_unfinished(&e) && retries > 0 => {
                     retries -= 1;
                     std::thread::sleep(std::time::Duration::from_millis(50));
@@ -216,6 +236,36 @@ impl SqliteLog {
             .query_map([], |r| r.get(0))?
             .collect::<Result<Vec<String>, _>>()?;
         Ok(names)
+    }
+
+    /// Takes WAL checkpoints out of this connection's commits: SQLite's automatic checkpoint
+    /// runs inside `COMMIT`, after the transaction is durable but before the call returns, so
+    /// whoever waits for that commit also waits for the checkpoint (copying up to `pages` pages
+    /// into the database and syncing it: milliseconds, the log writer's slowest commits). With
+    /// this, the commit returns as soon as the WAL is synced, and
+    /// [`EventStore::after_commit`] runs the same passive checkpoint once the WAL has reached
+    /// `pages` pages, when the writer has answered its callers.
+    pub fn defer_checkpoints(&mut self, pages: u32) -> Result<(), StoreError> {
+        let wal_pages = Arc::new(AtomicI32::new(0));
+        let seen = Arc::clone(&wal_pages);
+        // Replaces the automatic checkpoint (SQLite's own is a WAL hook too).
+        self.conn.wal_hook(Some(
+            move |_: &mut rusqlite::hooks::Wal, pages: std::ffi::c_int| {
+                seen.store(pages, Ordering::Relaxed);
+                Ok(())
+            },
+        ))?;
+        self.deferred = Some(Deferred {
+            wal_pages,
+            pages: i32::try_from(pages).unwrap_or(i32::MAX).max(1),
+        });
+        Ok(())
+    }
+
+    /// Pages in the WAL after the newest commit, when checkpoints are deferred.
+    pub fn wal_pages(&self) -> Option<u32> {
+        let d = self.deferred.as_ref()?;
+        u32::try_from(d.wal_pages.load(Ordering::Relaxed)).ok()
     }
 
     /// Runs a passive WAL checkpoint (never blocks writers or readers).
@@ -349,6 +399,30 @@ impl EventStore for SqliteLog {
 
     fn find(&self, source: &str, dedupe_key: &str) -> Result<Option<u64>, StoreError> {
         find_in(&self.conn, source, dedupe_key)
+    }
+
+    fn after_commit(&mut self) -> Result<(), StoreError> {
+        let Some(d) = &self.deferred else {
+            return Ok(());
+        };
+        if d.wal_pages.load(Ordering::Relaxed) < d.pages {
+            return Ok(());
+        }
+        // Counted again from the next commit: a checkpoint that could not copy everything (a
+        // reader still on older frames) is tried again after it, as SQLite's own would be.
+        d.wal_pages.store(0, Ordering::Relaxed);
+        let started = std::time::Instant::now();
+        let (frames, copied) = self.conn.wal_checkpoint_v2(
+            Some(rusqlite::MAIN_DB),
+            rusqlite::wal::CheckpointMode::PASSIVE,
+        )?;
+        tracing::trace!(
+            frames,
+            copied,
+            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            "checkpoint"
+        );
+        Ok(())
     }
 
     fn probe(&mut self) -> Result<(), StoreError> {

@@ -77,4 +77,11 @@ pub trait EventStore: Send {
     /// Writes and commits something small that is not an event, to check that the store is
     /// writable again after a failed append.
     fn probe(&mut self) -> Result<(), StoreError>;
+
+    /// Upkeep the writer runs after it has answered a batch's callers, so that it delays no
+    /// append already durable (for SQLite: the WAL checkpoint, when one is due). A failure
+    /// here loses nothing: the writer logs it and goes on.
+    fn after_commit(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
 }

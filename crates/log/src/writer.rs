@@ -59,6 +59,11 @@ impl Tail {
     }
 }
 
+/// WAL size (pages) at which the writer of [`LogWriter::open`] checkpoints, after answering the
+/// batch that reached it ([`SqliteLog::defer_checkpoints`]; SQLite's automatic checkpoint uses
+/// the same size, inside the commit).
+pub const WRITER_CHECKPOINT_PAGES: u32 = 1000;
+
 /// Settings of the writer thread.
 #[derive(Clone)]
 pub struct WriterConfig {
@@ -141,7 +146,9 @@ impl fmt::Debug for LogWriter {
 impl LogWriter {
     /// Opens the SQLite log at `path` (creating and migrating it) and starts its writer thread.
     pub fn open(path: impl AsRef<Path>, config: WriterConfig) -> Result<Self, StoreError> {
-        Self::spawn(SqliteLog::open(path)?, config)
+        let mut store = SqliteLog::open(path)?;
+        store.defer_checkpoints(WRITER_CHECKPOINT_PAGES)?;
+        Self::spawn(store, config)
     }
 
     /// Starts a writer thread that owns `store`.
@@ -385,6 +392,10 @@ fn commit<S: EventStore>(
             // it (an override right after a delivery waits for the projector to reach it).
             for (reply, mine) in replies {
                 let _ = reply.send(Ok(mine));
+            }
+            // Then the upkeep (a checkpoint when due), which no caller of this batch waits for.
+            if let Err(e) = store.after_commit() {
+                tracing::warn!(error = %e, "upkeep after a commit failed (nothing is lost)");
             }
         }
         Err(e) => {

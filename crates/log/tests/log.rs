@@ -377,3 +377,96 @@ async fn the_head_watch_is_at_an_answered_seq_already() -> R {
     writer.close().await;
     Ok(())
 }
+
+/// A body LZ4 cannot shrink (hex of a xorshift stream), about `len` bytes: one page each.
+fn incompressible(seed: u64, len: usize) -> String {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut hex = String::with_capacity(len);
+    while hex.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        hex.push_str(&format!("{x:016x}"));
+    }
+    format!("{{\"pad\":\"{hex}\"}}")
+}
+
+fn big_batch(from: u64, n: u64) -> Vec<NewEvent> {
+    (from..from + n)
+        .map(|i| ev(&format!("k{i}"), &incompressible(i, 6000)))
+        .collect()
+}
+
+#[test]
+fn deferred_checkpoints_leave_the_commit_and_run_in_the_upkeep() -> R {
+    let dir = tempfile::tempdir()?;
+    let mut log = SqliteLog::open(dir.path().join("v.db"))?;
+    log.defer_checkpoints(64)?;
+    // No commit checkpoints any more: without the upkeep, the WAL grows past the 1,000 pages
+    // at which SQLite's own checkpoint would have run inside a commit.
+    let mut next = 0;
+    for _ in 0..400 {
+        let batch = big_batch(next, 8);
+        log.append_batch(&batch.iter().collect::<Vec<_>>())?;
+        next += 8;
+        if log.wal_pages().unwrap_or(0) > 1100 {
+            break;
+        }
+    }
+    assert!(log.wal_pages().unwrap_or(0) > 1100, "{:?}", log.wal_pages());
+    // The upkeep checkpoints it all; the next commit starts the WAL over.
+    log.after_commit()?;
+    let batch = big_batch(next, 8);
+    log.append_batch(&batch.iter().collect::<Vec<_>>())?;
+    next += 8;
+    assert!(
+        log.wal_pages().unwrap_or(u32::MAX) < 32,
+        "{:?}",
+        log.wal_pages()
+    );
+    // With the upkeep after every commit, the WAL stays near its threshold.
+    for _ in 0..30 {
+        let batch = big_batch(next, 8);
+        log.append_batch(&batch.iter().collect::<Vec<_>>())?;
+        next += 8;
+        assert!(
+            log.wal_pages().unwrap_or(u32::MAX) < 64 + 32,
+            "{:?}",
+            log.wal_pages()
+        );
+        log.after_commit()?;
+    }
+    let report = verify(&log)?;
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert_eq!(report.entries, next);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_checkpoints_after_answering() -> R {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("v.db");
+    let writer = LogWriter::open(&path, WriterConfig::default())?;
+    // Well past the checkpoint size: pages of 8 KiB, one body each.
+    let pages = u64::from(verdict_log::WRITER_CHECKPOINT_PAGES);
+    let mut next = 0;
+    while next < pages * 3 / 2 {
+        writer.append_all(big_batch(next, 16)).await?;
+        next += 16;
+    }
+    writer.close().await;
+    // The WAL file keeps the largest size it reached: about the checkpoint size, not all
+    // that was appended (the writer checkpointed, and the WAL started over).
+    let wal = std::fs::metadata(dir.path().join("v.db-wal"))?.len();
+    let frame = 8192 + 24;
+    assert!(
+        wal < (pages + 100) * frame,
+        "WAL of {} frames for {next} one-page appends",
+        wal / frame
+    );
+    let log = SqliteLog::open(&path)?;
+    let report = verify(&log)?;
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert_eq!(report.entries, next);
+    Ok(())
+}
