@@ -7,6 +7,7 @@
 #
 # Knobs: WRK_THREADS (default 2), THREAD_CPU=1 (CPU seconds per server thread), VERDICT=PATH (a
 # verdict binary built before, for A/B runs; default: the release build of this checkout),
+# CEILING=PATH (the same for the ceiling example),
 # BENCH_LOG=verdict_log=trace KEEP_LOG=FILE (per-batch size and commit time).
 set -euo pipefail
 conns=${1:-32}
@@ -17,7 +18,8 @@ cd "$root"
 command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
 verdict=${VERDICT:-target/release/verdict}
 [ -n "${VERDICT:-}" ] || cargo build --release -q -p verdict
-cargo build --release -q -p verdict-ingress --example ceiling
+ceiling_bin=${CEILING:-target/release/examples/ceiling}
+[ -n "${CEILING:-}" ] || cargo build --release -q -p verdict-ingress --example ceiling
 
 work=$(mktemp -d "${BENCH_DIR:-$root/target}/bench-ingest.XXXXXX")
 pids=()
@@ -53,7 +55,7 @@ wait_url() { # file prefix -> url
 RUST_LOG=${BENCH_LOG:-warn} "$verdict" --config "$work/verdict.toml" serve \
   > "$work/verdict.out" 2> "$work/verdict.err" &
 pids+=($!)
-target/release/examples/ceiling 127.0.0.1:0 "$secret" > "$work/ceiling.out" &
+"$ceiling_bin" 127.0.0.1:0 "$secret" > "$work/ceiling.out" &
 pids+=($!)
 durable=$(wait_url "$work/verdict.out" "verdict listening on ")
 ceiling=$(wait_url "$work/ceiling.out" "ceiling listening on ")

@@ -8,6 +8,11 @@ use axum::serve::ListenerExt as _;
 use verdict_ingress::signature::{Scheme, Verifier};
 use verdict_ingress::{Ingress, NullAppender, Source};
 
+// The allocator `verdict serve` runs with (crates/verdict/src/main.rs), so that the ceiling
+// differs from the durable server by the storage only.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
