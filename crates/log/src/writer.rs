@@ -257,6 +257,7 @@ fn run<S: EventStore>(
 ) {
     let max_batch = config.max_batch.max(1);
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
+    let mut upkeep_failing = false;
     while let Some(first) = rx.blocking_recv() {
         let mut stop = None;
         match first {
@@ -292,6 +293,8 @@ fn run<S: EventStore>(
         }
         if !jobs.is_empty() {
             commit(&mut store, &mut jobs, committed, healthy, config);
+            // Then the upkeep (a checkpoint when due), which no caller of this batch waits for.
+            upkeep(&mut store, &mut upkeep_failing);
         }
         if let Some(ack) = stop {
             rx.close();
@@ -302,6 +305,26 @@ fn run<S: EventStore>(
             }
             let _ = ack.send(());
             return;
+        }
+    }
+}
+
+/// Runs the store's upkeep after a batch was answered. A failure loses nothing (the WAL only
+/// grows until an upkeep succeeds); it is logged once as a warning, repeats at debug level
+/// (the same failure, such as a full disk, would otherwise be logged after every commit).
+fn upkeep<S: EventStore>(store: &mut S, failing: &mut bool) {
+    match store.after_commit() {
+        Ok(()) => {
+            if std::mem::take(failing) {
+                tracing::info!("upkeep after commits works again");
+            }
+        }
+        Err(e) if *failing => {
+            tracing::debug!(error = %e, "upkeep after a commit failed again");
+        }
+        Err(e) => {
+            *failing = true;
+            tracing::warn!(error = %e, "upkeep after a commit failed (nothing is lost; retried after each commit)");
         }
     }
 }
@@ -392,10 +415,6 @@ fn commit<S: EventStore>(
             // it (an override right after a delivery waits for the projector to reach it).
             for (reply, mine) in replies {
                 let _ = reply.send(Ok(mine));
-            }
-            // Then the upkeep (a checkpoint when due), which no caller of this batch waits for.
-            if let Err(e) = store.after_commit() {
-                tracing::warn!(error = %e, "upkeep after a commit failed (nothing is lost)");
             }
         }
         Err(e) => {

@@ -470,3 +470,55 @@ async fn the_writer_checkpoints_after_answering() -> R {
     assert_eq!(report.entries, next);
     Ok(())
 }
+
+/// The SQLite log whose upkeep always fails (a checkpoint refused by a full disk, say).
+struct FailingUpkeep(SqliteLog, Arc<std::sync::atomic::AtomicUsize>);
+
+impl EventStore for FailingUpkeep {
+    fn append_batch(&mut self, events: &[&NewEvent]) -> Result<Vec<Appended>, StoreError> {
+        self.0.append_batch(events)
+    }
+    fn head(&self) -> Result<Option<verdict_log::Head>, StoreError> {
+        self.0.head()
+    }
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<verdict_log::Entry>, StoreError> {
+        self.0.read_after(after, limit)
+    }
+    fn get(&self, seq: u64) -> Result<Option<verdict_log::Entry>, StoreError> {
+        self.0.get(seq)
+    }
+    fn find(&self, source: &str, dedupe_key: &str) -> Result<Option<u64>, StoreError> {
+        self.0.find(source, dedupe_key)
+    }
+    fn repeats(&self, seq: u64) -> Result<u64, StoreError> {
+        self.0.repeats(seq)
+    }
+    fn probe(&mut self) -> Result<(), StoreError> {
+        self.0.probe()
+    }
+    fn after_commit(&mut self) -> Result<(), StoreError> {
+        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(StoreError::Io("no space left on device".into()))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_upkeep_loses_no_append() -> R {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("v.db");
+    let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let store = FailingUpkeep(SqliteLog::open(&path)?, Arc::clone(&tries));
+    let writer = LogWriter::spawn(store, WriterConfig::default())?;
+    for i in 0..20 {
+        let a = writer.append(ev(&format!("k{i}"), "{}")).await?;
+        assert_eq!(a.seq(), i + 1);
+    }
+    assert!(writer.is_healthy());
+    writer.close().await;
+    assert!(tries.load(std::sync::atomic::Ordering::Relaxed) >= 20);
+    let log = SqliteLog::open(&path)?;
+    let report = verify(&log)?;
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert_eq!(report.entries, 20);
+    Ok(())
+}
