@@ -76,16 +76,15 @@ pub struct EncodedBody {
 impl EncodedBody {
     /// Encodes `raw` (whose SHA-256 is `of`): LZ4 when that saves at least an eighth.
     pub fn encode(raw: &bytes::Bytes, of: Hash) -> Self {
-        if raw.len() >= COMPRESS_MIN
-            && raw.len() <= MAX_DECODED_BODY
-            && let Some(packed) = compress_prepend_size(raw)
-            && packed.len() + packed.len() / 8 < raw.len()
-        {
-            return Self {
-                of,
-                encoding: BodyEncoding::Lz4,
-                bytes: packed.into(),
-            };
+        if raw.len() >= COMPRESS_MIN && raw.len() <= MAX_DECODED_BODY {
+            let packed = compress_prepend_size(raw);
+            if packed.len() + packed.len() / 8 < raw.len() {
+                return Self {
+                    of,
+                    encoding: BodyEncoding::Lz4,
+                    bytes: packed.into(),
+                };
+            }
         }
         Self {
             of,
@@ -101,31 +100,41 @@ impl EncodedBody {
 }
 
 thread_local! {
-    /// The LZ4 hash table and output buffer of this thread, reused: a fresh table is an 8 KiB
-    /// zeroed allocation and a fresh output buffer another zeroed one per body (on the HTTP
-    /// workers, where `perf` showed zeroing allocations at ~2.5% of the durable server's samples).
+    /// The LZ4 hash table and output buffer of this thread, reused for bodies under 64 KiB: a
+    /// fresh table is a zeroed 8 KiB allocation per body (on the HTTP workers, where `perf`
+    /// showed zeroing allocations at ~2.5% of the durable server's samples). The buffer holds
+    /// at most the largest such body's bound (~64 KiB).
     static COMPRESSOR: std::cell::RefCell<(lz4_flex::block::CompressTable, Vec<u8>)> =
-        std::cell::RefCell::new((lz4_flex::block::CompressTable::default(), Vec::new()));
+        std::cell::RefCell::new((lz4_flex::block::CompressTable::small(), Vec::new()));
 }
 
-/// `lz4_flex::block::compress_prepend_size`, with this thread's table and buffer: the raw size
-/// as a little-endian u32, then the LZ4 block. `None` if the size does not fit (never for a body
-/// under [`MAX_DECODED_BODY`]) or the thread's compressor is already in use.
-fn compress_prepend_size(raw: &[u8]) -> Option<Vec<u8>> {
-    let size = u32::try_from(raw.len()).ok()?;
-    COMPRESSOR.with(|c| {
-        let mut guard = c.try_borrow_mut().ok()?;
-        let (table, buf) = &mut *guard;
-        let max = lz4_flex::block::get_maximum_output_size(raw.len());
-        if buf.len() < max {
-            buf.resize(max, 0);
-        }
-        let n = lz4_flex::block::compress_into_with_table(raw, buf, table).ok()?;
-        let mut out = Vec::with_capacity(4 + n);
-        out.extend_from_slice(&size.to_le_bytes());
-        out.extend_from_slice(buf.get(..n)?);
-        Some(out)
-    })
+/// `lz4_flex::block::compress_prepend_size` (the raw size as a little-endian u32, then the LZ4
+/// block), the same bytes, with this thread's table and buffer when it can.
+fn compress_prepend_size(raw: &[u8]) -> Vec<u8> {
+    // From 64 KiB on, lz4_flex uses its large table: such bodies are rare, and a reused table
+    // switched to large would encode every later small body differently.
+    if raw.len() >= usize::from(u16::MAX) {
+        return lz4_flex::block::compress_prepend_size(raw);
+    }
+    COMPRESSOR
+        .try_with(|c| {
+            let mut guard = c.try_borrow_mut().ok()?;
+            let (table, buf) = &mut *guard;
+            let max = lz4_flex::block::get_maximum_output_size(raw.len());
+            if buf.len() < max {
+                buf.resize(max, 0);
+            }
+            let n = lz4_flex::block::compress_into_with_table(raw, buf, table).ok()?;
+            let size = u32::try_from(raw.len()).ok()?;
+            let mut out = Vec::with_capacity(4 + n);
+            out.extend_from_slice(&size.to_le_bytes());
+            out.extend_from_slice(buf.get(..n)?);
+            Some(out)
+        })
+        .ok()
+        .flatten()
+        // The thread is exiting, or (never, as nothing here re-enters) the table is in use.
+        .unwrap_or_else(|| lz4_flex::block::compress_prepend_size(raw))
 }
 
 /// Decodes a stored body into `out` (reused between calls); `false` (and `out` empty) when the
@@ -478,9 +487,26 @@ mod tests {
                 let body = [raw.as_slice(), raw.as_slice()].concat();
                 proptest::prop_assert_eq!(
                     compress_prepend_size(&body),
-                    Some(lz4_flex::block::compress_prepend_size(&body))
+                    lz4_flex::block::compress_prepend_size(&body)
                 );
             }
+        }
+    }
+
+    #[test]
+    fn small_bodies_after_a_large_one_encode_like_fresh_ones() {
+        let text = |n: usize| -> Vec<u8> {
+            (0..n)
+                .flat_map(|i| format!("{{\"n\":{i},\"s\":\"k{}\"}}", i % 97).into_bytes())
+                .collect()
+        };
+        let large = text(8_000); // well over 64 KiB: lz4_flex's large table
+        assert!(large.len() > usize::from(u16::MAX));
+        for body in [text(50), large, text(50), text(300)] {
+            assert_eq!(
+                compress_prepend_size(&body),
+                lz4_flex::block::compress_prepend_size(&body)
+            );
         }
     }
 

@@ -244,7 +244,8 @@ impl SqliteLog {
     /// into the database and syncing it: milliseconds, the log writer's slowest commits). With
     /// this, the commit returns as soon as the WAL is synced, and
     /// [`EventStore::after_commit`] runs the same passive checkpoint once the WAL has reached
-    /// `pages` pages, when the writer has answered its callers.
+    /// `pages` pages, when the writer has answered its callers. A later `PRAGMA
+    /// wal_autocheckpoint` on this connection would replace the hook (and undo this).
     pub fn defer_checkpoints(&mut self, pages: u32) -> Result<(), StoreError> {
         let wal_pages = Arc::new(AtomicI32::new(0));
         let seen = Arc::clone(&wal_pages);
@@ -262,7 +263,9 @@ impl SqliteLog {
         Ok(())
     }
 
-    /// Pages in the WAL after the newest commit, when checkpoints are deferred.
+    /// Pages (frames) in the WAL after this connection's newest commit, as the WAL hook reported
+    /// them, when checkpoints are deferred; 0 once [`EventStore::after_commit`] has tried a
+    /// checkpoint, until the next commit.
     pub fn wal_pages(&self) -> Option<u32> {
         let d = self.deferred.as_ref()?;
         u32::try_from(d.wal_pages.load(Ordering::Relaxed)).ok()
@@ -401,28 +404,35 @@ impl EventStore for SqliteLog {
         find_in(&self.conn, source, dedupe_key)
     }
 
-    fn after_commit(&mut self) -> Result<(), StoreError> {
+    fn after_commit(&mut self) -> Result<bool, StoreError> {
         let Some(d) = &self.deferred else {
-            return Ok(());
+            return Ok(false);
         };
         if d.wal_pages.load(Ordering::Relaxed) < d.pages {
-            return Ok(());
+            return Ok(false);
         }
         // Counted again from the next commit: a checkpoint that could not copy everything (a
         // reader still on older frames) is tried again after it, as SQLite's own would be.
         d.wal_pages.store(0, Ordering::Relaxed);
         let started = std::time::Instant::now();
-        let (frames, copied) = self.conn.wal_checkpoint_v2(
+        match self.conn.wal_checkpoint_v2(
             Some(rusqlite::MAIN_DB),
             rusqlite::wal::CheckpointMode::PASSIVE,
-        )?;
-        tracing::trace!(
-            frames,
-            copied,
-            micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-            "checkpoint"
-        );
-        Ok(())
+        ) {
+            Ok((frames, copied)) => {
+                tracing::trace!(
+                    frames,
+                    copied,
+                    micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    "checkpoint"
+                );
+                Ok(true)
+            }
+            // Another connection is checkpointing this WAL (the projector's automatic one):
+            // nothing to do now, as SQLite's own checkpoint would conclude too.
+            Err(e) if is_busy(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 
     fn probe(&mut self) -> Result<(), StoreError> {

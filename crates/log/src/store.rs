@@ -79,9 +79,10 @@ pub trait EventStore: Send {
     fn probe(&mut self) -> Result<(), StoreError>;
 
     /// Upkeep the writer runs after it has answered a batch's callers, so that it delays no
-    /// append already durable (for SQLite: the WAL checkpoint, when one is due). A failure
-    /// here loses nothing: the writer logs it and goes on.
-    fn after_commit(&mut self) -> Result<(), StoreError> {
-        Ok(())
+    /// append already durable (for SQLite: the WAL checkpoint, when one is due). Returns
+    /// whether there was any to do. A failure here loses nothing: the writer logs it and goes
+    /// on.
+    fn after_commit(&mut self) -> Result<bool, StoreError> {
+        Ok(false)
     }
 }

@@ -314,7 +314,8 @@ fn run<S: EventStore>(
 /// (the same failure, such as a full disk, would otherwise be logged after every commit).
 fn upkeep<S: EventStore>(store: &mut S, failing: &mut bool) {
     match store.after_commit() {
-        Ok(()) => {
+        Ok(false) => {}
+        Ok(true) => {
             if std::mem::take(failing) {
                 tracing::info!("upkeep after commits works again");
             }

@@ -454,10 +454,11 @@ async fn the_writer_checkpoints_after_answering() -> R {
         writer.append_all(big_batch(next, 16)).await?;
         next += 16;
     }
-    writer.close().await;
     // The WAL file keeps the largest size it reached: about the checkpoint size, not all
-    // that was appended (the writer checkpointed, and the WAL started over).
+    // that was appended (the writer checkpointed, and the WAL started over). Read before the
+    // writer closes, as the last connection to close removes the file.
     let wal = std::fs::metadata(dir.path().join("v.db-wal"))?.len();
+    writer.close().await;
     let frame = 8192 + 24;
     assert!(
         wal < (pages + 100) * frame,
@@ -471,10 +472,10 @@ async fn the_writer_checkpoints_after_answering() -> R {
     Ok(())
 }
 
-/// The SQLite log whose upkeep always fails (a checkpoint refused by a full disk, say).
-struct FailingUpkeep(SqliteLog, Arc<std::sync::atomic::AtomicUsize>);
+/// The SQLite log with the upkeep a test chooses.
+struct Upkeep<F>(SqliteLog, F);
 
-impl EventStore for FailingUpkeep {
+impl<F: FnMut() -> Result<bool, StoreError> + Send> EventStore for Upkeep<F> {
     fn append_batch(&mut self, events: &[&NewEvent]) -> Result<Vec<Appended>, StoreError> {
         self.0.append_batch(events)
     }
@@ -496,9 +497,8 @@ impl EventStore for FailingUpkeep {
     fn probe(&mut self) -> Result<(), StoreError> {
         self.0.probe()
     }
-    fn after_commit(&mut self) -> Result<(), StoreError> {
-        self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Err(StoreError::Io("no space left on device".into()))
+    fn after_commit(&mut self) -> Result<bool, StoreError> {
+        (self.1)()
     }
 }
 
@@ -507,7 +507,11 @@ async fn a_failing_upkeep_loses_no_append() -> R {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("v.db");
     let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let store = FailingUpkeep(SqliteLog::open(&path)?, Arc::clone(&tries));
+    let counted = Arc::clone(&tries);
+    let store = Upkeep(SqliteLog::open(&path)?, move || {
+        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Err(StoreError::Io("no space left on device".into()))
+    });
     let writer = LogWriter::spawn(store, WriterConfig::default())?;
     for i in 0..20 {
         let a = writer.append(ev(&format!("k{i}"), "{}")).await?;
@@ -520,5 +524,27 @@ async fn a_failing_upkeep_loses_no_append() -> R {
     let report = verify(&log)?;
     assert!(report.is_intact(), "{:?}", report.problems);
     assert_eq!(report.entries, 20);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_are_answered_before_the_upkeep_runs() -> R {
+    let dir = tempfile::tempdir()?;
+    let (release, held) = std::sync::mpsc::channel::<()>();
+    // The upkeep waits until the test lets it go: had the writer run it before answering, the
+    // append below would never be answered while it waits.
+    let store = Upkeep(SqliteLog::open(dir.path().join("v.db"))?, move || {
+        let _ = held.recv();
+        Ok(true)
+    });
+    let writer = LogWriter::spawn(store, WriterConfig::default())?;
+    let answered = tokio::time::timeout(
+        std::time::Duration::from_secs(30),
+        writer.append(ev("a", "{}")),
+    )
+    .await;
+    release.send(())?;
+    assert_eq!(answered??.seq(), 1);
+    writer.close().await;
     Ok(())
 }
