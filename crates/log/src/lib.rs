@@ -34,6 +34,8 @@ mod export;
 mod migrate;
 mod sqlite;
 mod store;
+#[cfg(feature = "test-support")]
+pub mod testing;
 mod verify;
 mod writer;
 

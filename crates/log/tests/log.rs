@@ -330,33 +330,17 @@ fn a_read_only_open_names_a_write_left_unfinished() -> R {
     log.append_batch(&[&ev("a", "{}")])?;
     // A write in progress through a rollback journal, its pages already spilling into the
     // file: copied as it stands, the copy is what a process killed at that moment leaves.
-    let conn = log.connection_mut();
-    conn.execute_batch(
-        "CREATE TABLE scratch (x BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
-         INSERT INTO scratch SELECT randomblob(1000) FROM n;",
-    )?;
-    assert!(log.try_rollback_journal()?);
-    let conn = log.connection_mut();
-    conn.pragma_update(None, "cache_size", 2)?;
-    let tx = conn.transaction()?;
-    tx.execute("UPDATE scratch SET x = randomblob(1000)", [])?;
-    let copy = dir.path().join("killed");
-    std::fs::create_dir(&copy)?;
-    let journal = dir.path().join("v.db-journal");
-    assert!(journal.exists(), "the write has its rollback journal");
-    std::fs::copy(&path, copy.join("v.db"))?;
-    std::fs::copy(&journal, copy.join("v.db-journal"))?;
-    drop(tx);
+    let copied = verdict_log::testing::copy_mid_write(&mut log, &dir.path().join("killed"))?;
+    assert!(dir.path().join("killed/v.db-journal").exists());
 
-    let refused = SqliteLog::open_read_only(copy.join("v.db"))
+    let refused = SqliteLog::open_read_only(&copied)
         .err()
         .ok_or("the read-only open succeeded")?;
     assert!(matches!(refused, StoreError::Unfinished), "{refused}");
     assert!(refused.to_string().contains("verdict replay"), "{refused}");
     // A read-write open rolls it back; read-only opens work again, the chain intact.
-    drop(SqliteLog::open(copy.join("v.db"))?);
-    let reopened = SqliteLog::open_read_only(copy.join("v.db"))?;
+    drop(SqliteLog::open(&copied)?);
+    let reopened = SqliteLog::open_read_only(&copied)?;
     assert!(verify(&reopened)?.is_intact());
     assert_eq!(reopened.head()?.map(|h| h.seq), Some(1));
     Ok(())

@@ -88,24 +88,8 @@ fn a_write_left_unfinished_is_named_and_the_next_replay_rolls_it_back() {
     verdict_log::EventStore::append_batch(&mut log, &events.iter().collect::<Vec<_>>()).unwrap();
     // A replay killed while writing through its rollback journal leaves the file with a hot
     // journal: made here by copying the files in the middle of a write that spills pages.
-    let conn = log.connection_mut();
-    conn.execute_batch(
-        "CREATE TABLE scratch (x BLOB);
-         WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 400)
-         INSERT INTO scratch SELECT randomblob(1000) FROM n;",
-    )
-    .unwrap();
-    assert!(log.try_rollback_journal().unwrap());
-    let conn = log.connection_mut();
-    conn.pragma_update(None, "cache_size", 2).unwrap();
-    let tx = conn.transaction().unwrap();
-    tx.execute("UPDATE scratch SET x = randomblob(1000)", [])
-        .unwrap();
     let killed = dir.path().join("killed");
-    std::fs::create_dir(&killed).unwrap();
-    std::fs::copy(&db, killed.join("v.db")).unwrap();
-    std::fs::copy(dir.path().join("v.db-journal"), killed.join("v.db-journal")).unwrap();
-    drop(tx);
+    verdict_log::testing::copy_mid_write(&mut log, &killed).unwrap();
     drop(log);
     let config_killed = dir.path().join("killed.toml");
     std::fs::write(&config_killed, config_text(&killed.join("v.db"), "")).unwrap();
