@@ -74,6 +74,9 @@ pub struct WriterConfig {
     /// Called after every batch (after its commit, before the callers are answered), on the
     /// writer thread (keep it cheap).
     pub on_batch: Option<Arc<dyn Fn(WriterStats) + Send + Sync>>,
+    /// Called with its duration after each upkeep that did some work
+    /// ([`EventStore::after_commit`]: for SQLite, a WAL checkpoint), on the writer thread.
+    pub on_upkeep: Option<Arc<dyn Fn(Duration) + Send + Sync>>,
     /// Where committed entries are handed over in memory, if anywhere.
     pub tail: Option<Tail>,
 }
@@ -84,6 +87,7 @@ impl Default for WriterConfig {
             queue_capacity: 8192,
             max_batch: 1024,
             on_batch: None,
+            on_upkeep: None,
             tail: None,
         }
     }
@@ -95,6 +99,7 @@ impl fmt::Debug for WriterConfig {
             .field("queue_capacity", &self.queue_capacity)
             .field("max_batch", &self.max_batch)
             .field("on_batch", &self.on_batch.is_some())
+            .field("on_upkeep", &self.on_upkeep.is_some())
             .field("tail", &self.tail.is_some())
             .finish()
     }
@@ -294,7 +299,7 @@ fn run<S: EventStore>(
         if !jobs.is_empty() {
             commit(&mut store, &mut jobs, committed, healthy, config);
             // Then the upkeep (a checkpoint when due), which no caller of this batch waits for.
-            upkeep(&mut store, &mut upkeep_failing);
+            upkeep(&mut store, &mut upkeep_failing, config);
         }
         if let Some(ack) = stop {
             rx.close();
@@ -312,10 +317,14 @@ fn run<S: EventStore>(
 /// Runs the store's upkeep after a batch was answered. A failure loses nothing (the WAL only
 /// grows until an upkeep succeeds); it is logged once as a warning, repeats at debug level
 /// (the same failure, such as a full disk, would otherwise be logged after every commit).
-fn upkeep<S: EventStore>(store: &mut S, failing: &mut bool) {
+fn upkeep<S: EventStore>(store: &mut S, failing: &mut bool, config: &WriterConfig) {
+    let started = Instant::now();
     match store.after_commit() {
         Ok(false) => {}
         Ok(true) => {
+            if let Some(cb) = &config.on_upkeep {
+                cb(started.elapsed());
+            }
             if std::mem::take(failing) {
                 tracing::info!("upkeep after commits works again");
             }

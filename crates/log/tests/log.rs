@@ -430,7 +430,15 @@ fn deferred_checkpoints_leave_the_commit_and_run_in_the_upkeep() -> R {
 async fn the_writer_checkpoints_after_answering() -> R {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("v.db");
-    let writer = LogWriter::open(&path, WriterConfig::default())?;
+    let checkpoints = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&checkpoints);
+    let config = WriterConfig {
+        on_upkeep: Some(Arc::new(move |_| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        })),
+        ..WriterConfig::default()
+    };
+    let writer = LogWriter::open(&path, config)?;
     // Well past the checkpoint size: pages of 8 KiB, one body each.
     let pages = u64::from(verdict_log::WRITER_CHECKPOINT_PAGES);
     let mut next = 0;
@@ -443,6 +451,7 @@ async fn the_writer_checkpoints_after_answering() -> R {
     // writer closes, as the last connection to close removes the file.
     let wal = std::fs::metadata(dir.path().join("v.db-wal"))?.len();
     writer.close().await;
+    assert!(checkpoints.load(std::sync::atomic::Ordering::Relaxed) >= 1);
     let frame = 8192 + 24;
     assert!(
         wal < (pages + 100) * frame,
@@ -530,5 +539,31 @@ async fn appends_are_answered_before_the_upkeep_runs() -> R {
     release.send(())?;
     assert_eq!(answered??.seq(), 1);
     writer.close().await;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_upkeep_that_did_work_is_reported() -> R {
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+    let dir = tempfile::tempdir()?;
+    let (ran, reported) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (r, seen) = (Arc::clone(&ran), Arc::clone(&reported));
+    // Work to do every other time.
+    let store = Upkeep(SqliteLog::open(dir.path().join("v.db"))?, move || {
+        Ok(r.fetch_add(1, Relaxed) % 2 == 0)
+    });
+    let config = WriterConfig {
+        on_upkeep: Some(Arc::new(move |_| {
+            seen.fetch_add(1, Relaxed);
+        })),
+        ..WriterConfig::default()
+    };
+    let writer = LogWriter::spawn(store, config)?;
+    for i in 0..10 {
+        writer.append(ev(&format!("k{i}"), "{}")).await?;
+    }
+    writer.close().await; // after the last batch's upkeep
+    assert_eq!(ran.load(Relaxed), 10);
+    assert_eq!(reported.load(Relaxed), 5);
     Ok(())
 }

@@ -19,6 +19,9 @@ pub const APPEND_BATCH_EVENTS: &str = "verdict_append_batch_events";
 pub const APPEND_BATCH_SECONDS: &str = "verdict_append_batch_seconds";
 /// `verdict_append_failures_total`: batches that could not be written.
 pub const APPEND_FAILURES: &str = "verdict_append_failures_total";
+/// `verdict_log_checkpoint_seconds`: the log writer's WAL checkpoints, run after it has
+/// answered a batch (histogram).
+pub const LOG_CHECKPOINT_SECONDS: &str = "verdict_log_checkpoint_seconds";
 /// `verdict_log_head_seq`: the newest committed seq.
 pub const LOG_HEAD: &str = "verdict_log_head_seq";
 /// `verdict_projector_lag_seqs`: committed entries not yet folded and written by the projector.
@@ -73,6 +76,10 @@ fn describe() {
         "Time to write and commit one log batch, fsync included"
     );
     describe_counter!(APPEND_FAILURES, "Log batches that could not be written");
+    describe_histogram!(
+        LOG_CHECKPOINT_SECONDS,
+        "The log writer's WAL checkpoints, run after it has answered a batch"
+    );
     describe_gauge!(LOG_HEAD, "The newest committed seq");
     describe_gauge!(
         PROJECTOR_LAG,

@@ -169,6 +169,9 @@ async fn serve(
                 }
             },
         )),
+        on_upkeep: Some(std::sync::Arc::new(|took: std::time::Duration| {
+            metrics::histogram!(crate::metrics::LOG_CHECKPOINT_SECONDS).record(took.as_secs_f64());
+        })),
         ..WriterConfig::default()
     };
     let writer = LogWriter::open(db, writer_config)
