@@ -21,6 +21,10 @@ bench:
 bench-ingest connections="32" seconds="10":
     scripts/bench-ingest.sh {{connections}} {{seconds}}
 
+# Two builds on the load benchmark, alternating, with medians (docs/benchmarks.md).
+ab-ingest a b pairs="5":
+    scripts/ab-ingest.sh {{a}} {{b}} {{pairs}}
+
 # Run the sidecar with the example config (secrets from the environment).
 run:
     cargo run --release -p verdict -- --config config/verdict.toml serve
