@@ -271,11 +271,27 @@ impl SqliteLog {
         u32::try_from(d.wal_pages.load(Ordering::Relaxed)).ok()
     }
 
-    /// Runs a passive WAL checkpoint (never blocks writers or readers).
-    pub fn checkpoint_passive(&self) -> Result<(), StoreError> {
-        self.conn
-            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()))?;
-        Ok(())
+    /// Runs a passive WAL checkpoint (never blocks writers or readers). `false` when another
+    /// connection was checkpointing this WAL at that moment: nothing to do now, as SQLite's own
+    /// automatic checkpoint would conclude too.
+    pub fn checkpoint_passive(&self) -> Result<bool, StoreError> {
+        let started = std::time::Instant::now();
+        match self.conn.wal_checkpoint_v2(
+            Some(rusqlite::MAIN_DB),
+            rusqlite::wal::CheckpointMode::PASSIVE,
+        ) {
+            Ok((frames, copied)) => {
+                tracing::trace!(
+                    frames,
+                    copied,
+                    micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                    "checkpoint"
+                );
+                Ok(true)
+            }
+            Err(e) if is_busy(&e) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
     }
 }
 
@@ -414,25 +430,7 @@ impl EventStore for SqliteLog {
         // Counted again from the next commit: a checkpoint that could not copy everything (a
         // reader still on older frames) is tried again after it, as SQLite's own would be.
         d.wal_pages.store(0, Ordering::Relaxed);
-        let started = std::time::Instant::now();
-        match self.conn.wal_checkpoint_v2(
-            Some(rusqlite::MAIN_DB),
-            rusqlite::wal::CheckpointMode::PASSIVE,
-        ) {
-            Ok((frames, copied)) => {
-                tracing::trace!(
-                    frames,
-                    copied,
-                    micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-                    "checkpoint"
-                );
-                Ok(true)
-            }
-            // Another connection is checkpointing this WAL (the projector's automatic one):
-            // nothing to do now, as SQLite's own checkpoint would conclude too.
-            Err(e) if is_busy(&e) => Ok(false),
-            Err(e) => Err(e.into()),
-        }
+        self.checkpoint_passive()
     }
 
     fn probe(&mut self) -> Result<(), StoreError> {

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test code: failing loudly is the point
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use rusqlite::Connection;
 use verdict_log::{
@@ -381,6 +382,22 @@ fn big_batch(from: u64, n: u64) -> Vec<NewEvent> {
         .collect()
 }
 
+/// Appends 8 one-page events after the `next` first ones.
+fn append_big(log: &mut SqliteLog, next: &mut u64) -> R {
+    let batch = big_batch(*next, 8);
+    log.append_batch(&batch.iter().collect::<Vec<_>>())?;
+    *next += 8;
+    Ok(())
+}
+
+/// The chain is intact and holds `entries` entries.
+fn assert_intact(log: &SqliteLog, entries: u64) -> R {
+    let report = verify(log)?;
+    assert!(report.is_intact(), "{:?}", report.problems);
+    assert_eq!(report.entries, entries);
+    Ok(())
+}
+
 #[test]
 fn deferred_checkpoints_leave_the_commit_and_run_in_the_upkeep() -> R {
     let dir = tempfile::tempdir()?;
@@ -390,9 +407,7 @@ fn deferred_checkpoints_leave_the_commit_and_run_in_the_upkeep() -> R {
     // at which SQLite's own checkpoint would have run inside a commit.
     let mut next = 0;
     for _ in 0..400 {
-        let batch = big_batch(next, 8);
-        log.append_batch(&batch.iter().collect::<Vec<_>>())?;
-        next += 8;
+        append_big(&mut log, &mut next)?;
         if log.wal_pages().unwrap_or(0) > 1100 {
             break;
         }
@@ -400,9 +415,7 @@ fn deferred_checkpoints_leave_the_commit_and_run_in_the_upkeep() -> R {
     assert!(log.wal_pages().unwrap_or(0) > 1100, "{:?}", log.wal_pages());
     // The upkeep checkpoints it all; the next commit starts the WAL over.
     log.after_commit()?;
-    let batch = big_batch(next, 8);
-    log.append_batch(&batch.iter().collect::<Vec<_>>())?;
-    next += 8;
+    append_big(&mut log, &mut next)?;
     assert!(
         log.wal_pages().unwrap_or(u32::MAX) < 32,
         "{:?}",
@@ -410,9 +423,7 @@ fn deferred_checkpoints_leave_the_commit_and_run_in_the_upkeep() -> R {
     );
     // With the upkeep after every commit, the WAL stays near its threshold.
     for _ in 0..30 {
-        let batch = big_batch(next, 8);
-        log.append_batch(&batch.iter().collect::<Vec<_>>())?;
-        next += 8;
+        append_big(&mut log, &mut next)?;
         assert!(
             log.wal_pages().unwrap_or(u32::MAX) < 64 + 32,
             "{:?}",
@@ -420,21 +431,18 @@ fn deferred_checkpoints_leave_the_commit_and_run_in_the_upkeep() -> R {
         );
         log.after_commit()?;
     }
-    let report = verify(&log)?;
-    assert!(report.is_intact(), "{:?}", report.problems);
-    assert_eq!(report.entries, next);
-    Ok(())
+    assert_intact(&log, next)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_writer_checkpoints_after_answering() -> R {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("v.db");
-    let checkpoints = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let checkpoints = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&checkpoints);
     let config = WriterConfig {
         on_upkeep: Some(Arc::new(move |_| {
-            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            counted.fetch_add(1, Relaxed);
         })),
         ..WriterConfig::default()
     };
@@ -451,7 +459,7 @@ async fn the_writer_checkpoints_after_answering() -> R {
     // writer closes, as the last connection to close removes the file.
     let wal = std::fs::metadata(dir.path().join("v.db-wal"))?.len();
     writer.close().await;
-    assert!(checkpoints.load(std::sync::atomic::Ordering::Relaxed) >= 1);
+    assert!(checkpoints.load(Relaxed) >= 1);
     let frame = 8192 + 24;
     assert!(
         wal < (pages + 100) * frame,
@@ -459,10 +467,7 @@ async fn the_writer_checkpoints_after_answering() -> R {
         wal / frame
     );
     let log = SqliteLog::open(&path)?;
-    let report = verify(&log)?;
-    assert!(report.is_intact(), "{:?}", report.problems);
-    assert_eq!(report.entries, next);
-    Ok(())
+    assert_intact(&log, next)
 }
 
 /// The SQLite log with the upkeep a test chooses.
@@ -499,10 +504,10 @@ impl<F: FnMut() -> Result<bool, StoreError> + Send> EventStore for Upkeep<F> {
 async fn a_failing_upkeep_loses_no_append() -> R {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("v.db");
-    let tries = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tries = Arc::new(AtomicUsize::new(0));
     let counted = Arc::clone(&tries);
     let store = Upkeep(SqliteLog::open(&path)?, move || {
-        counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        counted.fetch_add(1, Relaxed);
         Err(StoreError::Io("no space left on device".into()))
     });
     let writer = LogWriter::spawn(store, WriterConfig::default())?;
@@ -512,12 +517,9 @@ async fn a_failing_upkeep_loses_no_append() -> R {
     }
     assert!(writer.is_healthy());
     writer.close().await;
-    assert!(tries.load(std::sync::atomic::Ordering::Relaxed) >= 20);
+    assert!(tries.load(Relaxed) >= 20);
     let log = SqliteLog::open(&path)?;
-    let report = verify(&log)?;
-    assert!(report.is_intact(), "{:?}", report.problems);
-    assert_eq!(report.entries, 20);
-    Ok(())
+    assert_intact(&log, 20)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -544,7 +546,6 @@ async fn appends_are_answered_before_the_upkeep_runs() -> R {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_an_upkeep_that_did_work_is_reported() -> R {
-    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
     let dir = tempfile::tempdir()?;
     let (ran, reported) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
     let (r, seen) = (Arc::clone(&ran), Arc::clone(&reported));
