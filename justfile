@@ -25,6 +25,11 @@ bench-ingest connections="32" seconds="10":
 ab-ingest a b pairs="5":
     scripts/ab-ingest.sh {{a}} {{b}} {{pairs}}
 
+# Where the durable ingest figure goes: the benchmark with parts of the path switched off
+# (a throwaway build with bench/ladder.patch; docs/benchmarks.md).
+ladder-ingest cycles="3":
+    scripts/ladder-ingest.sh {{cycles}}
+
 # Run the sidecar with the example config (secrets from the environment).
 run:
     cargo run --release -p verdict -- --config config/verdict.toml serve
