@@ -1548,6 +1548,27 @@ pub fn history_json(log: &SqliteLog, id: &str) -> anyhow::Result<Option<String>>
     })?))
 }
 
+/// The filter of a [`list_sessions`] page: one SQL text per combination of filters, so that
+/// SQLite plans each on its index (`sessions_by_status`, `sessions_by_action`; a page is a
+/// range of one, in id order). One text for all, `(?3 IS NULL OR vendor_status = ?3)`, is
+/// planned once for any value, on the primary key: every row is read and filtered, and a page
+/// past the last match (the last page of every filtered listing) read the rest of the table.
+fn list_filter(vendor_status: bool, action: bool) -> &'static str {
+    match (vendor_status, action) {
+        (false, false) => "",
+        (true, false) => "vendor_status = ?3 AND",
+        (false, true) => "action = ?3 AND",
+        (true, true) => "vendor_status = ?3 AND action = ?4 AND",
+    }
+}
+
+/// The query of a [`list_sessions`] page with these filters: `?1` the cursor, `?2` the limit,
+/// `?3` (and `?4`) the filters' values.
+fn list_sql(vendor_status: bool, action: bool) -> String {
+    let filter = list_filter(vendor_status, action);
+    format!("{SELECT_SESSION} WHERE {filter} session_id > ?1 ORDER BY session_id LIMIT ?2")
+}
+
 /// A page of sessions in id order, and the cursor of the next page.
 pub fn list_sessions(
     conn: &Connection,
@@ -1556,21 +1577,21 @@ pub fn list_sessions(
     after: Option<&str>,
     limit: usize,
 ) -> anyhow::Result<(Vec<Session>, Option<String>)> {
-    let mut stmt = conn.prepare_cached(&format!(
-        "{SELECT_SESSION} WHERE (?1 IS NULL OR vendor_status = ?1) \
-         AND (?4 IS NULL OR action = ?4) AND session_id > ?2 ORDER BY session_id LIMIT ?3"
-    ))?;
+    let mut stmt = conn.prepare_cached(&list_sql(vendor_status.is_some(), action.is_some()))?;
     let limit = limit.clamp(1, 1000);
-    let mut sessions = stmt
-        .query_map(
-            params![
-                vendor_status,
-                after.unwrap_or(""),
-                i64_of(limit as u64 + 1),
-                action
-            ],
-            session_row,
-        )?
+    let after = after.unwrap_or("");
+    let limit_plus_one = i64_of(limit as u64 + 1);
+    // The parameters: the cursor, the limit, then the filters in use, in the text's order.
+    let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&after, &limit_plus_one];
+    bound.extend(
+        vendor_status
+            .iter()
+            .chain(action.iter())
+            .map(|v| v as &dyn rusqlite::ToSql),
+    );
+    let rows = stmt.query(bound.as_slice())?;
+    let mut sessions = rows
+        .mapped(session_row)
         .map(|row| row?.read())
         .collect::<anyhow::Result<Vec<Session>>>()?;
     let next = if sessions.len() > limit {
@@ -1739,6 +1760,85 @@ mod tests {
             seqs(&handed.take_after(first.len() as u64)),
             (first.len() as u64 + 1..=n).collect::<Vec<_>>()
         );
+    }
+
+    /// Every filter of the sessions listing pages through exactly the matching sessions, and
+    /// is planned on its index (a page past the last match read the whole table before).
+    #[test]
+    fn session_listings_page_through_matches_on_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SqliteLog::open(dir.path().join("l.db")).unwrap();
+        let statuses = [Some("APPROVED"), Some("REVIEW"), Some("DECLINED"), None];
+        let actions = [Some("approve"), None, Some("decline")];
+        let rows: Vec<(String, Option<&str>, Option<&str>)> = (0..60)
+            .map(|i| (format!("s{i:02}"), statuses[i % 4], actions[i % 3]))
+            .collect();
+        {
+            let tx = log.connection_mut().transaction().unwrap();
+            let sessions: Vec<Session> = rows
+                .iter()
+                .map(|(id, status, _)| {
+                    let mut s = Session::new(id);
+                    s.vendor_status = status.map(str::to_owned);
+                    s
+                })
+                .collect();
+            save_sessions(&tx, sessions.iter()).unwrap();
+            for (id, _, action) in &rows {
+                tx.execute(
+                    "UPDATE sessions SET action = ?2 WHERE session_id = ?1",
+                    params![id, action],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let conn = log.connection();
+        for status in [None, Some("APPROVED"), Some("REVIEW"), Some("NOPE")] {
+            for action in [None, Some("approve"), Some("decline")] {
+                let expected: Vec<&str> = rows
+                    .iter()
+                    .filter(|(_, s, a)| {
+                        status.is_none_or(|f| *s == Some(f)) && action.is_none_or(|f| *a == Some(f))
+                    })
+                    .map(|(id, ..)| id.as_str())
+                    .collect();
+                let mut got = Vec::new();
+                let mut after: Option<String> = None;
+                loop {
+                    let (page, next) =
+                        list_sessions(conn, status, action, after.as_deref(), 7).unwrap();
+                    assert!(page.len() <= 7);
+                    got.extend(page.into_iter().map(|s| s.session_id));
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
+                assert_eq!(got, expected, "vendor_status={status:?} action={action:?}");
+
+                let values: [&dyn rusqlite::ToSql; 4] = [&"", &8, &"x", &"y"];
+                let bound = 2 + usize::from(status.is_some()) + usize::from(action.is_some());
+                let plan: Vec<String> = conn
+                    .prepare(&format!(
+                        "EXPLAIN QUERY PLAN {}",
+                        list_sql(status.is_some(), action.is_some())
+                    ))
+                    .unwrap()
+                    .query_map(&values[..bound], |r| r.get::<_, String>(3))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                let plan = plan.join("; ");
+                let index = match (status, action) {
+                    (None, None) => "PRIMARY KEY",
+                    (Some(_), None) => "INDEX sessions_by_status",
+                    (None, Some(_)) => "INDEX sessions_by_action",
+                    (Some(_), Some(_)) => "INDEX sessions_by_",
+                };
+                assert!(plan.contains(index), "{status:?} {action:?}: {plan}");
+            }
+        }
     }
 
     mod write_rebuilt {
