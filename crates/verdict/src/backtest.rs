@@ -195,12 +195,10 @@ fn recorded_policy_decisions(
 ) -> anyhow::Result<std::collections::HashMap<String, Action>> {
     let mut out = std::collections::HashMap::new();
     let mut stmt = log.connection().prepare(
-        "SELECT seq, body, body_encoding FROM events WHERE source = ?1 AND type = ?2 ORDER BY seq",
+        "SELECT seq, body, body_encoding FROM events INDEXED BY events_internal \
+         WHERE source = 'verdict' AND type = ?1 ORDER BY seq",
     )?;
-    let mut rows = stmt.query(rusqlite::params![
-        verdict_log::INTERNAL_SOURCE,
-        verdict_projector::fact::DECISION
-    ])?;
+    let mut rows = stmt.query([verdict_projector::fact::DECISION])?;
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
         let Some(body) = verdict_log::decode_body(row.get(2)?, row.get(1)?) else {

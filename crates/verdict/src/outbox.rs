@@ -771,13 +771,7 @@ pub fn retry_one(conn: &Connection, id: i64) -> anyhow::Result<bool> {
         ),
         Some(_) => {
             let newer: Option<i64> = conn
-                .query_row(
-                    &format!(
-                        "SELECT n.seq FROM outbox o JOIN outbox n {NEWER_DELIVERED} WHERE o.id = ?1"
-                    ),
-                    [id],
-                    |r| r.get(0),
-                )
+                .query_row(&newer_delivered_sql(), [id], |r| r.get(0))
                 .optional()?;
             if let Some(seq) = newer {
                 anyhow::bail!(
@@ -794,9 +788,20 @@ pub fn retry_one(conn: &Connection, id: i64) -> anyhow::Result<bool> {
     }
 }
 
-/// Joins a delivery `o` to a newer delivered decision `n` of the same session and sink.
+/// Joins a delivery `o` to a newer delivered decision `n` of the same session and sink: a
+/// lookup in the `outbox_delivered` index (migration 0006).
 const NEWER_DELIVERED: &str = "ON n.sink = o.sink AND n.session_id = o.session_id \
      AND n.seq > o.seq AND n.state = 'delivered'";
+
+/// The seq of a newer delivered decision for delivery `?1`.
+fn newer_delivered_sql() -> String {
+    format!("SELECT n.seq FROM outbox o JOIN outbox n {NEWER_DELIVERED} WHERE o.id = ?1")
+}
+
+/// The dead deliveries that a newer delivered decision of their session supersedes.
+fn dead_superseded_sql() -> String {
+    format!("SELECT o.id FROM outbox o JOIN outbox n {NEWER_DELIVERED} WHERE o.state = 'dead'")
+}
 
 /// Queues every dead delivery again, except those whose session has had a newer decision
 /// delivered to the same sink since (sending them would overwrite it): those are marked
@@ -807,8 +812,8 @@ pub fn retry_dead(conn: &mut Connection) -> anyhow::Result<(usize, usize)> {
     let superseded = tx.execute(
         &format!(
             "UPDATE outbox SET state = 'superseded', updated_at = ?1 WHERE state = 'dead' \
-             AND id IN (SELECT o.id FROM outbox o JOIN outbox n {NEWER_DELIVERED} \
-                        WHERE o.state = 'dead')"
+             AND id IN ({})",
+            dead_superseded_sql()
         ),
         [now],
     )?;
@@ -840,4 +845,42 @@ pub fn disabled(conn: &Connection) -> anyhow::Result<Vec<(String, String, String
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(conn: &Connection, sql: &str, params: &[i64]) -> String {
+        let rows: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+            .unwrap()
+            .query_map(rusqlite::params_from_iter(params), |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        rows.join("; ")
+    }
+
+    /// Whether a newer decision of a delivery's session was delivered is a lookup in the
+    /// `outbox_delivered` index (migration 0006), not a read of every later delivery of the
+    /// sink: `deliveries retry` runs it for each dead delivery inside a write transaction.
+    #[test]
+    fn a_newer_delivered_decision_is_looked_up_on_its_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = verdict_log::SqliteLog::open(dir.path().join("o.db")).unwrap();
+        let conn = log.connection();
+        for (sql, params) in [
+            (newer_delivered_sql(), &[1][..]),
+            (dead_superseded_sql(), &[]),
+        ] {
+            let plan = plan(conn, &sql, params);
+            assert!(
+                plan.contains(
+                    "USING COVERING INDEX outbox_delivered (sink=? AND session_id=? AND seq>?)"
+                ),
+                "{sql}: {plan}"
+            );
+        }
+    }
 }
