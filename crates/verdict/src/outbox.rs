@@ -109,17 +109,44 @@ struct Pick {
     attempts: u32,
 }
 
-/// Only rows of configured sinks that are not disabled, and only a session's first pending one.
-const ELIGIBLE: &str = "o.state = 'pending' \
-     AND o.sink IN (SELECT value FROM json_each(?1)) \
-     AND o.sink NOT IN (SELECT sink FROM sink_status) \
-     AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' AND p.sink = o.sink \
-                     AND p.session_id = o.session_id AND p.seq < o.seq)";
+/// The first `limit` pending deliveries of sink `?1` by due time, each only if it is its
+/// session's first pending one, with whether a newer one of its session is pending: a range of
+/// `outbox_due` in its order (no sort), the session checks lookups in `outbox_session`.
+fn candidates_sql(limit: usize) -> String {
+    format!(
+        "SELECT o.sink, o.seq, o.session_id, o.decision_id, o.attempts, o.next_attempt_at, \
+         EXISTS (SELECT 1 FROM outbox n WHERE n.state = 'pending' AND n.sink = o.sink \
+                 AND n.session_id = o.session_id AND n.seq > o.seq) \
+         FROM outbox o INDEXED BY outbox_due WHERE o.state = 'pending' AND o.sink = ?1 \
+         AND NOT EXISTS (SELECT 1 FROM outbox p WHERE p.state = 'pending' AND p.sink = o.sink \
+                         AND p.session_id = o.session_id AND p.seq < o.seq) \
+         ORDER BY o.next_attempt_at, o.seq LIMIT {limit}"
+    )
+}
+
+/// The most (newer row, stale row) pairs [`Store::stale`] reads at once.
+const STALE_LIMIT: usize = 1000;
+
+/// For each pending row `n` of a configured sink added after outbox id `?2` (a rowid range),
+/// the older pending rows `o` of its session and sink (lookups in `outbox_session`).
+const STALE: &str = "SELECT n.id, o.sink, o.seq FROM outbox n \
+     JOIN outbox o INDEXED BY outbox_session ON o.state = 'pending' AND o.sink = n.sink \
+          AND o.session_id = n.session_id AND o.seq < n.seq \
+     WHERE n.id > ?2 AND n.state = 'pending' AND n.sink IN (SELECT value FROM json_each(?1)) \
+     ORDER BY n.id LIMIT 1000";
+
+/// Whether a newer pending delivery of session `?2` exists for sink `?1` after seq `?3`.
+const NEWER_PENDING: &str = "SELECT EXISTS (SELECT 1 FROM outbox n INDEXED BY outbox_session \
+     WHERE n.state = 'pending' AND n.sink = ?1 AND n.session_id = ?2 AND n.seq > ?3)";
 
 /// The dispatcher's connection and queries.
 struct Store {
     log: SqliteLog,
     sinks_json: String,
+    /// The configured sinks' names.
+    sinks: Vec<String>,
+    /// Outbox ids up to this one have been looked at by [`Store::stale`] (as the newer row).
+    stale_checked: i64,
 }
 
 impl Store {
@@ -129,27 +156,34 @@ impl Store {
         // may be lost, which means a delivery is repeated (at least once), never skipped.
         log.connection()
             .pragma_update(None, "synchronous", "NORMAL")?;
-        let names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+        let names: Vec<String> = sinks.iter().map(|s| s.name.clone()).collect();
         Ok(Self {
             log,
             sinks_json: serde_json::to_string(&names)?,
+            sinks: names,
+            stale_checked: 0,
         })
     }
 
     /// The first eligible deliveries by due time (at most `limit`), with whether a newer
     /// pending decision of the same session makes each one stale. A read: no lock is taken.
+    ///
+    /// Read sink by sink, each a range of `outbox_due` (sink, due time, seq), then merged:
+    /// the pending rows of a sink disabled by a 410 or no longer configured (they stay
+    /// pending) are never read, where one scan in due order over every sink went past them
+    /// at every pass.
     fn candidates(&self, limit: usize) -> anyhow::Result<Vec<Candidate>> {
         // Rounded up, so few distinct texts are cached; the caller stops when it has enough.
         let limit = limit.max(1).next_power_of_two();
-        let mut stmt = self.log.connection().prepare_cached(&format!(
-            "SELECT o.sink, o.seq, o.session_id, o.decision_id, o.attempts, o.next_attempt_at, \
-             EXISTS (SELECT 1 FROM outbox n WHERE n.state = 'pending' AND n.sink = o.sink \
-                     AND n.session_id = o.session_id AND n.seq > o.seq) \
-             FROM outbox o INDEXED BY outbox_due WHERE {ELIGIBLE} \
-             ORDER BY o.next_attempt_at, o.seq LIMIT {limit}"
-        ))?; // a literal limit: a bound one makes SQLite re-prepare on every query
-        let rows = stmt
-            .query_map(params![self.sinks_json], |r| {
+        let conn = self.log.connection();
+        let disabled: std::collections::HashSet<String> = conn
+            .prepare_cached("SELECT sink FROM sink_status")?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let mut stmt = conn.prepare_cached(&candidates_sql(limit))?; // a literal limit: a bound one makes SQLite re-prepare on every query
+        let mut all = Vec::new();
+        for sink in self.sinks.iter().filter(|s| !disabled.contains(*s)) {
+            let rows = stmt.query_map([sink], |r| {
                 Ok(Candidate {
                     pick: Pick {
                         sink: r.get(0)?,
@@ -161,26 +195,61 @@ impl Store {
                     due: r.get(5)?,
                     stale: r.get(6)?,
                 })
-            })?
-            .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+            })?;
+            for row in rows {
+                all.push(row?);
+            }
+        }
+        all.sort_by_key(|a| (a.due, a.pick.seq));
+        all.truncate(limit);
+        Ok(all)
     }
 
     /// Pending deliveries that a newer pending decision of the same session (and sink) makes
-    /// stale, whether due or waiting out a backoff.
-    fn stale(&self) -> anyhow::Result<Vec<(String, u64)>> {
-        let mut stmt = self.log.connection().prepare_cached(
-            "SELECT o.sink, o.seq FROM outbox o INDEXED BY outbox_session \
-             WHERE o.state = 'pending' AND o.sink IN (SELECT value FROM json_each(?1)) \
-             AND EXISTS (SELECT 1 FROM outbox n WHERE n.state = 'pending' AND n.sink = o.sink \
-                         AND n.session_id = o.session_id AND n.seq > o.seq) LIMIT 1000",
-        )?;
-        let rows = stmt
-            .query_map(params![self.sinks_json], |r| {
-                Ok((r.get::<_, String>(0)?, u64_of(r.get(1)?)))
+    /// stale, whether due or waiting out a backoff, found from the rows added since the last
+    /// call (only a new decision makes an older one stale; a row queued again by `deliveries
+    /// retry` is checked when it is picked, see [`Store::candidates`]). Returns them and
+    /// whether more are left to look at (the read is capped).
+    fn stale(&mut self) -> anyhow::Result<(Vec<(String, u64)>, bool)> {
+        let conn = self.log.connection();
+        // Read first: rows added after it are looked at again next time, never skipped.
+        let newest: i64 =
+            conn.query_row("SELECT COALESCE(MAX(id), 0) FROM outbox", [], |r| r.get(0))?;
+        if newest <= self.stale_checked {
+            return Ok((Vec::new(), false));
+        }
+        let rows = conn
+            .prepare_cached(STALE)?
+            .query_map(params![self.sinks_json, self.stale_checked], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    u64_of(r.get(2)?),
+                ))
             })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        Ok(rows)
+        let more = rows.len() >= STALE_LIMIT;
+        self.stale_checked = match rows.last() {
+            // The last newer row may have more older ones than were read: again next time.
+            Some((id, ..)) if more => id - 1,
+            _ => newest,
+        };
+        let mut stale: Vec<(String, u64)> =
+            rows.into_iter().map(|(_, sink, seq)| (sink, seq)).collect();
+        stale.sort_unstable();
+        stale.dedup();
+        Ok((stale, more))
+    }
+
+    /// Whether a newer decision of the same session is pending for the sink of `pick`.
+    fn has_newer_pending(&self, pick: &Pick) -> anyhow::Result<bool> {
+        Ok(self
+            .log
+            .connection()
+            .prepare_cached(NEWER_PENDING)?
+            .query_row(params![pick.sink, pick.session_id, i64_of(pick.seq)], |r| {
+                r.get(0)
+            })?)
     }
 
     /// Marks deliveries superseded and records finished attempts, in one transaction.
@@ -364,7 +433,7 @@ type Inflight = tokio::task::JoinSet<(Pick, Option<Attempted>)>;
 
 #[allow(clippy::too_many_arguments)]
 async fn dispatch(
-    store: Store,
+    mut store: Store,
     recorder: Recorder,
     client: reqwest::Client,
     sinks: Vec<Sink>,
@@ -388,6 +457,9 @@ async fn dispatch(
     let mut failures = 0u32;
     // New decisions can make waiting ones stale: looked for at start and after each wake-up.
     let mut check_stale = settings.supersede;
+    // Attempts that failed: a decision that arrived while they were in flight may have made
+    // them stale (the look for stale ones leaves deliveries in flight alone).
+    let mut recheck: Vec<Pick> = Vec::new();
     let spawn = |inflight: &mut Inflight, pick: Pick, body: anyhow::Result<Vec<u8>>| {
         let (sinks, client, settings) =
             (std::rc::Rc::clone(&sinks), client.clone(), settings.clone());
@@ -409,11 +481,32 @@ async fn dispatch(
         if check_stale {
             check_stale = false;
             match store.stale() {
-                Ok(stale) => superseded.extend(
-                    stale
-                        .into_iter()
-                        .filter(|k| !superseding.contains(k) && !busy.deliveries.contains(k)),
-                ),
+                Ok((stale, more)) => {
+                    // Capped: the rest at the next turn.
+                    check_stale = more;
+                    for k in stale {
+                        if !superseding.contains(&k)
+                            && !busy.deliveries.contains(&k)
+                            && !superseded.contains(&k)
+                        {
+                            superseded.push(k);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "delivery: looking for superseded decisions failed");
+                }
+            }
+        }
+        for pick in std::mem::take(&mut recheck) {
+            match store.has_newer_pending(&pick) {
+                Ok(true) => {
+                    let key = (pick.sink, pick.seq);
+                    if !superseding.contains(&key) && !superseded.contains(&key) {
+                        superseded.push(key);
+                    }
+                }
+                Ok(false) => {}
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "delivery: looking for superseded decisions failed");
                 }
@@ -472,13 +565,15 @@ async fn dispatch(
         tokio::select! {
             () = wake.notified() => check_stale = settings.supersede,
             Some(done) = written.recv() => {
-                // A failed attempt may now be stale behind a newer decision.
-                check_stale = settings.supersede;
                 for key in &done.superseded {
                     superseding.remove(key);
                 }
-                for (pick, _) in &done.finished {
+                for (pick, attempted) in &done.finished {
                     busy.release(pick);
+                    // A failed attempt may now be stale behind a newer decision.
+                    if settings.supersede && !matches!(attempted.outcome, Outcome::Delivered) {
+                        recheck.push(pick.clone());
+                    }
                 }
             }
             Some(joined) = inflight.join_next(), if !inflight.is_empty() => {
@@ -860,6 +955,132 @@ mod tests {
             .collect::<Result<_, _>>()
             .unwrap();
         rows.join("; ")
+    }
+
+    fn store(dir: &tempfile::TempDir, sinks: &[&str]) -> Store {
+        let names: Vec<String> = sinks.iter().map(|s| (*s).to_owned()).collect();
+        Store {
+            log: verdict_log::SqliteLog::open(dir.path().join("o.db")).unwrap(),
+            sinks_json: serde_json::to_string(&names).unwrap(),
+            sinks: names,
+            stale_checked: 0,
+        }
+    }
+
+    /// A pending outbox row: (sink, seq, session, due).
+    fn pending(store: &Store, rows: &[(&str, u64, &str, i64)]) {
+        for (sink, seq, session, due) in rows {
+            store
+                .log
+                .connection()
+                .execute(
+                    "INSERT INTO outbox (sink, seq, session_id, decision_id, state, \
+                     next_attempt_at, created_at, updated_at) \
+                     VALUES (?1, ?2, ?3, 'd', 'pending', ?4, 0, 0)",
+                    params![sink, i64_of(*seq), session, due],
+                )
+                .unwrap();
+        }
+    }
+
+    /// The dispatcher's reads are ranges of their indexes: candidates per sink in due order
+    /// (no sort), stale rows from the rows added since the last look.
+    #[test]
+    fn the_dispatchers_reads_are_index_ranges() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir, &["a"]);
+        let conn = s.log.connection();
+        let candidates = plan(conn, &candidates_sql(64), &[0]);
+        assert!(
+            candidates.contains("USING INDEX outbox_due (sink=?)"),
+            "{candidates}"
+        );
+        assert!(!candidates.contains("TEMP B-TREE"), "{candidates}");
+        let stale: Vec<String> = conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {STALE}"))
+            .unwrap()
+            .query_map(params!["[\"a\"]", 0], |r| r.get(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let stale = stale.join("; ");
+        // Either range of the new rows: all of them, or the pending ones.
+        assert!(
+            stale.contains("SEARCH n USING INTEGER PRIMARY KEY (rowid>?)")
+                || stale.contains("SEARCH n USING INDEX outbox_dead (state=? AND id>?)"),
+            "{stale}"
+        );
+        assert!(!stale.contains("TEMP B-TREE"), "{stale}");
+        assert!(stale.contains("INDEX outbox_session"), "{stale}");
+        assert!(STALE.ends_with(&format!("LIMIT {STALE_LIMIT}")));
+    }
+
+    /// Candidates come sink by sink, merged by due time; a disabled sink's rows and those of a
+    /// sink no longer configured are not among them, nor a session's later pending rows.
+    #[test]
+    fn candidates_skip_disabled_and_unknown_sinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = store(&dir, &["a", "b", "off"]);
+        pending(
+            &s,
+            &[
+                ("a", 1, "s1", 30),
+                ("b", 2, "s2", 10),
+                ("a", 3, "s3", 20),
+                ("a", 4, "s1", 5), // s1's second: not eligible before seq 1
+                ("off", 5, "s4", 1),
+                ("gone", 6, "s5", 1),
+            ],
+        );
+        s.log
+            .connection()
+            .execute(
+                "INSERT INTO sink_status (sink, disabled_at, reason) VALUES ('off', 0, '410')",
+                [],
+            )
+            .unwrap();
+        let got: Vec<(String, u64, bool)> = s
+            .candidates(10)
+            .unwrap()
+            .into_iter()
+            .map(|c| (c.pick.sink, c.pick.seq, c.stale))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("b".to_owned(), 2, false),
+                ("a".to_owned(), 3, false),
+                ("a".to_owned(), 1, true)
+            ]
+        );
+        assert_eq!(s.candidates(2).unwrap().len(), 2);
+    }
+
+    /// Stale rows are found from the rows added since the last look: each pair once, and
+    /// again only when a newer decision arrives.
+    #[test]
+    fn stale_rows_are_found_from_the_new_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = store(&dir, &["a"]);
+        pending(&s, &[("a", 1, "s1", 0), ("a", 2, "s2", 0)]);
+        assert_eq!(s.stale().unwrap(), (vec![], false));
+        pending(&s, &[("a", 3, "s1", 0), ("x", 4, "s2", 0)]);
+        assert_eq!(s.stale().unwrap(), (vec![("a".to_owned(), 1)], false));
+        assert_eq!(s.stale().unwrap(), (vec![], false));
+        pending(&s, &[("a", 5, "s1", 0)]);
+        assert_eq!(
+            s.stale().unwrap(),
+            (vec![("a".to_owned(), 1), ("a".to_owned(), 3)], false)
+        );
+        let pick = |seq| Pick {
+            sink: "a".into(),
+            seq,
+            session_id: "s1".into(),
+            decision_id: "d".into(),
+            attempts: 0,
+        };
+        assert!(s.has_newer_pending(&pick(3)).unwrap());
+        assert!(!s.has_newer_pending(&pick(5)).unwrap());
     }
 
     /// Whether a newer decision of a delivery's session was delivered is a lookup in the

@@ -50,10 +50,14 @@ impl Sink {
                         body: body.to_vec(),
                     };
                     let respond = Arc::clone(&responder.lock().unwrap());
-                    let (status, retry_after) = {
-                        let earlier = received.lock().unwrap().clone();
-                        respond(&got, &earlier)
-                    };
+                    let earlier = received.lock().unwrap().clone();
+                    let asked = got.clone();
+                    // On the blocking pool: a responder may hold a request (a test waits with
+                    // it), which on a runtime worker could stall tasks queued behind it.
+                    let (status, retry_after) =
+                        tokio::task::spawn_blocking(move || respond(&asked, &earlier))
+                            .await
+                            .unwrap();
                     received.lock().unwrap().push(got);
                     let mut resp = axum::response::Response::new(axum::body::Body::from("ok"));
                     *resp.status_mut() = StatusCode::from_u16(status).unwrap();
@@ -139,6 +143,14 @@ fn check_signature(r: &Received) {
     assert_eq!(id, r.json["decision_id"].as_str().unwrap());
     assert!((ts.parse::<i64>().unwrap() - now()).abs() < 60);
     assert_eq!(h("content-type"), "application/json");
+}
+
+/// The state of every delivery, newest first.
+fn states(s: &Server) -> Vec<String> {
+    deliveries(s, &["--all"])
+        .iter()
+        .map(|r| r["state"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 fn deliveries(s: &Server, args: &[&str]) -> Vec<Value> {
@@ -434,6 +446,62 @@ async fn per_session_order_holds_while_other_sessions_proceed() {
     );
 }
 
+/// A newer decision that arrives while the older one's attempt is in flight supersedes the
+/// older one as soon as that attempt has failed, not when its backoff runs out (the newer one
+/// waits behind it until then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_decision_in_flight_when_a_newer_one_arrives_is_superseded_once_it_fails() {
+    let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let gate = Mutex::new(Some((started_tx, release_rx)));
+    // The first request is held until the test releases it, then refused; the others taken.
+    let responder: Arc<Responder> = Arc::new(move |_: &Received, earlier: &[Received]| {
+        if earlier.is_empty()
+            && let Some((started, release)) = gate.lock().unwrap().take()
+        {
+            let _ = started.send(());
+            let _ = release.recv_timeout(Duration::from_secs(90));
+            return (500, None);
+        }
+        (200, None)
+    });
+    let sink = Sink::start(responder).await;
+    // The attempt held at the sink must not time out at verdict's end meanwhile (a timeout is
+    // a failed attempt too, and the newer decision would go out before the test looks).
+    let s = Server::start_with(&config(
+        &sink,
+        "initial_backoff_ms = 30000\njitter = 0.0\ntimeout_secs = 120\n",
+    ));
+    finish(&s, "sess-f").await;
+    tokio::task::spawn_blocking(move || started_rx.recv_timeout(Duration::from_secs(20)))
+        .await
+        .unwrap()
+        .expect("the first attempt reached the sink");
+    let (status, _) = post_override(
+        &s,
+        "sess-f",
+        "tok-alice",
+        json!({"action": "decline", "reason": "forged"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    eventually("the newer decision queued behind", async || {
+        (states(&s) == ["pending", "pending"]).then_some(())
+    })
+    .await;
+    let released = Instant::now();
+    release_tx.send(()).unwrap();
+    eventually("superseded and delivered", async || {
+        (states(&s) == ["delivered", "superseded"]).then_some(())
+    })
+    .await;
+    let got = sink.received();
+    assert_eq!(got.len(), 2, "the refused attempt and the newer decision");
+    assert_eq!(got[1].json["source"], "analyst");
+    // Well before the refused one's 30 s backoff.
+    assert!(got[1].at - released < Duration::from_secs(15));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_undelivered_decision_is_superseded() {
     let sink = Sink::start(always(500)).await;
@@ -613,9 +681,5 @@ async fn redriving_never_sends_an_old_decision_after_a_newer_one() {
         2,
         "the old decision is not sent again"
     );
-    let states: Vec<String> = deliveries(&s, &["--all"])
-        .iter()
-        .map(|r| r["state"].as_str().unwrap().to_owned())
-        .collect();
-    assert_eq!(states, ["delivered", "superseded"]);
+    assert_eq!(states(&s), ["delivered", "superseded"]);
 }
