@@ -195,7 +195,9 @@ fn recorded_policy_decisions(
 ) -> anyhow::Result<std::collections::HashMap<String, Action>> {
     let mut out = std::collections::HashMap::new();
     let mut stmt = log.connection().prepare(
-        "SELECT seq, body, body_encoding FROM events INDEXED BY events_internal \
+        // The literal source lets SQLite read the `events_internal` index (migration 0006);
+        // not `INDEXED BY`: this read-only command may open a file not migrated yet.
+        "SELECT seq, body, body_encoding FROM events \
          WHERE source = 'verdict' AND type = ?1 ORDER BY seq",
     )?;
     let mut rows = stmt.query([verdict_projector::fact::DECISION])?;

@@ -343,6 +343,17 @@ async fn a_backtest_shows_what_a_candidate_would_change() {
     };
     assert_eq!(untimed(&text(&out.stdout)), untimed(&said));
     assert!(text(&out.stdout).contains("2 finished sessions evaluated"));
+    // A file from before migration 0006 (a read-only command does not migrate): the same.
+    rusqlite::Connection::open(dir.path().join("verdict.db"))
+        .unwrap()
+        .execute_batch("DROP INDEX events_internal; PRAGMA user_version = 5;")
+        .unwrap();
+    let out = verdict(
+        &config,
+        &["policy", "backtest", "--policy", path.to_str().unwrap()],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(untimed(&text(&out.stdout)), untimed(&said));
     // A candidate that does not compile: diagnostics and exit 1.
     std::fs::write(&path, "[policy]\nname = 1\n").unwrap();
     let out = verdict(
