@@ -502,10 +502,12 @@ async fn decisions(
 
 /// The decisions in a seq range, oldest first: a range of the `events_internal` index
 /// (migration 0006; `INDEXED BY` makes a statement that cannot use it an error, not a read of
-/// every internal entry). The literal `'verdict'` is what lets SQLite use that partial index.
-pub(crate) const DECISIONS_AFTER: &str = "SELECT seq, body, body_encoding FROM events \
-     INDEXED BY events_internal WHERE source = 'verdict' AND type = ?3 \
-     AND seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?4";
+/// every internal entry).
+pub(crate) const DECISIONS_AFTER: &str = concat!(
+    "SELECT seq, body, body_encoding FROM events INDEXED BY events_internal WHERE ",
+    internal_decisions_sql!(),
+    " AND seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
+);
 
 /// Up to `limit` decisions after `after`, as JSON objects with their seq, and the cursor: the
 /// last decision's seq, or the head that was read when fewer than `limit` were found (so the
@@ -522,7 +524,6 @@ fn decisions_after(
         rusqlite::params![
             i64::try_from(after).unwrap_or(i64::MAX),
             i64::try_from(head).unwrap_or(i64::MAX),
-            verdict_projector::fact::DECISION,
             i64::try_from(limit).unwrap_or(1000)
         ],
         |r| {
@@ -561,17 +562,16 @@ mod tests {
     #[test]
     fn decisions_are_read_as_a_range_of_their_index() {
         assert!(DECISIONS_AFTER.contains(&format!("source = '{}'", verdict_log::INTERNAL_SOURCE)));
+        assert!(
+            DECISIONS_AFTER.contains(&format!("type = '{}'", verdict_projector::fact::DECISION))
+        );
         let dir = tempfile::tempdir().unwrap();
         let log = SqliteLog::open(dir.path().join("d.db")).unwrap();
-        let plan: Vec<String> = log
-            .connection()
-            .prepare(&format!("EXPLAIN QUERY PLAN {DECISIONS_AFTER}"))
-            .unwrap()
-            .query_map(rusqlite::params![0, 10, "decision", 5], |r| r.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let plan = plan.join("; ");
+        let plan = crate::testutil::query_plan(
+            log.connection(),
+            DECISIONS_AFTER,
+            rusqlite::params![0, 10, 5],
+        );
         assert!(
             plan.contains("USING INDEX events_internal (type=? AND rowid>? AND rowid<?)"),
             "{plan}"

@@ -195,12 +195,15 @@ fn recorded_policy_decisions(
 ) -> anyhow::Result<std::collections::HashMap<String, Action>> {
     let mut out = std::collections::HashMap::new();
     let mut stmt = log.connection().prepare(
-        // The literal source lets SQLite read the `events_internal` index (migration 0006);
-        // not `INDEXED BY`: this read-only command may open a file not migrated yet.
-        "SELECT seq, body, body_encoding FROM events \
-         WHERE source = 'verdict' AND type = ?1 ORDER BY seq",
+        // Read through the `events_internal` index (migration 0006), but not `INDEXED BY`:
+        // this read-only command may open a file not migrated yet.
+        concat!(
+            "SELECT seq, body, body_encoding FROM events WHERE ",
+            internal_decisions_sql!(),
+            " ORDER BY seq"
+        ),
     )?;
-    let mut rows = stmt.query([verdict_projector::fact::DECISION])?;
+    let mut rows = stmt.query([])?;
     while let Some(row) = rows.next()? {
         let seq: i64 = row.get(0)?;
         let Some(body) = verdict_log::decode_body(row.get(2)?, row.get(1)?) else {

@@ -433,6 +433,18 @@ impl Busy {
 
 type Inflight = tokio::task::JoinSet<(Pick, Option<Attempted>)>;
 
+/// Queues a delivery (sink, seq) to be marked superseded, unless it is queued already or its
+/// mark is being written.
+fn queue_superseded(
+    superseded: &mut Vec<(String, u64)>,
+    superseding: &std::collections::HashSet<(String, u64)>,
+    key: (String, u64),
+) {
+    if !superseding.contains(&key) && !superseded.contains(&key) {
+        superseded.push(key);
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn dispatch(
     mut store: Store,
@@ -486,13 +498,9 @@ async fn dispatch(
                 Ok((stale, more)) => {
                     // Capped: the rest at the next turn.
                     check_stale = more;
-                    for k in stale {
-                        if !superseding.contains(&k)
-                            && !busy.deliveries.contains(&k)
-                            && !superseded.contains(&k)
-                        {
-                            superseded.push(k);
-                        }
+                    // One in flight is let finish (and checked again if it fails).
+                    for k in stale.into_iter().filter(|k| !busy.deliveries.contains(k)) {
+                        queue_superseded(&mut superseded, &superseding, k);
                     }
                 }
                 Err(e) => {
@@ -502,12 +510,7 @@ async fn dispatch(
         }
         for pick in std::mem::take(&mut recheck) {
             match store.has_newer_pending(&pick) {
-                Ok(true) => {
-                    let key = (pick.sink, pick.seq);
-                    if !superseding.contains(&key) && !superseded.contains(&key) {
-                        superseded.push(key);
-                    }
-                }
+                Ok(true) => queue_superseded(&mut superseded, &superseding, (pick.sink, pick.seq)),
                 Ok(false) => {}
                 Err(e) => {
                     tracing::error!(error = %format!("{e:#}"), "delivery: looking for superseded decisions failed");
@@ -532,9 +535,7 @@ async fn dispatch(
                     }
                     if c.stale && settings.supersede {
                         let key = (c.pick.sink.clone(), c.pick.seq);
-                        if !superseded.contains(&key) {
-                            superseded.push(key);
-                        }
+                        queue_superseded(&mut superseded, &superseding, key);
                         continue;
                     }
                     if started == room {
@@ -953,14 +954,7 @@ mod tests {
     use super::*;
 
     fn plan(conn: &Connection, sql: &str, params: &[i64]) -> String {
-        let rows: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
-            .unwrap()
-            .query_map(rusqlite::params_from_iter(params), |r| r.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        rows.join("; ")
+        crate::testutil::query_plan(conn, sql, rusqlite::params_from_iter(params))
     }
 
     fn store(dir: &tempfile::TempDir, sinks: &[&str]) -> Store {
@@ -1002,14 +996,7 @@ mod tests {
             "{candidates}"
         );
         assert!(!candidates.contains("TEMP B-TREE"), "{candidates}");
-        let stale: Vec<String> = conn
-            .prepare(&format!("EXPLAIN QUERY PLAN {STALE}"))
-            .unwrap()
-            .query_map(params!["[\"a\"]", 0], |r| r.get(3))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap();
-        let stale = stale.join("; ");
+        let stale = crate::testutil::query_plan(conn, STALE, params!["[\"a\"]", 0]);
         // Either range of the new rows: all of them, or the pending ones.
         assert!(
             stale.contains("SEARCH n USING INTEGER PRIMARY KEY (rowid>?)")

@@ -1548,24 +1548,19 @@ pub fn history_json(log: &SqliteLog, id: &str) -> anyhow::Result<Option<String>>
     })?))
 }
 
-/// The filter of a [`list_sessions`] page: one SQL text per combination of filters, so that
+/// The query of a [`list_sessions`] page with these filters: `?1` the cursor, `?2` the limit,
+/// `?3` (and `?4`) the filters' values. One SQL text per combination of filters, so that
 /// SQLite plans each on its index (`sessions_by_status`, `sessions_by_action`; a page is a
 /// range of one, in id order). One text for all, `(?3 IS NULL OR vendor_status = ?3)`, is
 /// planned once for any value, on the primary key: every row is read and filtered, and a page
 /// past the last match (the last page of every filtered listing) read the rest of the table.
-fn list_filter(vendor_status: bool, action: bool) -> &'static str {
-    match (vendor_status, action) {
+fn list_sql(vendor_status: bool, action: bool) -> String {
+    let filter = match (vendor_status, action) {
         (false, false) => "",
         (true, false) => "vendor_status = ?3 AND",
         (false, true) => "action = ?3 AND",
         (true, true) => "vendor_status = ?3 AND action = ?4 AND",
-    }
-}
-
-/// The query of a [`list_sessions`] page with these filters: `?1` the cursor, `?2` the limit,
-/// `?3` (and `?4`) the filters' values.
-fn list_sql(vendor_status: bool, action: bool) -> String {
-    let filter = list_filter(vendor_status, action);
+    };
     format!("{SELECT_SESSION} WHERE {filter} session_id > ?1 ORDER BY session_id LIMIT ?2")
 }
 
@@ -1819,17 +1814,11 @@ mod tests {
 
                 let values: [&dyn rusqlite::ToSql; 4] = [&"", &8, &"x", &"y"];
                 let bound = 2 + usize::from(status.is_some()) + usize::from(action.is_some());
-                let plan: Vec<String> = conn
-                    .prepare(&format!(
-                        "EXPLAIN QUERY PLAN {}",
-                        list_sql(status.is_some(), action.is_some())
-                    ))
-                    .unwrap()
-                    .query_map(&values[..bound], |r| r.get::<_, String>(3))
-                    .unwrap()
-                    .collect::<Result<_, _>>()
-                    .unwrap();
-                let plan = plan.join("; ");
+                let plan = crate::testutil::query_plan(
+                    conn,
+                    &list_sql(status.is_some(), action.is_some()),
+                    &values[..bound],
+                );
                 let index = match (status, action) {
                     (None, None) => "PRIMARY KEY",
                     (Some(_), None) => "INDEX sessions_by_status",
