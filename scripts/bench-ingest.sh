@@ -27,7 +27,7 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 
 trap cleanup EXIT
 [ -n "${KEEP_LOG:-}" ] && trap 'cp "$work/verdict.err" "$KEEP_LOG"; cleanup' EXIT
 
-secret=bench-secret
+secret=bench-secret-0123456789
 export BODY="$root/fixtures/seon/session_finished_approved.json"
 SIG=$(openssl dgst -sha256 -hmac "$secret" < "$BODY" | sed 's/^.*= //')
 export SIG

@@ -25,6 +25,7 @@ pub enum KeyError {
 #[derive(Clone)]
 pub struct Signer {
     key: HmacSha256,
+    key_len: usize,
 }
 
 impl std::fmt::Debug for Signer {
@@ -44,8 +45,14 @@ impl Signer {
         if key.is_empty() {
             return Err(KeyError::Empty);
         }
+        let key_len = key.len();
         let key = HmacSha256::new_from_slice(&key).map_err(|_| KeyError::Empty)?;
-        Ok(Self { key })
+        Ok(Self { key, key_len })
+    }
+
+    /// The key's length in bytes (after base64 decoding), so a deployment can refuse weak keys.
+    pub fn key_len(&self) -> usize {
+        self.key_len
     }
 
     /// The `webhook-signature` value: `v1,<base64 HMAC-SHA256 of "{id}.{timestamp}.{body}">`.

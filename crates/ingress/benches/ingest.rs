@@ -49,6 +49,7 @@ fn prepare(v: &Verifier, headers: &HeaderMap) -> NewEvent {
         event_type: env.event_type,
         event_version: 1,
         dedupe_key: verified.dedupe_key,
+        legacy_request_id_dedupe: verified.stored_by_request_id,
         vendor_time: env.vendor_time,
         headers: verified.headers,
         body_sha256: sha256(BODY),

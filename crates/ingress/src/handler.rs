@@ -11,7 +11,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use bytes::BytesMut;
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use verdict_log::{AppendError, Appended, LogWriter, NewEvent, Uuid, sha256};
 
 use crate::envelope::Envelope;
@@ -79,7 +81,8 @@ pub enum Outcome {
     /// SEON's validation ping, answered without storing.
     Ping,
     /// Refused before storing, with a [`Rejection::reason`] label (or `too_large`,
-    /// `unreadable_body`).
+    /// `unreadable_body`, `timeout` for a body that did not arrive in time, `busy` when the
+    /// budget of body bytes in flight is spent).
     Rejected(&'static str),
     /// The log could not be written (503).
     Unavailable,
@@ -94,6 +97,8 @@ pub type Observer = Arc<dyn Fn(&str, Outcome) + Send + Sync>;
 pub struct Ingress<A> {
     sources: HashMap<String, Source>,
     max_body_bytes: usize,
+    /// Body bytes buffered at once across all deliveries (`None`: no limit).
+    body_budget: Option<Arc<Semaphore>>,
     appender: A,
     observer: Option<Observer>,
 }
@@ -114,9 +119,20 @@ impl<A: Appender> Ingress<A> {
         Self {
             sources,
             max_body_bytes,
+            body_budget: None,
             appender,
             observer: None,
         }
+    }
+
+    /// Buffers at most `bytes` of request bodies at once across all deliveries; a delivery
+    /// whose body would go over is answered 503 with `Retry-After` (many slow or large bodies
+    /// at once cannot exhaust memory).
+    #[must_use]
+    pub fn with_body_budget(mut self, bytes: usize) -> Self {
+        let permits = bytes.min(Semaphore::MAX_PERMITS);
+        self.body_budget = Some(Arc::new(Semaphore::new(permits)));
+        self
     }
 
     /// Reports every delivery's outcome to `observer` (metrics).
@@ -170,10 +186,32 @@ async fn receive<A: Appender>(
     if declared.is_some_and(|len| len > ing.max_body_bytes as u64) {
         return too_large();
     }
-    let bytes = match Limited::new(body, ing.max_body_bytes).collect().await {
-        Ok(collected) => collected.to_bytes(),
-        Err(e) if e.downcast_ref::<LengthLimitError>().is_some() => return too_large(),
-        Err(e) => {
+    let (bytes, _budget) = match read_body(&ing, body).await {
+        Ok(read) => read,
+        Err(BodyError::TooLarge) => return too_large(),
+        Err(BodyError::Busy) => {
+            ing.observe(&name, Outcome::Rejected("busy"));
+            tracing::warn!(source = %name, "delivery refused: the body buffer budget is spent");
+            let mut resp = json_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                r#"{"error":"too many request bodies in flight; retry later"}"#.to_owned(),
+            );
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            return resp;
+        }
+        Err(BodyError::TimedOut) => {
+            ing.observe(&name, Outcome::Rejected("timeout"));
+            tracing::debug!(source = %name, "request body did not arrive in time");
+            let mut resp = json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                r#"{"error":"the request did not arrive in time"}"#.to_owned(),
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            return resp;
+        }
+        Err(BodyError::Unreadable(e)) => {
             tracing::debug!(source = %name, error = %e, "could not read request body");
             ing.observe(&name, Outcome::Rejected("unreadable_body"));
             return json_response(
@@ -232,6 +270,73 @@ async fn receive<A: Appender>(
     }
 }
 
+/// Why a body was not read.
+#[derive(Debug)]
+enum BodyError {
+    /// Over `max_body_bytes`.
+    TooLarge,
+    /// The budget of body bytes in flight is spent.
+    Busy,
+    /// The request's deadline passed while it was arriving.
+    TimedOut,
+    /// The connection failed.
+    Unreadable(axum::Error),
+}
+
+/// Reads the body up to `max_body_bytes`, taking its bytes from the budget of bytes in flight
+/// as they arrive (held, through the returned permit, until the delivery is answered).
+async fn read_body<A>(
+    ing: &Ingress<A>,
+    mut body: Body,
+) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyError> {
+    let mut buf = BytesMut::new();
+    let mut held: Option<OwnedSemaphorePermit> = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| {
+            if is_timeout(&e) {
+                BodyError::TimedOut
+            } else {
+                BodyError::Unreadable(e)
+            }
+        })?;
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        if buf.len() + data.len() > ing.max_body_bytes {
+            return Err(BodyError::TooLarge);
+        }
+        if let Some(budget) = &ing.body_budget {
+            let n = u32::try_from(data.len()).map_err(|_| BodyError::TooLarge)?;
+            let permit = Arc::clone(budget)
+                .try_acquire_many_owned(n)
+                .map_err(|_| BodyError::Busy)?;
+            match &mut held {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok((buf.freeze(), held))
+}
+
+/// Whether an error (a body read's, through any wrapping) is a request deadline passing: an
+/// `io::Error` of kind `TimedOut` somewhere in its chain. The server's accept loop fails a
+/// body that is still arriving at its deadline so.
+pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut next = Some(e);
+    while let Some(err) = next {
+        if err
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+        {
+            return true;
+        }
+        next = err.source();
+    }
+    false
+}
+
 fn new_event(source: &str, env: Envelope, v: Verified, body: Bytes) -> NewEvent {
     NewEvent {
         outbox: None,
@@ -239,6 +344,7 @@ fn new_event(source: &str, env: Envelope, v: Verified, body: Bytes) -> NewEvent 
         event_type: env.event_type,
         event_version: 1,
         dedupe_key: v.dedupe_key,
+        legacy_request_id_dedupe: v.stored_by_request_id,
         vendor_time: env.vendor_time,
         headers: v.headers,
         body_sha256: sha256(&body),

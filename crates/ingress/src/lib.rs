@@ -20,5 +20,5 @@ mod handler;
 pub mod signature;
 
 pub use handler::{
-    Appender, Ingress, NullAppender, Observer, Outcome, Source, json_response, router,
+    Appender, Ingress, NullAppender, Observer, Outcome, Source, is_timeout, json_response, router,
 };

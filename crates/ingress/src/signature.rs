@@ -19,7 +19,7 @@ type HmacSha256 = Hmac<Sha256>;
 #[serde(rename_all = "kebab-case")]
 pub enum Scheme {
     /// SEON IDV: HMAC-SHA256 of the body in a configurable header, hex or base64, optional
-    /// `sha256=` prefix; dedupe by `Request-Id`.
+    /// `sha256=` prefix; dedupe by the body's SHA-256 (`Request-Id` kept as metadata).
     Seon,
     /// SEON's Fraud-API webhooks: `Digest: SHA-256=<hex HMAC>`; dedupe by body hash.
     SeonLegacy,
@@ -123,6 +123,10 @@ impl Rejection {
 pub struct Verified {
     /// Unique per source; equal across retries of one delivery.
     pub dedupe_key: String,
+    /// Earlier versions stored this scheme's deliveries under `request-id:<id>` keys (`seon`):
+    /// an entry stored so with the same body is this delivery (see
+    /// [`verdict_log::NewEvent::legacy_request_id_dedupe`]).
+    pub stored_by_request_id: bool,
     /// The headers kept for auditors: request id, content type and the signature headers, so a
     /// delivery can be re-verified later with the secret.
     pub headers: Headers,
@@ -134,6 +138,8 @@ pub struct Verifier {
     scheme: Scheme,
     header: axum::http::HeaderName,
     keys: Vec<HmacSha256>,
+    /// The shortest configured key, in bytes (after decoding a `whsec_` secret).
+    shortest_key: usize,
     tolerance_secs: i64,
 }
 
@@ -174,6 +180,7 @@ impl Verifier {
         let header = axum::http::HeaderName::from_bytes(header_name.as_bytes())
             .map_err(|_| SetupError::BadHeaderName(header_name.to_owned()))?;
         let mut keys = Vec::with_capacity(secrets.len());
+        let mut shortest_key = usize::MAX;
         for (i, s) in secrets.iter().enumerate() {
             let s = s.as_ref();
             let key = match scheme {
@@ -189,6 +196,7 @@ impl Verifier {
             if key.is_empty() {
                 return Err(SetupError::NoSecret);
             }
+            shortest_key = shortest_key.min(key.len());
             // HMAC accepts keys of any length.
             keys.push(HmacSha256::new_from_slice(&key).map_err(|_| SetupError::NoSecret)?);
         }
@@ -196,8 +204,15 @@ impl Verifier {
             scheme,
             header,
             keys,
+            shortest_key,
             tolerance_secs: i64::try_from(tolerance_secs).unwrap_or(i64::MAX),
         })
+    }
+
+    /// The length in bytes of the shortest configured key (a `whsec_` secret counts its decoded
+    /// key), so a deployment can refuse weak secrets.
+    pub fn shortest_key(&self) -> usize {
+        self.shortest_key
     }
 
     /// The scheme.
@@ -218,6 +233,7 @@ impl Verifier {
                 kept.insert(name.to_owned(), v.to_owned());
             }
         }
+        let mut stored_by_request_id = false;
         let dedupe_key = match self.scheme {
             Scheme::Seon => {
                 let value = required(headers, self.header.as_str())?;
@@ -227,10 +243,14 @@ impl Verifier {
                     why: "expected 64 hex or 44 base64 characters, optionally after sha256=",
                 })?;
                 self.check(&sig, &[body])?;
-                match headers.get(REQUEST_ID) {
-                    Some(id) => format!("request-id:{}", request_id(id)?),
-                    None => body_key(body),
+                // Keyed on the signed bytes: the `Request-Id` is not covered by the signature,
+                // so keying on it let anyone store a signed body again under a new id, or claim
+                // a future id. It stays as metadata (checked, so a bad one is still a 400).
+                if let Some(id) = headers.get(REQUEST_ID) {
+                    request_id(id)?;
                 }
+                stored_by_request_id = true;
+                body_key(body)
             }
             Scheme::SeonLegacy => {
                 let value = required(headers, "digest")?;
@@ -298,6 +318,7 @@ impl Verifier {
         };
         Ok(Verified {
             dedupe_key,
+            stored_by_request_id,
             headers: kept,
         })
     }
@@ -511,9 +532,19 @@ mod tests {
                 &[("x-seon-signature", sig), rid[0]],
                 BODY,
                 0,
-                Ok("request-id:req-1"),
+                Ok(&body_key),
             );
         }
+        // The Request-Id is not signed: it does not key the delivery, it is kept as metadata
+        // and as the key a delivery stored before the change was stored under.
+        let headers = headers(&[("x-seon-signature", SEON_HEX), rid[0]]);
+        let v = v(s, &[SEON_SECRET]).verify(&headers, BODY.as_bytes(), 0);
+        let v = v.unwrap_or_else(|e| panic!("{e}"));
+        assert!(v.stored_by_request_id);
+        assert_eq!(
+            v.headers.get("request-id").map(String::as_str),
+            Some("req-1")
+        );
         check(
             s,
             &[SEON_SECRET],

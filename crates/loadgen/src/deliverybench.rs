@@ -48,7 +48,7 @@ struct Args {
 
 const BODY: &str = include_str!("../../../fixtures/seon/session_finished_approved.json");
 const FIXTURE_SESSION: &str = "5b0f6a7e-2c1d-4d8e-9a11-0c3f7e2b9d10";
-const SECRET: &str = "bench-secret";
+const SECRET: &str = "bench-secret-0123456789";
 const SINK_SECRET: &str = "whsec_YmVuY2gtc2luay1zZWNyZXQ=";
 
 /// Per session: when the 200 arrived, when the sink got the decision.

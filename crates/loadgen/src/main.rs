@@ -77,10 +77,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         None => DEFAULT_BODY.as_bytes().to_vec(),
     };
     let body = Bytes::from(body);
-    let mut mac =
+    let key =
         hmac::Hmac::<sha2::Sha256>::new_from_slice(args.secret.as_bytes()).context("hmac key")?;
-    mac.update(&body);
-    let signature = hex::encode(mac.finalize().into_bytes());
     let run_id = std::process::id();
 
     println!(
@@ -95,7 +93,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             addr,
             path,
             header: args.header.clone(),
-            signature: signature.clone(),
+            key: key.clone(),
             body: body.clone(),
             prefix: format!("lg-{run_id}-{i}"),
         };
@@ -139,7 +137,9 @@ struct Spec {
     addr: String,
     path: String,
     header: String,
-    signature: String,
+    /// The source's HMAC key: each request's body is unique (the `seon` scheme deduplicates
+    /// on the body), so each is signed on its own.
+    key: hmac::Hmac<sha2::Sha256>,
     body: Bytes,
     prefix: String,
 }
@@ -191,6 +191,20 @@ async fn measure(
     Ok(total)
 }
 
+/// `body` (a JSON object) with a first member naming the request, so every request is a new
+/// delivery: `{"loadgen":"<id>",...`.
+fn unique_body(body: &Bytes, id: &str) -> Bytes {
+    let Some(rest) = body.strip_prefix(b"{") else {
+        return body.clone();
+    };
+    let mut out = Vec::with_capacity(body.len() + id.len() + 16);
+    out.extend_from_slice(b"{\"loadgen\":\"");
+    out.extend_from_slice(id.as_bytes());
+    out.extend_from_slice(b"\",");
+    out.extend_from_slice(rest);
+    Bytes::from(out)
+}
+
 fn new_hist() -> anyhow::Result<Histogram<u64>> {
     Ok(Histogram::new_with_bounds(1, 60_000_000, 3)?)
 }
@@ -211,12 +225,17 @@ async fn connection(spec: Spec, prefix: String, deadline: Instant) -> anyhow::Re
     let mut n = 0u64;
     while Instant::now() < deadline {
         n += 1;
+        let id = format!("{prefix}-{n}");
+        let body = unique_body(&spec.body, &id);
+        let mut mac = spec.key.clone();
+        mac.update(&body);
+        let signature = hex::encode(mac.finalize().into_bytes());
         let req = Request::post(spec.path.as_str())
             .header(hyper::header::HOST, spec.addr.as_str())
             .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header(spec.header.as_str(), spec.signature.as_str())
-            .header("request-id", format!("{prefix}-{n}"))
-            .body(Full::new(spec.body.clone()))?;
+            .header(spec.header.as_str(), signature)
+            .header("request-id", id)
+            .body(Full::new(body))?;
         let t0 = Instant::now();
         sender.ready().await?;
         let resp = sender.send_request(req).await?;

@@ -24,6 +24,10 @@ pub struct NewEvent {
     pub event_version: u32,
     /// Unique per source: a second event with the same key is a duplicate.
     pub dedupe_key: String,
+    /// Before migration 0007 the `seon` scheme keyed deliveries on their (unsigned)
+    /// `Request-Id`: when set, an entry of the same source with the same body stored under a
+    /// `request-id:` key is this event too (a duplicate). Not stored.
+    pub legacy_request_id_dedupe: bool,
     /// The sender's event time in unix milliseconds, when the payload has one.
     pub vendor_time: Option<i64>,
     /// The delivery headers an auditor needs.
@@ -212,6 +216,7 @@ impl NewEvent {
             event_type: event_type.into(),
             event_version: 1,
             dedupe_key: dedupe_key.into(),
+            legacy_request_id_dedupe: false,
             vendor_time: None,
             headers: Headers::new(),
             body,

@@ -76,12 +76,31 @@ impl<'a> ExportedEntry<'a> {
         }
     }
 
+    /// The entry without its signature headers, for readers over HTTP: with a signed body and
+    /// its signature anyone could send the delivery again (a duplicate now, but still).
+    #[must_use]
+    pub fn without_signatures(mut self) -> Self {
+        if let serde_json::Value::Object(m) = &mut self.headers {
+            m.retain(|k, _| READABLE_HEADERS.contains(&k.as_str()));
+        }
+        self
+    }
+
     /// One NDJSON line (without the newline).
     pub fn to_line(&self) -> String {
         // Serialising strings, numbers and valid raw JSON cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
 }
+
+/// The stored delivery headers shown over HTTP (`/v1/events`, the analyst page): everything
+/// but the signatures. `verdict log export` shows them all.
+pub const READABLE_HEADERS: [&str; 4] = [
+    "content-type",
+    "request-id",
+    "webhook-id",
+    "webhook-timestamp",
+];
 
 /// Valid JSON text on one line: unchanged when it has no line break, else with the whitespace
 /// outside strings removed (key order, numbers and escapes stay exactly as they were).

@@ -44,7 +44,7 @@ pub use entry::{
     decode_body_into, entry_hash, now_ms, sha256,
 };
 pub use error::{AppendError, StoreError};
-pub use export::{ExportedEntry, one_line_json, rfc3339_ms};
+pub use export::{ExportedEntry, READABLE_HEADERS, one_line_json, rfc3339_ms};
 pub use migrate::{SCHEMA_VERSION, migrate};
 pub use sqlite::{SqliteLog, is_busy};
 pub use store::{Appended, EventStore, Head};

@@ -226,16 +226,17 @@ impl SqliteLog {
         Ok(())
     }
 
-    /// The names of the append-only triggers present on the `events` table.
-    pub fn triggers(&self) -> Result<Vec<String>, StoreError> {
+    /// The schema objects that guard the `events` table, as (kind, name, SQL text): every
+    /// trigger on it, and the dedupe index.
+    pub fn guards(&self) -> Result<Vec<(String, String, String)>, StoreError> {
         let mut stmt = self.conn.prepare(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events' \
-             ORDER BY name",
+            "SELECT type, name, coalesce(sql, '') FROM sqlite_master WHERE tbl_name = 'events' \
+             AND (type = 'trigger' OR name = 'events_dedupe') ORDER BY name",
         )?;
-        let names = stmt
-            .query_map([], |r| r.get(0))?
-            .collect::<Result<Vec<String>, _>>()?;
-        Ok(names)
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// Takes WAL checkpoints out of this connection's commits: SQLite's automatic checkpoint
@@ -312,6 +313,11 @@ impl EventStore for SqliteLog {
                  ON CONFLICT (source, dedupe_key) DO NOTHING",
             )?;
             for ev in events {
+                if let Some(original) = stored_earlier(&tx, ev)? {
+                    count_repeat(&tx, original, recorded_at)?;
+                    out.push(Appended::Duplicate { seq: original });
+                    continue;
+                }
                 let encoded = match &ev.encoded {
                     Some(e) if e.of == ev.body_sha256 => std::borrow::Cow::Borrowed(e),
                     _ => std::borrow::Cow::Owned(EncodedBody::encode(&ev.body, ev.body_sha256)),
@@ -375,12 +381,7 @@ impl EventStore for SqliteLog {
                             what: "conflict without a row".into(),
                         }
                     })?;
-                    tx.prepare_cached(
-                        "INSERT INTO delivery_repeats (seq, count, last_seen_at) VALUES (?1, 1, ?2) \
-                         ON CONFLICT (seq) DO UPDATE SET count = count + 1, \
-                         last_seen_at = excluded.last_seen_at",
-                    )?
-                    .execute(params![to_i64(original), recorded_at])?;
+                    count_repeat(&tx, original, recorded_at)?;
                     out.push(Appended::Duplicate { seq: original });
                 }
             }
@@ -472,6 +473,36 @@ fn read_head(conn: &Connection) -> Result<Option<Head>, StoreError> {
         })
     })
     .transpose()
+}
+
+/// The entry `ev` was stored as before its scheme's dedupe key changed, if any: same source,
+/// same body, a `request-id:` key (a range of the partial index `events_request_id`, which holds
+/// only such entries, so new entries cost it nothing).
+fn stored_earlier(conn: &Connection, ev: &NewEvent) -> Result<Option<u64>, StoreError> {
+    if !ev.legacy_request_id_dedupe {
+        return Ok(None);
+    }
+    conn.prepare_cached(
+        "SELECT seq FROM events INDEXED BY events_request_id WHERE source = ?1 \
+         AND body_sha256 = ?2 AND dedupe_key >= 'request-id:' AND dedupe_key < 'request-id;' \
+         ORDER BY seq LIMIT 1",
+    )?
+    .query_row(params![ev.source, &ev.body_sha256[..]], |r| {
+        r.get::<_, i64>(0)
+    })
+    .optional()
+    .map(|seq| seq.map(to_u64))
+    .map_err(Into::into)
+}
+
+/// Counts a delivery seen again after it was stored.
+fn count_repeat(conn: &Connection, original: u64, at: i64) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO delivery_repeats (seq, count, last_seen_at) VALUES (?1, 1, ?2) \
+         ON CONFLICT (seq) DO UPDATE SET count = count + 1, last_seen_at = excluded.last_seen_at",
+    )?
+    .execute(params![to_i64(original), at])?;
+    Ok(())
 }
 
 fn find_in(conn: &Connection, source: &str, dedupe_key: &str) -> Result<Option<u64>, StoreError> {

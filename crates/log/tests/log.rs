@@ -568,3 +568,73 @@ async fn only_an_upkeep_that_did_work_is_reported() -> R {
     assert_eq!(reported.load(Relaxed), 5);
     Ok(())
 }
+
+/// A `seon` delivery stored under its `Request-Id` (before migration 0007) is a duplicate when
+/// it comes again keyed by its body, whatever `Request-Id` it carries; a different body is not.
+#[test]
+fn a_delivery_stored_under_its_request_id_is_a_duplicate_when_keyed_by_body() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = SqliteLog::open(dir.path().join("v.db")).unwrap();
+    let old = NewEvent::new(
+        "seon-idv",
+        "idv:session_finished",
+        "request-id:r-1",
+        "{\"a\":1}",
+    );
+    let stored = log.append_batch(&[&old]).unwrap()[0].seq();
+    let retry = |body: &str, legacy: bool| {
+        let mut e = NewEvent::new(
+            "seon-idv",
+            "idv:session_finished",
+            format!(
+                "body-sha256:{}",
+                hex::encode(verdict_log::sha256(body.as_bytes()))
+            ),
+            body.to_owned(),
+        );
+        e.legacy_request_id_dedupe = legacy;
+        e
+    };
+    let again = log.append_batch(&[&retry("{\"a\":1}", true)]).unwrap();
+    assert_eq!(again[0], Appended::Duplicate { seq: stored });
+    // Another source's entry with the same body is not this delivery.
+    let mut other = retry("{\"a\":1}", true);
+    other.source = "other".into();
+    assert!(!log.append_batch(&[&other]).unwrap()[0].is_duplicate());
+    // Without the flag (other schemes) the old key is not looked at.
+    assert!(!log.append_batch(&[&retry("{\"a\":1}", false)]).unwrap()[0].is_duplicate());
+    assert!(!log.append_batch(&[&retry("{\"a\":2}", true)]).unwrap()[0].is_duplicate());
+}
+
+/// `verify` checks the guards' SQL, not only their names: a trigger replaced by one of the
+/// same name that lets updates through, or a dropped dedupe index, is reported.
+#[test]
+fn verify_reports_a_replaced_trigger_and_a_dropped_dedupe_index() -> R {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("v.db");
+    let mut log = SqliteLog::open(&path)?;
+    log.append_batch(&[&ev("a", "{}")])?;
+    assert!(verify(&log)?.is_intact());
+    let conn = Connection::open(&path)?;
+    conn.execute_batch(
+        "DROP TRIGGER events_no_update;
+         CREATE TRIGGER events_no_update BEFORE UPDATE ON events WHEN 0
+         BEGIN SELECT RAISE(ABORT, 'events is append-only: UPDATE is not allowed'); END;
+         DROP INDEX events_dedupe;",
+    )?;
+    let report = verify(&SqliteLog::open_read_only(&path)?)?;
+    let problems: Vec<String> = report.problems.iter().map(ToString::to_string).collect();
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("events_no_update is not the shipped one")),
+        "{problems:?}"
+    );
+    assert!(
+        problems
+            .iter()
+            .any(|p| p.contains("dedupe index events_dedupe is missing")),
+        "{problems:?}"
+    );
+    Ok(())
+}

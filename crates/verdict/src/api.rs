@@ -119,6 +119,8 @@ pub struct Api {
     pub projected: tokio::sync::watch::Receiver<u64>,
     /// Becomes true at shutdown (ends long polls).
     pub stop: tokio::sync::watch::Receiver<bool>,
+    /// Failed authentications per client address (shared with the pages).
+    pub throttle: Arc<crate::throttle::AuthThrottle>,
 }
 
 /// How long an override waits for the projector: to catch up with everything acknowledged
@@ -229,7 +231,39 @@ pub fn router<S: Clone + Send + Sync + 'static>(api: Api) -> Router<S> {
         .route("/v1/events", get(events))
         .route("/v1/decisions", get(decisions))
         .route_layer(middleware::from_fn_with_state(api.clone(), auth))
+        // Override bodies are a few hundred bytes.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        .layer(middleware::from_fn(no_store))
         .with_state(api)
+}
+
+/// Every `/v1` answer is personal or operational data: no cache may keep it.
+async fn no_store(req: Request, next: Next) -> Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// The client's IP address, when the request came through verdict's accept loop.
+pub fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<crate::http::ClientAddr>()
+        .map(|c| c.0.ip())
+}
+
+/// 429 for a client address throttled after too many failed authentications.
+pub fn throttled(wait: std::time::Duration) -> Response {
+    let mut resp = ApiError(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too many failed authentications from this address; retry later".into(),
+    )
+    .into_response();
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    if let Ok(v) = HeaderValue::from_str(&secs.max(1).to_string()) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 /// The token of an `Authorization: Bearer <token>` header, if there is one.
@@ -245,12 +279,21 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 }
 
 async fn auth(State(api): State<Api>, mut req: Request, next: Next) -> Response {
+    let client = client_ip(&req);
+    if let Some(ip) = client
+        && let Err(wait) = api.throttle.check(ip)
+    {
+        return throttled(wait);
+    }
     match bearer(req.headers()).and_then(|t| authenticate(&api.tokens, t)) {
         Some(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
         None => {
+            if let Some(ip) = client {
+                api.throttle.failed(ip);
+            }
             let mut resp = ApiError(
                 StatusCode::UNAUTHORIZED,
                 "missing or invalid bearer token".into(),
@@ -289,10 +332,25 @@ async fn show(
     }
 }
 
-async fn history(State(api): State<Api>, Path(id): Path<String>) -> Result<Response, ApiError> {
+/// The most history entries a page holds (and the default): each may carry a payload of up to
+/// `max_body_bytes`.
+const MAX_HISTORY_PAGE: usize = 200;
+
+async fn history(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    Query(q): Query<PageQuery>,
+) -> Result<Response, ApiError> {
+    let page = projections::HistoryPage {
+        after: q.after.unwrap_or(0),
+        limit: q
+            .limit
+            .unwrap_or(MAX_HISTORY_PAGE)
+            .clamp(1, MAX_HISTORY_PAGE),
+    };
     match api
         .reads
-        .run(move |log| projections::history_json(log, &id))
+        .run(move |log| projections::history_json(log, &id, page))
         .await?
     {
         Some(body) => Ok(json_response(StatusCode::OK, body)),
@@ -337,15 +395,20 @@ async fn list(State(api): State<Api>, Query(q): Query<ListQuery>) -> Result<Resp
     Ok(json_response(StatusCode::OK, body.to_string()))
 }
 
+/// A `/v1/events` page stops once it holds this many bytes of entries (bodies may be up to
+/// `max_body_bytes` each, so 1,000 of them could be a gigabyte).
+const MAX_EVENTS_PAGE_BYTES: usize = 4 << 20;
+
+/// `?after=SEQ&limit=N`: a page after a cursor.
 #[derive(Debug, Deserialize)]
-struct EventsQuery {
+struct PageQuery {
     after: Option<u64>,
     limit: Option<usize>,
 }
 
 async fn events(
     State(api): State<Api>,
-    Query(q): Query<EventsQuery>,
+    Query(q): Query<PageQuery>,
 ) -> Result<Response, ApiError> {
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
@@ -355,16 +418,23 @@ async fn events(
             // Rounded up (the limit is part of the cached statement's text), then cut.
             let mut entries = log.read_after(after, limit.next_power_of_two())?;
             entries.truncate(limit);
-            let next = entries.last().map_or(after, |e| e.seq);
-            let mut quarantined = projections::quarantined_between(log.connection(), after, next)?;
-            let lines: Vec<String> = entries
-                .iter()
-                .map(|e| {
-                    let mut x = ExportedEntry::new(e);
-                    x.quarantined = quarantined.remove(&e.seq);
-                    x.to_line()
-                })
-                .collect();
+            let last = entries.last().map_or(after, |e| e.seq);
+            let mut quarantined = projections::quarantined_between(log.connection(), after, last)?;
+            // A page ends at `limit` entries or past MAX_EVENTS_PAGE_BYTES, whichever comes
+            // first (at least one entry, so the cursor always moves).
+            let mut lines: Vec<String> = Vec::with_capacity(entries.len());
+            let (mut bytes, mut next) = (0usize, after);
+            for e in &entries {
+                if bytes >= MAX_EVENTS_PAGE_BYTES {
+                    break;
+                }
+                let mut x = ExportedEntry::new(e).without_signatures();
+                x.quarantined = quarantined.remove(&e.seq);
+                let line = x.to_line();
+                bytes += line.len();
+                next = e.seq;
+                lines.push(line);
+            }
             Ok(format!(
                 r#"{{"events":[{}],"next":{next}}}"#,
                 lines.join(",")

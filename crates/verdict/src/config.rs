@@ -94,9 +94,18 @@ pub struct ServerConfig {
     /// Seconds a client has to send a request's headers (a slow client is disconnected).
     #[serde(default = "default_header_timeout")]
     pub header_read_timeout_secs: Spanned<u64>,
-    /// Connections open at once; more wait to be accepted.
+    /// Seconds a client has to send a whole request, head and body (408 after).
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_secs: Spanned<u64>,
+    /// Connections open at once; at the cap the one that has kept verdict waiting longest is
+    /// closed to make room.
     #[serde(default = "default_max_connections")]
     pub max_connections: Spanned<usize>,
+    /// Webhook body bytes buffered at once across all requests (503 above).
+    #[serde(default = "default_max_buffered_body_bytes")]
+    pub max_buffered_body_bytes: Spanned<usize>,
+    /// A second address serving `/v1`, `/ui` and `/metrics` (then not served on `listen`).
+    pub admin_listen: Option<Spanned<String>>,
     /// `[server.tls]`: serve HTTPS directly.
     pub tls: Option<TlsConfig>,
 }
@@ -107,7 +116,10 @@ impl Default for ServerConfig {
             listen: default_listen(),
             max_body_bytes: default_max_body(),
             header_read_timeout_secs: default_header_timeout(),
+            request_timeout_secs: default_request_timeout(),
             max_connections: default_max_connections(),
+            max_buffered_body_bytes: default_max_buffered_body_bytes(),
+            admin_listen: None,
             tls: None,
         }
     }
@@ -123,6 +135,14 @@ fn default_max_body() -> Spanned<usize> {
 
 fn default_header_timeout() -> Spanned<u64> {
     Spanned::new(0..0, 10)
+}
+
+fn default_request_timeout() -> Spanned<u64> {
+    Spanned::new(0..0, 30)
+}
+
+fn default_max_buffered_body_bytes() -> Spanned<usize> {
+    Spanned::new(0..0, 64 << 20)
 }
 
 fn default_max_connections() -> Spanned<usize> {
@@ -169,14 +189,14 @@ pub struct SourceConfig {
     /// The header carrying the signature (scheme `seon`).
     pub signature_header: Option<String>,
     /// Secrets (`env:`, `file:` or literal); several during rotation.
-    pub secrets: Spanned<Vec<Spanned<String>>>,
+    pub secrets: Spanned<Vec<Spanned<SecretRef>>>,
     /// Allowed clock difference for schemes with a timestamp.
     #[serde(default = "default_tolerance")]
-    pub tolerance_secs: u64,
+    pub tolerance_secs: Spanned<u64>,
 }
 
-fn default_tolerance() -> u64 {
-    300
+fn default_tolerance() -> Spanned<u64> {
+    Spanned::new(0..0, 300)
 }
 
 /// `[policy]`.
@@ -245,10 +265,10 @@ impl DeliveryConfig {
 pub struct SinkConfig {
     /// Name in logs and metrics.
     pub name: Spanned<String>,
-    /// Where decisions are POSTed.
-    pub url: Spanned<String>,
+    /// Where decisions are POSTed (may carry credentials: never printed whole).
+    pub url: Spanned<SinkUrl>,
     /// Standard Webhooks secret `whsec_<base64>` (`env:`, `file:` or literal).
-    pub secret: Spanned<String>,
+    pub secret: Spanned<SecretRef>,
 }
 
 /// One `[[tokens]]` entry.
@@ -260,7 +280,7 @@ pub struct TokenConfig {
     /// What the token may do.
     pub role: Role,
     /// The bearer token (`env:`, `file:` or literal).
-    pub token: Spanned<String>,
+    pub token: Spanned<SecretRef>,
 }
 
 /// What a token may do.
@@ -273,9 +293,93 @@ pub enum Role {
     Reader,
 }
 
+/// A secret as written in the config: `env:NAME`, `file:PATH` or the value itself. `Debug`
+/// shows where an `env:` or `file:` secret comes from, never a literal value.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SecretRef(String);
+
+impl SecretRef {
+    fn raw(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.starts_with("env:") || self.0.starts_with("file:") {
+            write!(f, "{:?}", self.0)
+        } else {
+            f.write_str("[redacted]")
+        }
+    }
+}
+
+/// A sink's URL. It may carry credentials (`https://user:pass@host/...?token=...`), so
+/// `Debug` and [`SinkUrl::redacted`] show it without the user information and query.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct SinkUrl(String);
+
+impl SinkUrl {
+    /// The URL to send to.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL for logs and listings: no user information, no query.
+    pub fn redacted(&self) -> String {
+        redact_url(&self.0)
+    }
+}
+
+impl fmt::Debug for SinkUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+/// `url` without its user information (`user:pass@`) and query (`?token=...`), either of which
+/// may be a credential.
+pub fn redact_url(url: &str) -> String {
+    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
+    // User information ends at the last `@` before any query or fragment (a password may hold
+    // a `/`; redacting a path that holds an `@` too is the safe mistake).
+    let query_at = rest.find(['?', '#']).unwrap_or(rest.len());
+    let (user, rest) = match rest[..query_at].rfind('@') {
+        Some(at) => ("[redacted]@", &rest[at + 1..]),
+        None => ("", rest),
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, path) = rest.split_at(authority_end);
+    let path = match path.split_once('?') {
+        Some((p, _)) => format!("{p}?[redacted]"),
+        None => path.to_owned(),
+    };
+    let sep = if scheme.is_empty() { "" } else { "://" };
+    format!("{scheme}{sep}{user}{host}{path}")
+}
+
+/// The fewest characters a `[[tokens]]` token may have (about 190 bits as random base64).
+pub const MIN_TOKEN_CHARS: usize = 32;
+/// The fewest bytes of a webhook or sink secret's key.
+pub const MIN_SECRET_BYTES: usize = 16;
+/// The widest timestamp tolerance: a signed delivery older than this is refused, which bounds
+/// how long a captured request can be replayed under a new id.
+pub const MAX_TOLERANCE_SECS: u64 = 3600;
+
 /// A resolved secret. Never printed: `Debug` and `Display` show `[redacted]`.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
+
+impl std::str::FromStr for Secret {
+    type Err = std::convert::Infallible;
+
+    /// A secret given on the command line (`verdict simulate --secret`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_owned()))
+    }
+}
 
 impl Secret {
     /// The secret's value, for the code that uses it.
@@ -291,13 +395,22 @@ impl fmt::Debug for Secret {
 }
 
 /// A loaded configuration with the file it came from, for error locations.
-#[derive(Debug)]
 pub struct Loaded {
     /// The parsed file.
     pub config: Config,
     /// Where it was read.
     pub file: PathBuf,
     text: String,
+}
+
+/// Without the file's text, which may hold literal secrets.
+impl fmt::Debug for Loaded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Loaded")
+            .field("config", &self.config)
+            .field("file", &self.file)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Loaded {
@@ -351,6 +464,35 @@ impl Loaded {
                 "header_read_timeout_secs must be between 1 and 3600",
             );
         }
+        if !(1..=3600).contains(c.server.request_timeout_secs.get_ref()) {
+            return self.err(
+                c.server.request_timeout_secs.span(),
+                "request_timeout_secs must be between 1 and 3600",
+            );
+        }
+        if c.server.max_buffered_body_bytes.get_ref() < c.server.max_body_bytes.get_ref() {
+            return self.err(
+                c.server.max_buffered_body_bytes.span(),
+                "max_buffered_body_bytes must be at least max_body_bytes",
+            );
+        }
+        if let Some(admin) = &c.server.admin_listen {
+            match admin.get_ref().parse::<SocketAddr>() {
+                Err(_) => {
+                    return self.err(
+                        admin.span(),
+                        format!(
+                            "admin_listen {:?} is not an address like 127.0.0.1:9090",
+                            admin.get_ref()
+                        ),
+                    );
+                }
+                Ok(a) if a.port() != 0 && Some(a) == c.server.listen.get_ref().parse().ok() => {
+                    return self.err(admin.span(), "admin_listen must differ from listen");
+                }
+                Ok(_) => {}
+            }
+        }
         if *c.server.max_connections.get_ref() == 0 {
             return self.err(
                 c.server.max_connections.span(),
@@ -385,6 +527,12 @@ impl Loaded {
                 return self.err(
                     s.secrets.span(),
                     format!("source {name:?} needs at least one secret"),
+                );
+            }
+            if !(1..=MAX_TOLERANCE_SECS).contains(s.tolerance_secs.get_ref()) {
+                return self.err(
+                    s.tolerance_secs.span(),
+                    format!("tolerance_secs must be between 1 and {MAX_TOLERANCE_SECS}"),
                 );
             }
             if s.signature_header.is_some() && s.scheme != Scheme::Seon {
@@ -438,11 +586,14 @@ impl Loaded {
                     format!("sink {:?} is defined twice", s.name.get_ref()),
                 );
             }
-            let url = s.url.get_ref();
+            let url = s.url.get_ref().expose();
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return self.err(
                     s.url.span(),
-                    format!("sink url {url:?} must start with http:// or https://"),
+                    format!(
+                        "sink url {:?} must start with http:// or https://",
+                        redact_url(url)
+                    ),
                 );
             }
         }
@@ -450,8 +601,8 @@ impl Loaded {
     }
 
     /// Resolves one secret written as `env:NAME`, `file:PATH` or a literal.
-    pub fn secret(&self, raw: &Spanned<String>) -> Result<Secret, ConfigError> {
-        let v = raw.get_ref();
+    pub fn secret(&self, raw: &Spanned<SecretRef>) -> Result<Secret, ConfigError> {
+        let v = raw.get_ref().raw();
         let value = if let Some(name) = v.strip_prefix("env:") {
             match std::env::var(name) {
                 Ok(val) => val,
@@ -470,7 +621,7 @@ impl Loaded {
                 }
             }
         } else {
-            v.clone()
+            v.to_owned()
         };
         if value.is_empty() {
             return self.err(raw.span(), "secret is empty");
@@ -495,7 +646,7 @@ impl Loaded {
                     s.scheme,
                     s.signature_header.as_deref(),
                     &exposed,
-                    s.tolerance_secs,
+                    *s.tolerance_secs.get_ref(),
                 )
                 .or_else(|e| {
                     self.err(
@@ -503,6 +654,17 @@ impl Loaded {
                         format!("source {:?}: {e}", s.name.get_ref()),
                     )
                 })?;
+                if verifier.shortest_key() < MIN_SECRET_BYTES {
+                    return self.err(
+                        s.secrets.span(),
+                        format!(
+                            "source {:?}: a secret of {} bytes is too weak; webhook secrets need \
+                             at least {MIN_SECRET_BYTES} bytes",
+                            s.name.get_ref(),
+                            verifier.shortest_key()
+                        ),
+                    );
+                }
                 Ok(verdict_ingress::Source::new(
                     s.name.get_ref().clone(),
                     verifier,
@@ -527,6 +689,17 @@ impl Loaded {
         let mut out: Vec<(String, Role, Secret)> = Vec::with_capacity(self.config.tokens.len());
         for t in &self.config.tokens {
             let secret = self.secret(&t.token)?;
+            let chars = secret.expose().chars().count();
+            if chars < MIN_TOKEN_CHARS {
+                return self.err(
+                    t.token.span(),
+                    format!(
+                        "token of {:?} has {chars} characters; tokens need at least \
+                         {MIN_TOKEN_CHARS} (e.g. `openssl rand -base64 32`)",
+                        t.name.get_ref()
+                    ),
+                );
+            }
             // One token must identify one holder (and one role).
             if let Some((other, _, _)) = out.iter().find(|(_, _, s)| *s == secret) {
                 return self.err(
@@ -552,6 +725,17 @@ impl Loaded {
                 let signer = verdict_delivery::Signer::new(secret.expose()).or_else(|e| {
                     self.err(s.secret.span(), format!("sink {:?}: {e}", s.name.get_ref()))
                 })?;
+                if signer.key_len() < MIN_SECRET_BYTES {
+                    return self.err(
+                        s.secret.span(),
+                        format!(
+                            "sink {:?}: a key of {} bytes is too weak; sink secrets need at \
+                             least {MIN_SECRET_BYTES} bytes after whsec_",
+                            s.name.get_ref(),
+                            signer.key_len()
+                        ),
+                    );
+                }
                 Ok(crate::outbox::Sink {
                     name: s.name.get_ref().clone(),
                     url: s.url.get_ref().clone(),
@@ -599,6 +783,15 @@ impl Loaded {
         }
     }
 
+    /// The admin address, when configured (validated at load).
+    pub fn admin_listen(&self) -> Option<SocketAddr> {
+        self.config
+            .server
+            .admin_listen
+            .as_ref()
+            .and_then(|a| a.get_ref().parse().ok())
+    }
+
     /// The listen address (validated at load).
     pub fn listen(&self) -> SocketAddr {
         self.config
@@ -626,13 +819,16 @@ mod tests {
         assert!(load(text).is_ok(), "{:?}", load(text).err());
     }
 
+    const T1: &str = "token-one-0123456789abcdef0123456789";
+    const T2: &str = "token-two-0123456789abcdef0123456789";
+
     #[test]
     fn a_token_name_or_value_used_twice_is_refused() {
         let twice = |a: &str, b: &str| {
             format!(
-                "{SOURCE}\n[[tokens]]\nname = \"{a}\"\nrole = \"analyst\"\ntoken = \"t1\"\n\n\
+                "{SOURCE}\n[[tokens]]\nname = \"{a}\"\nrole = \"analyst\"\ntoken = \"{T1}\"\n\n\
                  [[tokens]]\nname = \"{b}\"\nrole = \"reader\"\ntoken = \"{}\"\n",
-                if a == b { "t2" } else { "t1" }
+                if a == b { T2 } else { T1 }
             )
         };
         let err = load(&twice("alice", "alice")).err().unwrap_or_default();
@@ -647,10 +843,7 @@ mod tests {
             err.contains("token of \"bob\" is the same as the token of \"alice\""),
             "{err}"
         );
-        assert!(
-            !err.contains("t1"),
-            "the token itself is not printed: {err}"
-        );
+        assert!(!err.contains(T1), "the token itself is not printed: {err}");
     }
 
     #[test]
@@ -684,6 +877,51 @@ mod tests {
             "v.toml:4:11: source \"a\" needs",
         );
         check("[storage]\npath = 3\n", "v.toml:2:8: invalid type");
+    }
+
+    #[test]
+    fn config_structs_never_print_a_secret() {
+        let text = "[[sources]]\nname = \"a\"\nscheme = \"seon\"\n\
+                    secrets = [\"literal-webhook-secret-1\", \"env:SEON_SECRET\"]\n\
+                    [[sinks]]\nname = \"b\"\nurl = \"https://u:sink-pass@h.example/p?t=q-token\"\n\
+                    secret = \"whsec_bGl0ZXJhbC1zaW5rLXNlY3JldA==\"\n\
+                    [[tokens]]\nname = \"t\"\nrole = \"reader\"\ntoken = \"literal-token-0123456789abcdef0123\"\n";
+        let loaded = load(text).unwrap();
+        let debug = format!("{loaded:?}");
+        for secret in [
+            "literal-webhook-secret-1",
+            "sink-pass",
+            "q-token",
+            "bGl0ZXJhbC1zaW5rLXNlY3JldA",
+            "literal-token-0123456789abcdef0123",
+        ] {
+            assert!(!debug.contains(secret), "{secret} in {debug}");
+        }
+        // Where a secret comes from is shown; the sink's host and path too.
+        assert!(debug.contains("env:SEON_SECRET"), "{debug}");
+        assert!(
+            debug.contains("https://[redacted]@h.example/p?[redacted]"),
+            "{debug}"
+        );
+        let sinks = loaded.sinks().unwrap();
+        assert!(!format!("{sinks:?}").contains("sink-pass"));
+    }
+
+    #[test]
+    fn urls_lose_their_credentials_and_query() {
+        for (url, want) in [
+            ("https://h/p", "https://h/p"),
+            (
+                "https://u:p@h:8443/p?x=1#f",
+                "https://[redacted]@h:8443/p?[redacted]",
+            ),
+            ("http://h?token=1", "http://h?[redacted]"),
+            ("https://u:pa/ss@h/p", "https://[redacted]@h/p"),
+            ("https://h/p?mail=a@b", "https://h/p?[redacted]"),
+            ("h/p", "h/p"),
+        ] {
+            assert_eq!(redact_url(url), want);
+        }
     }
 
     #[test]

@@ -42,6 +42,11 @@ pub fn run(sessions: u64) -> anyhow::Result<ExitCode> {
     let seed = verdict_log::Uuid::now_v7();
     let webhook_secret = format!("demo-{}", seed.simple());
     let sink_key = verdict_log::sha256(seed.as_bytes());
+    // A token of the required length, new for each demo (the directory's owner reads it here).
+    let token = format!(
+        "demo-{}",
+        hex::encode(&verdict_log::sha256(&sink_key)[..16])
+    );
     let sink_secret = format!(
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(sink_key)
@@ -59,7 +64,7 @@ pub fn run(sessions: u64) -> anyhow::Result<ExitCode> {
              [policy]\npath = {:?}\n\n\
              [[sinks]]\nname = \"demo-sink\"\nurl = {sink:?}\nsecret = {sink_secret:?}\n\n\
              [delivery]\ninitial_backoff_ms = 200\n\n\
-             [[tokens]]\nname = \"demo-analyst\"\nrole = \"analyst\"\ntoken = \"demo-token\"\n",
+             [[tokens]]\nname = \"demo-analyst\"\nrole = \"analyst\"\ntoken = {token:?}\n",
             dir.join("verdict.db").display().to_string(),
             dir.join("kyc.toml").display().to_string(),
         );
@@ -95,7 +100,7 @@ pub fn run(sessions: u64) -> anyhow::Result<ExitCode> {
         let started = Instant::now();
         let ok = crate::simulate::run(crate::simulate::Options {
             url: format!("{base}/webhooks/seon-idv"),
-            secret: webhook_secret,
+            secret: webhook_secret.parse().unwrap_or_else(|e| match e {}),
             sessions,
             rate: Some(50.0),
             duplicates: 0.1,
@@ -154,7 +159,7 @@ pub fn run(sessions: u64) -> anyhow::Result<ExitCode> {
         writeln!(out, "  verdict --config {c} policy backtest --policy {}", dir.join("kyc.toml").display())?;
         writeln!(
             out,
-            "  verdict --config {c} serve   # then open the address it prints + /ui/, token demo-token"
+            "  verdict --config {c} serve   # then open the address it prints + /ui/, token {token}"
         )?;
         Ok(if ok && seen.decisions > 0 && seen.bad_signatures == 0 && status.success() {
             ExitCode::SUCCESS

@@ -30,6 +30,7 @@ mod sessioncmd;
 mod simulate;
 #[cfg(test)]
 mod testutil;
+mod throttle;
 mod tls;
 mod ui;
 mod watch;
@@ -104,8 +105,9 @@ enum Command {
         #[arg(long)]
         url: String,
         /// The source's SEON webhook secret.
-        #[arg(long, env = "SEON_WEBHOOK_SECRET")]
-        secret: String,
+        // `hide_env_values`: `--help` would otherwise print the variable's value.
+        #[arg(long, env = "SEON_WEBHOOK_SECRET", hide_env_values = true)]
+        secret: config::Secret,
         /// Sessions to generate.
         #[arg(long, default_value_t = 100)]
         sessions: u64,

@@ -46,6 +46,11 @@ pub const SINK_DEAD_LETTERS: &str = "verdict_sink_dead_letters_total";
 pub const SINKS_DISABLED: &str = "verdict_sinks_disabled_total";
 /// `verdict_deliveries_superseded_total`: undelivered decisions replaced by newer ones.
 pub const SUPERSEDED: &str = "verdict_deliveries_superseded_total";
+/// `verdict_connections_shed_total`: connections closed at the cap to make room for a new one.
+pub const CONNECTIONS_SHED: &str = "verdict_connections_shed_total";
+/// `verdict_auth_failures_total{result}`: `bad_token` (API, pages, log-in) or `throttled`
+/// (refused with 429 because the address failed too often).
+pub const AUTH_FAILURES: &str = "verdict_auth_failures_total";
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
@@ -71,6 +76,14 @@ fn describe() {
         "Webhook deliveries received, by source and outcome (accepted, duplicate, ping, rejected with a reason, unavailable, unknown_source)"
     );
     describe_histogram!(APPEND_BATCH_EVENTS, "Events per committed log batch");
+    describe_counter!(
+        CONNECTIONS_SHED,
+        "Connections closed at max_connections to make room (the one waiting longest on its client)"
+    );
+    describe_counter!(
+        AUTH_FAILURES,
+        "Refused authentications: bad_token (a bad token or log-in), throttled (429: the address failed too often)"
+    );
     describe_histogram!(
         APPEND_BATCH_SECONDS,
         "Time to write and commit one log batch, fsync included"

@@ -60,8 +60,8 @@ pub fn stored_decision_json(body: &[u8], seq: u64) -> anyhow::Result<String> {
 pub struct Sink {
     /// Its name (outbox rows, logs).
     pub name: String,
-    /// Where decisions are POSTed.
-    pub url: String,
+    /// Where decisions are POSTed (`Debug` hides its credentials).
+    pub url: crate::config::SinkUrl,
     /// Signs with the sink's `whsec_` secret.
     pub signer: Signer,
 }
@@ -715,7 +715,7 @@ async fn attempt(
     let signature = sink.signer.sign(&pick.decision_id, ts, &body);
     let started = std::time::Instant::now();
     let sent = client
-        .post(&sink.url)
+        .post(sink.url.expose())
         .header("content-type", "application/json")
         .header("webhook-id", &pick.decision_id)
         .header("webhook-timestamp", ts.to_string())
@@ -731,8 +731,7 @@ async fn attempt(
                 .get("retry-after")
                 .and_then(|v| v.to_str().ok())
                 .map(str::to_owned);
-            // Drain the body so the connection can be reused (bounded by the client timeout).
-            let _ = resp.bytes().await;
+            drain(resp).await;
             Attempted {
                 outcome: classify(Some(status), retry_after.as_deref(), ts),
                 status: Some(status),
@@ -742,7 +741,8 @@ async fn attempt(
         Err(e) => Attempted {
             outcome: classify(None, None, ts),
             status: None,
-            error: Some(error_chain(&e)),
+            // Without the URL: it may carry credentials, and this text is logged and stored.
+            error: Some(error_chain(&e.without_url())),
         },
     };
     let attempts = pick.attempts.saturating_add(1);
@@ -773,6 +773,22 @@ async fn attempt(
         }
     }
     Some(result)
+}
+
+/// The most bytes of a sink's answer read (and thrown away): enough to reuse the connection
+/// after a normal answer, never a sink's whole stream.
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+/// Reads the answer's body up to [`MAX_ANSWER_BYTES`], so the connection can be reused; a
+/// longer answer is dropped with its connection.
+async fn drain(mut resp: reqwest::Response) {
+    let mut read = 0usize;
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        read += chunk.len();
+        if read > MAX_ANSWER_BYTES {
+            return;
+        }
+    }
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {

@@ -1439,6 +1439,26 @@ pub fn session_as_of(log: &SqliteLog, id: &str, as_of: u64) -> anyhow::Result<Op
     Ok(Some(s))
 }
 
+/// The seqs of a session's entries after `after`, at most `limit`, in order.
+fn entry_seqs_after(
+    conn: &Connection,
+    id: &str,
+    after: u64,
+    limit: usize,
+) -> anyhow::Result<Vec<u64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq FROM session_entries WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let seqs = stmt
+        .query_map(
+            params![id, i64_of(after), i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| r.get::<_, i64>(0),
+        )?
+        .map(|s| s.map(|s| u64::try_from(s).unwrap_or(0)))
+        .collect::<Result<Vec<u64>, _>>()?;
+    Ok(seqs)
+}
+
 pub(crate) fn entry_seqs(conn: &Connection, id: &str, upto: u64) -> anyhow::Result<Vec<u64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq FROM session_entries WHERE session_id = ?1 AND seq <= ?2 ORDER BY seq",
@@ -1498,13 +1518,46 @@ pub struct HistoryEntry {
     quarantined: Option<String>,
 }
 
-/// `{"session_id", "entries": [...]}` as JSON text (payloads byte-exact), or `None` for an
-/// unknown session.
-pub fn history_json(log: &SqliteLog, id: &str) -> anyhow::Result<Option<String>> {
-    let seqs = entry_seqs(log.connection(), id, u64::MAX >> 1)?;
-    if seqs.is_empty() {
+/// A page of a session's history: the entries after `after` (a seq), at most `limit`.
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryPage {
+    /// Entries with a greater seq.
+    pub after: u64,
+    /// The most entries.
+    pub limit: usize,
+}
+
+impl HistoryPage {
+    /// The whole history (the CLI).
+    pub const ALL: Self = Self {
+        after: 0,
+        limit: usize::MAX >> 1,
+    };
+}
+
+/// `{"session_id", "entries": [...], "next"}` as JSON text (payloads byte-exact), or `None` for
+/// an unknown session. `next` is the cursor of the following page (the last entry's seq), null
+/// at the end.
+pub fn history_json(
+    log: &SqliteLog,
+    id: &str,
+    page: HistoryPage,
+) -> anyhow::Result<Option<String>> {
+    let mut seqs = entry_seqs_after(
+        log.connection(),
+        id,
+        page.after,
+        page.limit.saturating_add(1),
+    )?;
+    if seqs.is_empty() && !session_exists(log.connection(), id)? {
         return Ok(None);
     }
+    let next = if seqs.len() > page.limit {
+        seqs.truncate(page.limit);
+        seqs.last().copied()
+    } else {
+        None
+    };
     let mut entries = Vec::with_capacity(seqs.len());
     for seq in seqs {
         let Some(e) = log.get(seq)? else { continue };
@@ -1541,10 +1594,12 @@ pub fn history_json(log: &SqliteLog, id: &str) -> anyhow::Result<Option<String>>
     struct History<'a> {
         session_id: &'a str,
         entries: Vec<HistoryEntry>,
+        next: Option<u64>,
     }
     Ok(Some(serde_json::to_string(&History {
         session_id: id,
         entries,
+        next,
     })?))
 }
 
@@ -1623,6 +1678,13 @@ pub fn quarantined_between(
         .map(|r| r.map(|(s, reason)| (u64::try_from(s).unwrap_or(0), reason)))
         .collect::<Result<HashMap<u64, String>, _>>()?;
     Ok(rows)
+}
+
+/// Whether the entry at `seq` belongs to session `id`.
+pub fn entry_of(conn: &Connection, id: &str, seq: u64) -> anyhow::Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM session_entries WHERE session_id = ?1 AND seq = ?2")?
+        .exists(params![id, i64_of(seq)])?)
 }
 
 /// Whether the log holds any entry of this session.

@@ -5,7 +5,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use axum::serve::ListenerExt as _;
 use verdict_ingress::Ingress;
 use verdict_log::{LogWriter, WriterConfig};
 
@@ -182,7 +181,9 @@ async fn serve(
     spawn_recovery(writer.clone(), stop.clone());
     let policy_loaded = policy.is_some();
     let max_body = *loaded.config.server.max_body_bytes.get_ref();
-    let ingress = Ingress::new(sources, max_body, writer.clone()).with_observer(
+    let ingress = Ingress::new(sources, max_body, writer.clone())
+        .with_body_budget(*loaded.config.server.max_buffered_body_bytes.get_ref())
+        .with_observer(
         std::sync::Arc::new(|source: &str, outcome: verdict_ingress::Outcome| {
             use verdict_ingress::Outcome as O;
             let (name, reason) = match outcome {
@@ -249,15 +250,17 @@ async fn serve(
         decides: decider_present,
         projected: projector.projected.clone(),
         stop: stop.clone(),
+        throttle: std::sync::Arc::default(),
     };
     let state = AppState {
         writer: writer.clone(),
         policy_loaded,
     };
-    let app = Router::new()
+    let health = Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .with_state(state)
+        .with_state(state);
+    let admin_routes = Router::new()
         .route(
             "/metrics",
             get(crate::metrics::render).with_state(std::sync::Arc::new(crate::metrics::Scrape {
@@ -266,47 +269,88 @@ async fn serve(
                 projected: projector.projected.clone(),
             })),
         )
-        .merge(verdict_ingress::router(ingress))
         .merge(crate::api::router(api.clone()))
-        .merge(crate::ui::router(crate::ui::Ui::new(api, tls.is_some())))
-        .layer(axum::middleware::from_fn(request_span));
-
-    let addr = loaded.listen();
-    let listener = tokio::net::TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listening on {addr}"))?;
-    let local = listener.local_addr()?;
-    let scheme = if tls.is_some() { "https" } else { "http" };
-    tracing::info!(addr = %local, scheme, db = %db.display(), "verdict listening");
-    let signal = shutdown_signal()?;
-    let shutdown = async move {
-        signal.await;
-        let _ = stop_tx.send(true);
+        .merge(crate::ui::router(crate::ui::Ui::new(api, tls.is_some())));
+    let public_routes = health.clone().merge(verdict_ingress::router(ingress));
+    let secure = tls.is_some();
+    let finish = |routes: Router| {
+        let routes = routes.layer(axum::middleware::from_fn(request_span));
+        if secure {
+            routes.layer(axum::middleware::from_fn(hsts))
+        } else {
+            routes
+        }
     };
     let limits = crate::http::Limits {
         header_read_timeout: std::time::Duration::from_secs(
             *loaded.config.server.header_read_timeout_secs.get_ref(),
         ),
+        request_timeout: std::time::Duration::from_secs(
+            *loaded.config.server.request_timeout_secs.get_ref(),
+        ),
         max_connections: *loaded.config.server.max_connections.get_ref(),
+        max_streams: MAX_STREAMS,
+    };
+    let acceptor = match &tls {
+        Some(store) => Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
+            store.server_config()?,
+        ))),
+        None => None,
     };
     let mut _cert_watcher = None;
-    match tls {
-        None => {
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            // A line on stdout for scripts and tests that need the port (listen = "...:0").
-            println!("verdict listening on http://{local}");
-            crate::http::serve(listener, app, limits, shutdown).await;
+    if let Some(store) = &tls {
+        _cert_watcher = Some(
+            crate::tls::watch(std::sync::Arc::clone(store)).context("watching the TLS files")?,
+        );
+    }
+    let scheme = if secure { "https" } else { "http" };
+    let addr = loaded.listen();
+    let listener = bind(addr).with_context(|| format!("listening on {addr}"))?;
+    let local = listener.local_addr()?;
+    let admin = match loaded.admin_listen() {
+        Some(admin) => {
+            let l = bind(admin).with_context(|| format!("listening on admin_listen {admin}"))?;
+            Some(l)
         }
-        Some(store) => {
-            _cert_watcher = Some(
-                crate::tls::watch(std::sync::Arc::clone(&store))
-                    .context("watching the TLS files")?,
+        None => None,
+    };
+    tracing::info!(addr = %local, scheme, db = %db.display(), "verdict listening");
+    let signal = shutdown_signal()?;
+    tokio::spawn(async move {
+        signal.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    match admin {
+        None => {
+            // A line on stdout for scripts and tests that need the port (listen = "...:0").
+            println!("verdict listening on {scheme}://{local}");
+            let app = finish(public_routes.merge(admin_routes));
+            crate::http::serve(listener, acceptor, app, limits, stopped(stop.clone())).await;
+        }
+        Some(admin) => {
+            let admin_local = admin.local_addr()?;
+            tracing::info!(addr = %admin_local, scheme, "admin routes (/v1, /ui, /metrics) listening");
+            println!("verdict listening on {scheme}://{local}");
+            println!("verdict admin listening on {scheme}://{admin_local}");
+            tokio::join!(
+                crate::http::serve(
+                    listener,
+                    acceptor.clone(),
+                    finish(public_routes),
+                    limits,
+                    stopped(stop.clone()),
+                ),
+                crate::http::serve(
+                    admin,
+                    acceptor,
+                    finish(health.merge(admin_routes)),
+                    limits,
+                    stopped(stop.clone()),
+                ),
             );
-            let listener = crate::tls::TlsListener::new(listener, store.server_config()?)?;
-            println!("verdict listening on https://{local}");
-            crate::http::serve(listener, app, limits, shutdown).await;
         }
     }
     tracing::info!("HTTP stopped; committing queued appends");
@@ -318,6 +362,41 @@ async fn serve(
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Connections the kernel may hold completed but not yet accepted (capped by the system's
+/// `net.core.somaxconn`): a burst of new clients waits there instead of being dropped while
+/// the accept loop makes room.
+const BACKLOG: u32 = 4096;
+
+/// A listening socket on `addr` with [`BACKLOG`].
+fn bind(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
+}
+
+/// Concurrent HTTP/2 streams per connection (hyper's default is 200): a client that needs more
+/// opens another connection, which the connection cap governs.
+const MAX_STREAMS: u32 = 32;
+
+/// `Strict-Transport-Security` on every answer served over TLS: browsers that have seen verdict
+/// over HTTPS refuse plain HTTP to it for a year.
+async fn hsts(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let mut resp = next.run(req).await;
+    resp.headers_mut().insert(
+        axum::http::header::STRICT_TRANSPORT_SECURITY,
+        axum::http::HeaderValue::from_static("max-age=31536000"),
+    );
+    resp
 }
 
 /// The most header bytes (names and values) a request may carry; more is a 431 before any

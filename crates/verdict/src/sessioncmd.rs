@@ -126,7 +126,7 @@ pub fn show(loaded: &Loaded, id: &str, as_of: Option<u64>) -> anyhow::Result<Exi
 /// Prints a session's history JSON; exit 1 for an unknown session.
 pub fn history(loaded: &Loaded, id: &str) -> anyhow::Result<ExitCode> {
     let log = logcmd::open(loaded)?;
-    match projections::history_json(&log, id)? {
+    match projections::history_json(&log, id, projections::HistoryPage::ALL)? {
         Some(body) => {
             writeln!(std::io::stdout().lock(), "{body}")?;
             Ok(ExitCode::SUCCESS)

@@ -28,8 +28,8 @@ const UPDATED: &str = include_str!("../../../fixtures/seon/session_status_update
 pub struct Options {
     /// The webhook URL (`.../webhooks/{source}`).
     pub url: String,
-    /// The source's SEON secret.
-    pub secret: String,
+    /// The source's SEON secret (`Debug` shows it redacted).
+    pub secret: crate::config::Secret,
     /// Sessions to generate.
     pub sessions: u64,
     /// Deliveries per second (`None`: as fast as `concurrency` allows).
@@ -185,7 +185,8 @@ pub async fn run(o: Options) -> anyhow::Result<bool> {
         .timeout(Duration::from_secs(10))
         .build()
         .context("building the HTTP client")?;
-    let key = hmac::Hmac::<sha2::Sha256>::new_from_slice(o.secret.as_bytes()).context("secret")?;
+    let key = hmac::Hmac::<sha2::Sha256>::new_from_slice(o.secret.expose().as_bytes())
+        .context("secret")?;
     let tally = Arc::new(Tally::default());
     let latency = Arc::new(Mutex::new(
         hdrhistogram::Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?,
@@ -293,7 +294,7 @@ mod tests {
     fn opts(seed: u64) -> Options {
         Options {
             url: String::new(),
-            secret: "s".into(),
+            secret: "s".parse().unwrap_or_else(|e| match e {}),
             sessions: 50,
             rate: None,
             duplicates: 0.2,

@@ -148,14 +148,24 @@ pub fn router<S: Clone + Send + Sync + 'static>(ui: Ui) -> Router<S> {
     let protected = Router::new()
         .route("/ui/sessions", get(sessions_page))
         .route("/ui/sessions/{id}", get(session_page))
+        .route("/ui/sessions/{id}/entries/{seq}", get(entry_page))
         .route("/ui/sessions/{id}/override", post(override_submit))
         .route("/ui/logout", post(logout))
         .route_layer(middleware::from_fn_with_state(ui.clone(), require_login));
     Router::new()
         .route("/ui", get(|| async { Redirect::to("/ui/sessions") }))
-        .route("/ui/login", get(login_page).post(login))
+        .route("/ui/", get(|| async { Redirect::to("/ui/sessions") }))
+        .route(
+            "/ui/login",
+            get(login_page)
+                .post(login)
+                // A token and a path: anything bigger is not a log-in.
+                .layer(axum::extract::DefaultBodyLimit::max(16 * 1024)),
+        )
         .route("/ui/style.css", get(style))
         .merge(protected)
+        // Override forms: a reason of at most 4,000 bytes and a ticket.
+        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(middleware::from_fn(page_headers))
         .with_state(ui)
 }
@@ -200,9 +210,19 @@ fn cookie_value(headers: &HeaderMap) -> Option<String> {
 
 /// Lets in a live login cookie or a bearer token; anyone else gets the log-in page with a 401.
 async fn require_login(State(ui): State<Ui>, mut req: Request, next: Next) -> Response {
+    let client = crate::api::client_ip(&req);
     let headers = req.headers();
     let found = if let Some(token) = bearer(headers) {
-        authenticate(&ui.api.tokens, token).map(|caller| UiCaller {
+        if let Some(ip) = client
+            && let Err(wait) = ui.api.throttle.check(ip)
+        {
+            return crate::api::throttled(wait);
+        }
+        let found = authenticate(&ui.api.tokens, token);
+        if let (None, Some(ip)) = (&found, client) {
+            ui.api.throttle.failed(ip);
+        }
+        found.map(|caller| UiCaller {
             caller,
             csrf: None,
             cookie: None,
@@ -261,13 +281,18 @@ fn safe_next(next: &str) -> String {
 
 /// Refuses a form posted from another site (browsers send `Sec-Fetch-Site`; clients that do
 /// not are judged by the CSRF token alone).
-fn cross_site(headers: &HeaderMap) -> bool {
+fn cross_site(headers: &HeaderMap, uri: &axum::http::Uri) -> bool {
     let fetch_site = headers
         .get("sec-fetch-site")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v != "same-origin" && v != "none");
-    // Browsers also send `Origin` on form posts: it must name this host.
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    // Browsers also send `Origin` on form posts: it must name this host. HTTP/1.1 names the
+    // host in `Host`; HTTP/2 (what browsers speak over TLS) in the `:authority` pseudo-header,
+    // which hyper puts in the request's URI, and sends no `Host`.
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(axum::http::uri::Authority::as_str));
     let foreign_origin = headers
         .get(header::ORIGIN)
         .map(|v| v.to_str().unwrap_or(""))
@@ -385,13 +410,35 @@ struct LoginForm {
     next: String,
 }
 
-async fn login(State(ui): State<Ui>, headers: HeaderMap, Form(f): Form<LoginForm>) -> Response {
-    if cross_site(&headers) {
+async fn login(
+    State(ui): State<Ui>,
+    client: Option<axum::Extension<crate::http::ClientAddr>>,
+    uri: axum::http::Uri,
+    headers: HeaderMap,
+    Form(f): Form<LoginForm>,
+) -> Response {
+    if cross_site(&headers, &uri) {
         return error_page(StatusCode::FORBIDDEN, None, "Cross-site log-in refused.");
+    }
+    let client = client.map(|c| c.0.0.ip());
+    if let Some(ip) = client
+        && let Err(wait) = ui.api.throttle.check(ip)
+    {
+        let mut page = error_page(
+            StatusCode::TOO_MANY_REQUESTS,
+            None,
+            "Too many failed log-ins from this address; wait a minute and try again.",
+        );
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            page.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return page;
     }
     let next = safe_next(&f.next);
     let Some(caller) = authenticate(&ui.api.tokens, f.token.trim()) else {
-        tracing::warn!("UI log-in with an unknown token");
+        if let Some(ip) = client {
+            ui.api.throttle.failed(ip);
+        }
         return html(
             StatusCode::UNAUTHORIZED,
             &LoginPage {
@@ -428,10 +475,11 @@ struct CsrfForm {
 async fn logout(
     State(ui): State<Ui>,
     axum::Extension(caller): axum::Extension<UiCaller>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Form(f): Form<CsrfForm>,
 ) -> Response {
-    if cross_site(&headers) || !csrf_ok(&caller, &f.csrf) {
+    if cross_site(&headers, &uri) || !csrf_ok(&caller, &f.csrf) {
         return error_page(
             StatusCode::FORBIDDEN,
             Some(Who::of(&caller)),
@@ -664,7 +712,13 @@ struct Summary {
     hidden: usize,
 }
 
-/// A payload, shown on request.
+/// A payload's size in the timeline: its link opens it.
+struct PayloadSize {
+    len: usize,
+    repeats: u64,
+}
+
+/// A payload, shown on its own page.
 struct PayloadView {
     len: usize,
     repeats: u64,
@@ -685,7 +739,7 @@ struct Item {
     facts: Vec<String>,
     /// What it changed in the session.
     changes: Vec<String>,
-    payload: Option<PayloadView>,
+    payload: Option<PayloadSize>,
 }
 
 /// The override form (analysts only).
@@ -858,7 +912,10 @@ fn timeline(
             vendor_time: e.vendor_time.map(rfc3339_ms),
             facts,
             changes,
-            payload: Some(payload_view(&e.body, repeats, &e.headers_json)),
+            payload: Some(PayloadSize {
+                len: e.body.len(),
+                repeats,
+            }),
         });
     }
     let summary = Summary {
@@ -903,6 +960,12 @@ fn payload_view(body: &[u8], repeats: u64, headers_json: &str) -> PayloadView {
         .and_then(|v| serde_json::to_string_pretty(&v).ok());
     let headers = serde_json::from_str::<serde_json::Value>(headers_json)
         .ok()
+        .map(|mut v| {
+            if let Some(m) = v.as_object_mut() {
+                m.retain(|k, _| verdict_log::READABLE_HEADERS.contains(&k.as_str()));
+            }
+            v
+        })
         .filter(|v| v.as_object().is_some_and(|m| !m.is_empty()))
         .and_then(|v| serde_json::to_string_pretty(&v).ok())
         .unwrap_or_default();
@@ -982,6 +1045,66 @@ async fn session_page(
     render_session(&ui, &caller, id, StatusCode::OK, None).await
 }
 
+#[derive(Template)]
+#[template(path = "ui/entry.html")]
+struct EntryPage {
+    who: Option<Who>,
+    id: String,
+    id_path: String,
+    seq: u64,
+    event_type: String,
+    recorded_at: String,
+    p: PayloadView,
+}
+
+/// One entry's payload, on its own page (the timeline links to it rather than carrying
+/// every payload of a long session).
+async fn entry_page(
+    State(ui): State<Ui>,
+    axum::Extension(caller): axum::Extension<UiCaller>,
+    Path((id, seq)): Path<(String, u64)>,
+) -> Response {
+    let lookup = id.clone();
+    let found = ui
+        .api
+        .reads
+        .run(move |log| {
+            if !projections::entry_of(log.connection(), &lookup, seq)? {
+                return Ok(None);
+            }
+            let Some(e) = log.get(seq)? else {
+                return Ok(None);
+            };
+            let repeats = if e.source == INTERNAL_SOURCE {
+                0
+            } else {
+                log.repeats(seq)?
+            };
+            Ok(Some((e, repeats)))
+        })
+        .await;
+    match found {
+        Ok(Some((e, repeats))) => html(
+            StatusCode::OK,
+            &EntryPage {
+                who: Some(Who::of(&caller)),
+                id_path: percent(&id),
+                id,
+                seq,
+                event_type: e.event_type.clone(),
+                recorded_at: rfc3339_ms(e.recorded_at),
+                p: payload_view(&e.body, repeats, &e.headers_json),
+            },
+        ),
+        Ok(None) => error_page(
+            StatusCode::NOT_FOUND,
+            Some(Who::of(&caller)),
+            format!("Session {id:?} has no entry #{seq}."),
+        ),
+        Err(e) => internal(&e),
+    }
+}
+
 /// A refused override form, shown again with what was typed.
 struct FormError {
     message: String,
@@ -1006,6 +1129,7 @@ async fn override_submit(
     State(ui): State<Ui>,
     axum::Extension(caller): axum::Extension<UiCaller>,
     Path(id): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     Form(f): Form<OverrideForm>,
 ) -> Response {
@@ -1016,7 +1140,7 @@ async fn override_submit(
             "Overrides need the analyst role.",
         );
     }
-    if cross_site(&headers) || !csrf_ok(&caller, &f.csrf) {
+    if cross_site(&headers, &uri) || !csrf_ok(&caller, &f.csrf) {
         tracing::warn!(actor = %caller.caller.name, session = %id, "override form refused: CSRF check failed");
         return error_page(
             StatusCode::FORBIDDEN,

@@ -24,8 +24,9 @@ pub struct Browser {
 }
 
 impl Browser {
-    /// Starts Chromium and opens an empty page.
-    pub fn launch() -> Self {
+    /// Starts Chromium with more command-line switches (e.g. to accept a test certificate) and
+    /// opens an empty page.
+    pub fn launch_with(extra: &[&str]) -> Self {
         let path = std::env::var("VERDICT_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
         assert!(
             std::path::Path::new(&path).exists(),
@@ -48,6 +49,7 @@ impl Browser {
                 "--remote-debugging-port=0",
                 "--window-size=1280,1000",
             ])
+            .args(extra)
             .arg(format!("--user-data-dir={}", profile.path().display()))
             .arg("about:blank")
             .stdout(Stdio::null())

@@ -21,14 +21,18 @@ fn config() -> String {
         "/../../config/policies/kyc.toml"
     );
     format!(
-        "[policy]\npath = {policy:?}\n\n[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice\"\n"
+        "[policy]\npath = {policy:?}\n\n[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice-0123456789abcdef0123456789\"\n"
     )
 }
 
 async fn session(s: &Server, id: &str) -> Value {
-    get(s, &format!("/v1/sessions/{id}"), Some("tok-alice"))
-        .await
-        .1
+    get(
+        s,
+        &format!("/v1/sessions/{id}"),
+        Some("tok-alice-0123456789abcdef0123456789"),
+    )
+    .await
+    .1
 }
 
 /// Waits (bounded) until the session's decision satisfies `ok` and is stored (has a seq).
@@ -70,7 +74,8 @@ async fn policy_vendor_and_analyst_decisions_follow_the_session() {
 
     let body =
         json!({"action": "decline", "reason": "document reused elsewhere", "ticket": "KYC-7"});
-    let (status, answer) = post_override(&s, SID, "tok-alice", body).await;
+    let (status, answer) =
+        post_override(&s, SID, "tok-alice-0123456789abcdef0123456789", body).await;
     assert_eq!(status, 200);
     assert_eq!(
         (
@@ -93,14 +98,14 @@ async fn policy_vendor_and_analyst_decisions_follow_the_session() {
     post_override(
         &s,
         SID,
-        "tok-alice",
+        "tok-alice-0123456789abcdef0123456789",
         json!({"action": "decline", "reason": "still reused"}),
     )
     .await;
     let (_, history) = get(
         &s,
         &format!("/v1/sessions/{SID}/history"),
-        Some("tok-alice"),
+        Some("tok-alice-0123456789abcdef0123456789"),
     )
     .await;
     let kinds: Vec<&str> = history["entries"]
@@ -123,7 +128,12 @@ async fn policy_vendor_and_analyst_decisions_follow_the_session() {
     assert!(out.status.success(), "{}", text(&out.stdout));
 
     // Lists filter on the current decision's action.
-    let (_, page) = get(&s, "/v1/sessions?action=approve", Some("tok-alice")).await;
+    let (_, page) = get(
+        &s,
+        "/v1/sessions?action=approve",
+        Some("tok-alice-0123456789abcdef0123456789"),
+    )
+    .await;
     let ids: Vec<&str> = page["sessions"]
         .as_array()
         .unwrap()
@@ -192,7 +202,7 @@ async fn the_policy_reloads_on_change_and_a_broken_one_is_rejected() {
     let shipped = include_str!("../../../../config/policies/kyc.toml");
     std::fs::write(&path, shipped).unwrap();
     let s = Server::start_with(&format!(
-        "[policy]\npath = {:?}\n\n[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice\"\n",
+        "[policy]\npath = {:?}\n\n[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice-0123456789abcdef0123456789\"\n",
         path.display().to_string()
     ));
     assert_eq!(activations(&s).len(), 1);
@@ -287,7 +297,7 @@ async fn a_backtest_shows_what_a_candidate_would_change() {
     let (status, _) = post_override(
         &s,
         SID,
-        "tok-alice",
+        "tok-alice-0123456789abcdef0123456789",
         json!({"action": "decline", "reason": "the face does not match"}),
     )
     .await;
@@ -369,36 +379,39 @@ async fn a_backtest_shows_what_a_candidate_would_change() {
 }
 
 #[tokio::test]
-async fn a_replayed_delivery_under_a_new_request_id_does_not_undo_an_override() {
+async fn a_replayed_delivery_under_a_new_request_id_is_a_duplicate_and_leaves_the_override() {
     let s = Server::start_with(&config());
-    s.post_seon(REVIEW, Some("first"), SEON_SECRET).await;
+    let (_, first) = s.post_seon(REVIEW, Some("first"), SEON_SECRET).await;
     decided(&s, SID, |d| d["source"] == "policy").await;
     let (status, _) = post_override(
         &s,
         SID,
-        "tok-alice",
+        "tok-alice-0123456789abcdef0123456789",
         json!({"action": "approve", "reason": "checked the documents by hand"}),
     )
     .await;
     assert_eq!(status, 200);
     decided(&s, SID, |d| d["source"] == "analyst").await;
-    // The same signed body again, under another Request-Id (or none): stored, decides nothing.
-    let (status, v) = s.post_seon(REVIEW, Some("replayed"), SEON_SECRET).await;
-    assert_eq!((status, v["status"].as_str()), (200, Some("accepted")));
-    let (status, _) = s.post_seon(REVIEW, None, SEON_SECRET).await;
-    assert_eq!(status, 200);
-    let seq = v["seq"].as_u64().unwrap();
-    let body = eventually("the replay folded", async || {
-        let (_, b) = session_as(&s, SID).await;
-        (b["last_seq"].as_u64() >= Some(seq)).then_some(b)
-    })
-    .await;
+    // The same signed body again, under another Request-Id (or none): the same delivery.
+    for id in [Some("replayed"), None] {
+        let (status, v) = s.post_seon(REVIEW, id, SEON_SECRET).await;
+        assert_eq!(
+            (status, &v["status"], &v["seq"]),
+            (200, &json!("duplicate"), &first["seq"])
+        );
+    }
+    let (_, body) = session_as(&s, SID).await;
     assert_eq!(body["decision"]["source"], "analyst", "{body}");
     assert_eq!(body["decision"]["action"], "approve");
 }
 
 async fn session_as(s: &Server, id: &str) -> (u16, Value) {
-    get(s, &format!("/v1/sessions/{id}"), Some("tok-alice")).await
+    get(
+        s,
+        &format!("/v1/sessions/{id}"),
+        Some("tok-alice-0123456789abcdef0123456789"),
+    )
+    .await
 }
 
 /// Rewrites every session row into the state shape of earlier versions; returns how many.

@@ -118,7 +118,7 @@ fn config(sink: &Sink, delivery: &str) -> String {
         "/../../config/policies/kyc.toml"
     );
     format!(
-        "[policy]\npath = {policy:?}\n\n[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice\"\n\n\
+        "[policy]\npath = {policy:?}\n\n[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice-0123456789abcdef0123456789\"\n\n\
          [[sinks]]\nname = \"backend\"\nurl = {:?}\nsecret = {SINK_SECRET:?}\n\n[delivery]\n{delivery}\n",
         sink.url
     )
@@ -209,7 +209,12 @@ async fn decisions_reach_the_sink_signed() {
     // The decision matches the session's current one (once the projector has written it: the
     // decision can reach the sink before the session's row is flushed).
     eventually("the session's current decision", async || {
-        let (_, session) = get(&s, "/v1/sessions/sess-1", Some("tok-alice")).await;
+        let (_, session) = get(
+            &s,
+            "/v1/sessions/sess-1",
+            Some("tok-alice-0123456789abcdef0123456789"),
+        )
+        .await;
         (session["decision"]["decision_id"] == d["decision_id"]).then_some(())
     })
     .await;
@@ -394,7 +399,7 @@ async fn per_session_order_holds_while_other_sessions_proceed() {
     let (status, _) = post_override(
         &s,
         "sess-a",
-        "tok-alice",
+        "tok-alice-0123456789abcdef0123456789",
         json!({"action": "decline", "reason": "document forged"}),
     )
     .await;
@@ -480,7 +485,7 @@ async fn a_decision_in_flight_when_a_newer_one_arrives_is_superseded_once_it_fai
     let (status, _) = post_override(
         &s,
         "sess-f",
-        "tok-alice",
+        "tok-alice-0123456789abcdef0123456789",
         json!({"action": "decline", "reason": "forged"}),
     )
     .await;
@@ -512,7 +517,7 @@ async fn a_stale_undelivered_decision_is_superseded() {
     let (status, _) = post_override(
         &s,
         "sess-s",
-        "tok-alice",
+        "tok-alice-0123456789abcdef0123456789",
         json!({"action": "decline", "reason": "forged"}),
     )
     .await;
@@ -566,7 +571,7 @@ async fn a_410_disables_the_sink_until_enabled() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_pull_feed_long_polls_and_wakes_promptly() {
     let s = Server::start_with(&format!(
-        "[policy]\npath = {:?}\n\n[[tokens]]\nname = \"r\"\nrole = \"reader\"\ntoken = \"tok-r\"\n",
+        "[policy]\npath = {:?}\n\n[[tokens]]\nname = \"r\"\nrole = \"reader\"\ntoken = \"tok-r-0123456789abcdef0123456789abcd\"\n",
         concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../config/policies/kyc.toml"
@@ -574,7 +579,12 @@ async fn the_pull_feed_long_polls_and_wakes_promptly() {
     ));
     finish(&s, "sess-p1").await;
     let first = eventually("the first decision in the feed", async || {
-        let (_, v) = get(&s, "/v1/decisions?after=0", Some("tok-r")).await;
+        let (_, v) = get(
+            &s,
+            "/v1/decisions?after=0",
+            Some("tok-r-0123456789abcdef0123456789abcd"),
+        )
+        .await;
         (!v["decisions"].as_array().unwrap().is_empty()).then_some(v)
     })
     .await;
@@ -583,7 +593,12 @@ async fn the_pull_feed_long_polls_and_wakes_promptly() {
     let next = first["next"].as_u64().unwrap();
     assert!(next >= d["seq"].as_u64().unwrap());
     // Nothing new: an immediate answer without wait, the same cursor.
-    let (status, v) = get(&s, &format!("/v1/decisions?after={next}"), Some("tok-r")).await;
+    let (status, v) = get(
+        &s,
+        &format!("/v1/decisions?after={next}"),
+        Some("tok-r-0123456789abcdef0123456789abcd"),
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(v["decisions"], json!([]));
     assert_eq!(v["next"].as_u64().unwrap(), next);
@@ -594,7 +609,7 @@ async fn the_pull_feed_long_polls_and_wakes_promptly() {
     let poll = tokio::spawn(async move {
         let v: Value = http
             .get(url)
-            .bearer_auth("tok-r")
+            .bearer_auth("tok-r-0123456789abcdef0123456789abcd")
             .send()
             .await
             .unwrap()
@@ -622,7 +637,7 @@ async fn the_pull_feed_long_polls_and_wakes_promptly() {
     let pending = tokio::spawn(async move {
         client()
             .get(url)
-            .bearer_auth("tok-r")
+            .bearer_auth("tok-r-0123456789abcdef0123456789abcd")
             .send()
             .await
             .map(|r| r.status().as_u16())
@@ -650,7 +665,7 @@ async fn redriving_never_sends_an_old_decision_after_a_newer_one() {
     let (status, _) = post_override(
         &s,
         "sess-o",
-        "tok-alice",
+        "tok-alice-0123456789abcdef0123456789",
         json!({"action": "approve", "reason": "checked by hand"}),
     )
     .await;

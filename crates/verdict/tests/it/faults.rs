@@ -12,8 +12,8 @@ use crate::support::*;
 
 fn config(sink: &Sink) -> String {
     format!(
-        "[policy]\npath = {:?}\n\n[[tokens]]\nname = \"r\"\nrole = \"reader\"\ntoken = \"tok-r\"\n\n\
-         [[sinks]]\nname = \"backend\"\nurl = {:?}\nsecret = \"whsec_c2luaw==\"\n\n[delivery]\ninitial_backoff_ms = 100\n",
+        "[policy]\npath = {:?}\n\n[[tokens]]\nname = \"r\"\nrole = \"reader\"\ntoken = \"tok-r-0123456789abcdef0123456789abcd\"\n\n\
+         [[sinks]]\nname = \"backend\"\nurl = {:?}\nsecret = \"whsec_c2luay1rZXktc2l4dGVlbiEh\"\n\n[delivery]\ninitial_backoff_ms = 100\n",
         concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/../../config/policies/kyc.toml"
@@ -124,10 +124,20 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
     // The last start recovers: every acknowledged session is in the log, decided and delivered.
     let s = Server::start_in(dir);
     for id in &acked {
-        let (status, _) = get(&s, &format!("/v1/sessions/{id}"), Some("tok-r")).await;
+        let (status, _) = get(
+            &s,
+            &format!("/v1/sessions/{id}"),
+            Some("tok-r-0123456789abcdef0123456789abcd"),
+        )
+        .await;
         if status != 200 {
             eventually(&format!("session {id} projected"), async || {
-                let (status, v) = get(&s, &format!("/v1/sessions/{id}"), Some("tok-r")).await;
+                let (status, v) = get(
+                    &s,
+                    &format!("/v1/sessions/{id}"),
+                    Some("tok-r-0123456789abcdef0123456789abcd"),
+                )
+                .await;
                 (status == 200).then_some(v)
             })
             .await;
@@ -136,7 +146,12 @@ async fn sigkill_under_load_loses_nothing_acknowledged() {
     eventually("every acknowledged session decided", async || {
         let mut all = true;
         for id in acked.iter().step_by(7) {
-            let (_, v) = get(&s, &format!("/v1/sessions/{id}"), Some("tok-r")).await;
+            let (_, v) = get(
+                &s,
+                &format!("/v1/sessions/{id}"),
+                Some("tok-r-0123456789abcdef0123456789abcd"),
+            )
+            .await;
             all &= !v["decision"].is_null();
         }
         all.then_some(())
@@ -441,24 +456,59 @@ async fn a_client_that_never_finishes_its_headers_is_cut_off() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_cap_wait_to_be_accepted() {
-    let s = start_with_server_keys("header_read_timeout_secs = 2\nmax_connections = 1");
+async fn at_the_cap_the_connection_waiting_on_its_client_makes_room_never_one_being_served() {
+    use tokio::io::AsyncWriteExt as _;
+    let s = start_with_server_keys(
+        "header_read_timeout_secs = 20\nrequest_timeout_secs = 20\nmax_connections = 1\n\
+         \n[[tokens]]\nname = \"r\"\nrole = \"reader\"\ntoken = \"tok-r-0123456789abcdef0123456789abcd\"",
+    );
     let addr = s.base.trim_start_matches("http://").to_owned();
-    // The one slot is held by an idle connection until its header deadline cuts it.
-    // (Connections are accepted in the order they arrive, so it is accepted first.)
-    let mut idle = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // The one slot is held by a connection that sent half a request head and waits on its
+    // client: a new client is served at once, and the half-sent connection is closed.
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"POST /webhooks/seon-idv HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let started = std::time::Instant::now();
-    let waiting = tokio::spawn({
-        let http = client();
-        let url = s.url("/healthz");
-        async move { http.get(url).send().await.map(|r| r.status().as_u16()) }
-    });
-    let cut = closed_after(&mut idle).await;
-    let status = waiting.await.unwrap().unwrap();
-    assert_eq!(status, 200, "served once a slot was free");
+    let resp = client().get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
-        "the request was served while the only slot was taken ({:?}; idle cut after {cut:?})",
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+    let cut = closed_after(&mut slow).await;
+    assert!(
+        cut < Duration::from_secs(5),
+        "the waiting connection was closed: {cut:?}"
+    );
+
+    // A connection whose request is being served (a long poll) is not closed to make room: the
+    // newcomer waits for its slot until the long poll answers.
+    let poll = tokio::spawn({
+        let http = client();
+        let url = s.url("/v1/decisions?wait=2");
+        async move {
+            http.get(url)
+                .bearer_auth("tok-r-0123456789abcdef0123456789abcd")
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let resp = client().get(s.url("/healthz")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        poll.await.unwrap().unwrap(),
+        200,
+        "the long poll was served to its end"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(1200),
+        "served while the only slot was held by a request being served ({:?})",
         started.elapsed()
     );
 }

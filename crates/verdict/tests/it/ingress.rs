@@ -197,7 +197,7 @@ async fn rotation_accepts_every_configured_secret() {
         .post_seon(
             &seon_body("gone", "APPROVED"),
             Some("r-gone"),
-            "seon-secret-retired",
+            "seon-secret-retired-1",
         )
         .await;
     assert_eq!((a, b, c), (200, 200, 401));
@@ -449,4 +449,65 @@ async fn the_simulator_delivers_everything_with_duplicates_and_reordering() {
         text(&again.stdout)
     );
     assert_eq!(s.count(), accepted as i64);
+}
+
+/// The `seon` scheme keys a delivery on its body (the signed bytes), not on the unsigned
+/// `Request-Id`: a captured body sent again under new ids is a duplicate, and a delivery stored
+/// under its `Request-Id` by an earlier version (a log written with the old key) is still a
+/// duplicate when retried after the upgrade, with or without a new id. Readers of `/v1/events`
+/// never see the signature headers.
+#[tokio::test]
+async fn a_replayed_seon_body_is_a_duplicate_under_any_request_id_also_after_the_upgrade() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("verdict.db");
+    let token = "tok-reader-0123456789abcdef0123456789";
+    std::fs::write(
+        dir.path().join("verdict.toml"),
+        config_text(
+            &db,
+            &format!("[[tokens]]\nname = \"r\"\nrole = \"reader\"\ntoken = \"{token}\"\n"),
+        ),
+    )
+    .unwrap();
+    let old_body = seon_body("sess-old", "APPROVED");
+    {
+        // What an earlier verdict stored: the key `request-id:<id>`.
+        use verdict_log::EventStore as _;
+        let mut log = verdict_log::SqliteLog::open(&db).unwrap();
+        let mut e = verdict_log::NewEvent::new(
+            "seon-idv",
+            "idv:session_finished",
+            "request-id:old-1",
+            old_body.clone(),
+        );
+        e.headers.insert("request-id".into(), "old-1".into());
+        log.append_batch(&[&e]).unwrap();
+    }
+    let s = Server::start_in(dir);
+    for id in [Some("old-1"), Some("replay-under-a-new-id"), None] {
+        let (status, body) = s.post_seon(&old_body, id, SEON_SECRET).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!({"status": "duplicate", "seq": 1}), "{id:?}");
+    }
+    let new_body = seon_body("sess-new", "APPROVED");
+    let (_, first) = s.post_seon(&new_body, Some("a"), SEON_SECRET).await;
+    assert_eq!(first["status"], "accepted");
+    for id in [Some("a"), Some("b"), None] {
+        let (_, again) = s.post_seon(&new_body, id, SEON_SECRET).await;
+        assert_eq!(
+            again,
+            json!({"status": "duplicate", "seq": first["seq"]}),
+            "{id:?}"
+        );
+    }
+    assert_eq!(s.count(), 2);
+    let (status, events) = get(&s, "/v1/events?limit=10", Some(token)).await;
+    assert_eq!(status, 200);
+    let entries = events["events"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for e in entries {
+        let headers = e["headers"].as_object().unwrap();
+        assert!(!headers.contains_key("x-seon-signature"), "{e}");
+        assert!(headers.contains_key("request-id"), "{e}");
+    }
 }

@@ -8,6 +8,7 @@ mod commands;
 mod decisions;
 mod delivery;
 mod faults;
+mod hardening;
 mod ingress;
 mod ops;
 mod sessions;

@@ -10,7 +10,7 @@ const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
 
 fn policy_config() -> String {
     format!(
-        "[policy]\npath = {:?}\n\n[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice-secret\"\n",
+        "[policy]\npath = {:?}\n\n[[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice-secret-0123456789abcdef\"\n",
         format!("{ROOT}/config/policies/kyc.toml")
     )
 }
@@ -130,7 +130,7 @@ async fn json_logs_carry_a_request_id_and_never_a_secret() {
         config_text(
             &dir.path().join("verdict.db"),
             &format!(
-                "{}\n[[sinks]]\nname = \"backend\"\nurl = \"http://127.0.0.1:9/decisions\"\nsecret = \"env:SINK_SECRET\"\n",
+                "{}\n[[sinks]]\nname = \"backend\"\nurl = \"http://user:sink-password-xyz@127.0.0.1:9/decisions?token=sink-query-token\"\nsecret = \"env:SINK_SECRET\"\n",
                 policy_config()
             ),
         ),
@@ -156,7 +156,12 @@ async fn json_logs_carry_a_request_id_and_never_a_secret() {
         .0,
         401
     );
-    let (status, _) = get(&s, "/v1/sessions/j-1", Some("tok-alice-secret")).await;
+    let (status, _) = get(
+        &s,
+        "/v1/sessions/j-1",
+        Some("tok-alice-secret-0123456789abcdef"),
+    )
+    .await;
     assert!(status == 200 || status == 404);
     let (status, _) = get(&s, "/v1/sessions/j-1", Some("not-a-token")).await;
     assert_eq!(status, 401);
@@ -185,12 +190,28 @@ async fn json_logs_carry_a_request_id_and_never_a_secret() {
     for secret in [
         SEON_SECRET,
         SEON_OLD_SECRET,
-        "tok-alice-secret",
+        "tok-alice-secret-0123456789abcdef",
         sink_secret,
         "c2luay1rZXktdGhhdC1tdXN0LW5vdC1sZWFr",
         "sink-key-that-must-not-leak",
+        "sink-password-xyz",
+        "sink-query-token",
     ] {
         assert!(!log.contains(secret), "{secret} appears in the log");
+    }
+    // Nor in what is stored of the failed attempts (the sink URL's credentials).
+    let out = verdict(
+        &dir.path().join("verdict.toml"),
+        &["deliveries", "list", "--all", "--json"],
+    );
+    let listed = text(&out.stdout);
+    assert!(listed.contains("last_error"), "{listed}");
+    assert!(
+        listed.contains("\"last_error\":\""),
+        "an attempt failed: {listed}"
+    );
+    for secret in ["sink-password-xyz", "sink-query-token"] {
+        assert!(!listed.contains(secret), "{secret} is stored: {listed}");
     }
 }
 

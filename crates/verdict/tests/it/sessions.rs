@@ -9,12 +9,12 @@ const TOKENS: &str = r#"
 [[tokens]]
 name = "alice"
 role = "analyst"
-token = "tok-alice"
+token = "tok-alice-0123456789abcdef0123456789"
 
 [[tokens]]
 name = "rob"
 role = "reader"
-token = "tok-rob"
+token = "tok-rob-0123456789abcdef0123456789ab"
 "#;
 
 const REVIEW: &str =
@@ -30,7 +30,12 @@ async fn settled(s: &Server, id: &str, event_count: u64) -> Value {
     eventually(
         &format!("session {id} with {event_count} entries"),
         async || {
-            let (status, body) = get(s, &format!("/v1/sessions/{id}"), Some("tok-rob")).await;
+            let (status, body) = get(
+                s,
+                &format!("/v1/sessions/{id}"),
+                Some("tok-rob-0123456789abcdef0123456789ab"),
+            )
+            .await;
             (status == 200 && body["event_count"] == event_count).then_some(body)
         },
     )
@@ -52,7 +57,12 @@ async fn an_older_event_arriving_later_changes_nothing_current() {
     assert_eq!(body["vendor_status_updated_by"], "analyst@example.com");
 
     // as_of the first entry: only the update was known.
-    let (_, first) = get(&s, &format!("/v1/sessions/{SID}?as_of=1"), Some("tok-rob")).await;
+    let (_, first) = get(
+        &s,
+        &format!("/v1/sessions/{SID}?as_of=1"),
+        Some("tok-rob-0123456789abcdef0123456789ab"),
+    )
+    .await;
     assert_eq!(
         (
             first["vendor_status"].as_str(),
@@ -65,7 +75,7 @@ async fn an_older_event_arriving_later_changes_nothing_current() {
     let resp = s
         .http
         .get(s.url(&format!("/v1/sessions/{SID}/history")))
-        .bearer_auth("tok-rob")
+        .bearer_auth("tok-rob-0123456789abcdef0123456789ab")
         .send()
         .await
         .unwrap();
@@ -98,22 +108,38 @@ async fn overrides_need_an_analyst_and_a_reason() {
 
     assert_eq!(get(&s, &format!("/v1/sessions/{SID}"), None).await.0, 401);
     assert_eq!(
-        get(&s, &format!("/v1/sessions/{SID}"), Some("tok-nobody"))
-            .await
-            .0,
+        get(
+            &s,
+            &format!("/v1/sessions/{SID}"),
+            Some("tok-nobody-0123456789abcdef01234567")
+        )
+        .await
+        .0,
         401
     );
     let before = s.count();
     assert_eq!(
-        post_override(&s, SID, "tok-nobody", good.clone()).await.0,
+        post_override(&s, SID, "tok-nobody-0123456789abcdef01234567", good.clone())
+            .await
+            .0,
         401
     );
-    assert_eq!(post_override(&s, SID, "tok-rob", good.clone()).await.0, 403);
     assert_eq!(
         post_override(
             &s,
             SID,
-            "tok-alice",
+            "tok-rob-0123456789abcdef0123456789ab",
+            good.clone()
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        post_override(
+            &s,
+            SID,
+            "tok-alice-0123456789abcdef0123456789",
             json!({"action": "allow", "reason": "x"})
         )
         .await
@@ -124,7 +150,7 @@ async fn overrides_need_an_analyst_and_a_reason() {
         post_override(
             &s,
             SID,
-            "tok-alice",
+            "tok-alice-0123456789abcdef0123456789",
             json!({"action": "approve", "reason": "  "})
         )
         .await
@@ -132,20 +158,31 @@ async fn overrides_need_an_analyst_and_a_reason() {
         400
     );
     assert_eq!(
-        post_override(&s, SID, "tok-alice", json!({"action": "approve"}))
-            .await
-            .0,
+        post_override(
+            &s,
+            SID,
+            "tok-alice-0123456789abcdef0123456789",
+            json!({"action": "approve"})
+        )
+        .await
+        .0,
         400
     );
     assert_eq!(
-        post_override(&s, "no-such-session", "tok-alice", good.clone())
-            .await
-            .0,
+        post_override(
+            &s,
+            "no-such-session",
+            "tok-alice-0123456789abcdef0123456789",
+            good.clone()
+        )
+        .await
+        .0,
         404
     );
     assert_eq!(s.count(), before, "a refused override wrote something");
 
-    let (status, answer) = post_override(&s, SID, "tok-alice", good).await;
+    let (status, answer) =
+        post_override(&s, SID, "tok-alice-0123456789abcdef0123456789", good).await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["override"]["actor"], "alice");
     let body = settled(&s, SID, 2).await;
@@ -173,7 +210,12 @@ async fn overrides_need_an_analyst_and_a_reason() {
     assert_eq!(body["last_override"]["actor"], "bob");
     let out = verdict(&s.config(), &["log", "verify"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
-    let (_, history) = get(&s, &format!("/v1/sessions/{SID}/history"), Some("tok-rob")).await;
+    let (_, history) = get(
+        &s,
+        &format!("/v1/sessions/{SID}/history"),
+        Some("tok-rob-0123456789abcdef0123456789ab"),
+    )
+    .await;
     let kinds: Vec<&str> = history["entries"]
         .as_array()
         .unwrap()
@@ -198,7 +240,7 @@ async fn overrides_need_an_analyst_and_a_reason() {
         let (status, answer) = post_override(
             &s,
             &id,
-            "tok-alice",
+            "tok-alice-0123456789abcdef0123456789",
             json!({"action": "decline", "reason": "seen on the vendor's dashboard"}),
         )
         .await;
@@ -224,7 +266,7 @@ async fn lists_filter_and_page_and_the_event_feed_pages() {
     let (_, page) = get(
         &s,
         "/v1/sessions?vendor_status=APPROVED&limit=2",
-        Some("tok-rob"),
+        Some("tok-rob-0123456789abcdef0123456789ab"),
     )
     .await;
     let ids = |v: &Value| {
@@ -240,19 +282,28 @@ async fn lists_filter_and_page_and_the_event_feed_pages() {
     let (_, page2) = get(
         &s,
         "/v1/sessions?vendor_status=APPROVED&limit=2&after=l-2",
-        Some("tok-rob"),
+        Some("tok-rob-0123456789abcdef0123456789ab"),
     )
     .await;
     assert_eq!(ids(&page2), ["l-4"]);
     assert_eq!(page2["next"], Value::Null);
     assert_eq!(
-        get(&s, "/v1/sessions?action=maybe", Some("tok-rob"))
-            .await
-            .0,
+        get(
+            &s,
+            "/v1/sessions?action=maybe",
+            Some("tok-rob-0123456789abcdef0123456789ab")
+        )
+        .await
+        .0,
         400
     );
 
-    let (_, events) = get(&s, "/v1/events?after=2&limit=2", Some("tok-rob")).await;
+    let (_, events) = get(
+        &s,
+        "/v1/events?after=2&limit=2",
+        Some("tok-rob-0123456789abcdef0123456789ab"),
+    )
+    .await;
     let seqs: Vec<u64> = events["events"]
         .as_array()
         .unwrap()
@@ -278,7 +329,12 @@ async fn unknown_and_unparseable_events_are_quarantined_and_visible() {
         (body["quarantined"].as_u64(), body["vendor_status"].as_str()),
         (Some(1), Some("APPROVED"))
     );
-    let (_, history) = get(&s, "/v1/sessions/q-1/history", Some("tok-rob")).await;
+    let (_, history) = get(
+        &s,
+        "/v1/sessions/q-1/history",
+        Some("tok-rob-0123456789abcdef0123456789ab"),
+    )
+    .await;
     assert!(
         history["entries"][1]["quarantined"]
             .as_str()
@@ -287,7 +343,12 @@ async fn unknown_and_unparseable_events_are_quarantined_and_visible() {
     );
     // The garbage body names no session: wait (bounded) until the projector has passed it.
     let events = eventually("seq 3 quarantined", async || {
-        let (_, events) = get(&s, "/v1/events?after=1", Some("tok-rob")).await;
+        let (_, events) = get(
+            &s,
+            "/v1/events?after=1",
+            Some("tok-rob-0123456789abcdef0123456789ab"),
+        )
+        .await;
         events["events"][1]["quarantined"]
             .is_string()
             .then_some(events)
@@ -313,6 +374,7 @@ async fn the_cli_shows_what_the_api_shows_and_replay_matches_the_live_state() {
     let s = Server::start_with(TOKENS);
     s.post_seon(REVIEW, Some("r-rev"), SEON_SECRET).await;
     s.post_seon(UPDATED, Some("r-upd"), SEON_SECRET).await;
+    // 20 deliveries, 6 of them the same body as an earlier one (i and i + 14): duplicates.
     for i in 0..20 {
         s.post_seon(
             &seon_body(&format!("d-{}", i % 7), ["APPROVED", "REVIEW"][i % 2]),
@@ -326,7 +388,12 @@ async fn the_cli_shows_what_the_api_shows_and_replay_matches_the_live_state() {
     let out = verdict(&s.config(), &["session", "show", SID]);
     assert!(out.status.success());
     assert_eq!(serde_json::from_slice::<Value>(&out.stdout).unwrap(), api);
-    let (_, api_history) = get(&s, &format!("/v1/sessions/{SID}/history"), Some("tok-rob")).await;
+    let (_, api_history) = get(
+        &s,
+        &format!("/v1/sessions/{SID}/history"),
+        Some("tok-rob-0123456789abcdef0123456789ab"),
+    )
+    .await;
     let out = verdict(&s.config(), &["session", "history", SID]);
     assert_eq!(
         serde_json::from_slice::<Value>(&out.stdout).unwrap(),
@@ -355,7 +422,7 @@ async fn the_cli_shows_what_the_api_shows_and_replay_matches_the_live_state() {
         stdout.contains("previous digest") && stdout.contains("(matches)"),
         "{stdout}"
     );
-    assert!(stdout.contains("replayed 23 entries"), "{stdout}");
+    assert!(stdout.contains("replayed 17 entries"), "{stdout}");
     assert!(stdout.contains("all derived again the same"), "{stdout}");
     assert!(
         stdout.contains("projections: 0 session rows and 0 links changed"),
@@ -453,7 +520,12 @@ async fn entries_appended_by_another_process_are_folded_too() {
     let behind = settled(&s, "behind", 1).await;
     assert_eq!(behind["vendor_status"], "DECLINED");
     assert_eq!(appended[0].seq() + 1, {
-        let (_, h) = get(&s, "/v1/sessions/after/history", Some("tok-rob")).await;
+        let (_, h) = get(
+            &s,
+            "/v1/sessions/after/history",
+            Some("tok-rob-0123456789abcdef0123456789ab"),
+        )
+        .await;
         h["entries"][0]["seq"].as_u64().unwrap()
     });
 }

@@ -12,11 +12,11 @@ use serde_json::Value;
 use sha2::Sha256;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_verdict");
-pub const SEON_SECRET: &str = "seon-secret-1";
-pub const SEON_OLD_SECRET: &str = "seon-secret-0";
-pub const LEGACY_SECRET: &str = "license-key";
+pub const SEON_SECRET: &str = "seon-secret-1-abcdef";
+pub const SEON_OLD_SECRET: &str = "seon-secret-0-abcdef";
+pub const LEGACY_SECRET: &str = "license-key-0123456";
 pub const SW_SECRET: &str = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-pub const STRIPE_SECRET: &str = "whsec_stripe";
+pub const STRIPE_SECRET: &str = "whsec_stripe_0123456789";
 
 /// Sources for every scheme; `seon-idv` has two secrets (rotation).
 pub const SOURCES: &str = r#"
@@ -24,12 +24,12 @@ pub const SOURCES: &str = r#"
 name = "seon-idv"
 scheme = "seon"
 signature_header = "X-Seon-Signature"
-secrets = ["seon-secret-1", "seon-secret-0"]
+secrets = ["seon-secret-1-abcdef", "seon-secret-0-abcdef"]
 
 [[sources]]
 name = "seon-fraud"
 scheme = "seon-legacy"
-secrets = ["license-key"]
+secrets = ["license-key-0123456"]
 
 [[sources]]
 name = "std"
@@ -40,7 +40,7 @@ tolerance_secs = 300
 [[sources]]
 name = "stripe"
 scheme = "stripe"
-secrets = ["whsec_stripe"]
+secrets = ["whsec_stripe_0123456789"]
 "#;
 
 /// An HTTP client (rustls on ring is the process's crypto provider, as in verdict).
@@ -95,8 +95,13 @@ pub struct Server {
 }
 
 pub fn config_text(db: &Path, extra: &str) -> String {
+    config_text_with(db, "", extra)
+}
+
+/// A config with more `[server]` keys (`server`, lines) and more tables (`extra`).
+pub fn config_text_with(db: &Path, server: &str, extra: &str) -> String {
     format!(
-        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n\n[storage]\npath = {:?}\n{SOURCES}\n{extra}\n",
+        "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_bytes = 65536\n{server}\n\n[storage]\npath = {:?}\n{SOURCES}\n{extra}\n",
         db.display().to_string()
     )
 }
@@ -119,6 +124,18 @@ impl Server {
     /// Starts (or restarts) the server on the config already in `dir`.
     pub fn start_in(dir: tempfile::TempDir) -> Self {
         Self::start_opts(dir, &[], &[])
+    }
+
+    /// Starts the server on a config with `[server.tls]` in `dir`; its client trusts only
+    /// `cert_pem` (and speaks HTTP/2 when offered, as browsers do).
+    pub fn start_tls_in(dir: tempfile::TempDir, cert_pem: &str) -> Self {
+        let mut s = Self::start_in(dir);
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        s.http = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(cert_pem.as_bytes()).expect("pem")])
+            .build()
+            .expect("client");
+        s
     }
 
     /// Like `start_in`, with more arguments before `serve` and environment variables.

@@ -6,7 +6,7 @@ use std::path::Path;
 use crate::support::*;
 
 /// A self-signed certificate for 127.0.0.1 and localhost: (cert PEM, key PEM).
-fn cert() -> (String, String) {
+pub fn cert() -> (String, String) {
     let c =
         rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
     (c.cert.pem(), c.signing_key.serialize_pem())
@@ -20,7 +20,7 @@ fn replace(path: &Path, text: &str) {
 }
 
 /// A client that trusts only `cert_pem`; `fresh` disables connection reuse.
-fn trusting(cert_pem: &str, fresh: bool) -> reqwest::Client {
+pub fn trusting(cert_pem: &str, fresh: bool) -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut b = reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(cert_pem.as_bytes()).unwrap()]);
@@ -30,11 +30,13 @@ fn trusting(cert_pem: &str, fresh: bool) -> reqwest::Client {
     b.build().unwrap()
 }
 
-fn tls_config(dir: &Path) -> String {
-    config_text(
+/// A config serving `[server.tls]` from `dir/tls`, with more `[server]` keys and more tables.
+pub fn tls_config_with(dir: &Path, server: &str, extra: &str) -> String {
+    config_text_with(
         &dir.join("verdict.db"),
+        server,
         &format!(
-            "[server.tls]\ncert = {:?}\nkey = {:?}\n",
+            "{extra}\n\n[server.tls]\ncert = {:?}\nkey = {:?}\n",
             dir.join("tls").join("tls.crt").display().to_string(),
             dir.join("tls").join("tls.key").display().to_string()
         ),
@@ -42,12 +44,17 @@ fn tls_config(dir: &Path) -> String {
 }
 
 /// Writes the pair and a config with [server.tls]; starts nothing.
-fn setup(pair: &(String, String)) -> tempfile::TempDir {
+pub fn setup(pair: &(String, String)) -> tempfile::TempDir {
+    setup_with(pair, "", "")
+}
+
+/// [`setup`] with more `[server]` keys and more tables.
+pub fn setup_with(pair: &(String, String), server: &str, extra: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("tls")).unwrap();
     std::fs::write(dir.path().join("tls/tls.crt"), &pair.0).unwrap();
     std::fs::write(dir.path().join("tls/tls.key"), &pair.1).unwrap();
-    let text = tls_config(dir.path());
+    let text = tls_config_with(dir.path(), server, extra);
     std::fs::write(dir.path().join("verdict.toml"), text).unwrap();
     dir
 }

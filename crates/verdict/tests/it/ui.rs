@@ -22,15 +22,19 @@ fn config() -> String {
     );
     format!(
         "[policy]\npath = {policy:?}\n\n\
-         [[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice\"\n\n\
-         [[tokens]]\nname = \"bob\"\nrole = \"reader\"\ntoken = \"tok-bob\"\n"
+         [[tokens]]\nname = \"alice\"\nrole = \"analyst\"\ntoken = \"tok-alice-0123456789abcdef0123456789\"\n\n\
+         [[tokens]]\nname = \"bob\"\nrole = \"reader\"\ntoken = \"tok-bob-0123456789abcdef0123456789ab\"\n"
     )
 }
 
 async fn decision(s: &Server, id: &str) -> Value {
-    get(s, &format!("/v1/sessions/{id}"), Some("tok-alice"))
-        .await
-        .1["decision"]
+    get(
+        s,
+        &format!("/v1/sessions/{id}"),
+        Some("tok-alice-0123456789abcdef0123456789"),
+    )
+    .await
+    .1["decision"]
         .clone()
 }
 
@@ -80,7 +84,29 @@ fn log_in(b: &mut Browser, base: &str, token: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
-    let s = Server::start_with(&config());
+    analyst_in_a_browser(false).await;
+}
+
+/// The same over HTTPS, where browsers speak HTTP/2 (no `Host` header: the same-origin check
+/// reads `:authority`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_analyst_works_in_a_browser_over_https_and_http2() {
+    analyst_in_a_browser(true).await;
+}
+
+async fn analyst_in_a_browser(tls: bool) {
+    let s = if tls {
+        let pair = crate::tls::cert();
+        Server::start_tls_in(crate::tls::setup_with(&pair, "", &config()), &pair.0)
+    } else {
+        Server::start_with(&config())
+    };
+    let chromium_flags: &'static [&'static str] = if tls {
+        // The test's own self-signed certificate.
+        &["--ignore-certificate-errors"]
+    } else {
+        &[]
+    };
     let (status, first) = s.post_seon(REVIEW, Some("r-1"), SEON_SECRET).await;
     assert_eq!(status, 200);
     // The same delivery again (a vendor retry), shown on the payload as a repeat.
@@ -122,16 +148,18 @@ async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
 
     let base = s.base.clone();
     let mut b = tokio::task::spawn_blocking(move || {
-        let mut b = Browser::launch();
+        let mut b = Browser::launch_with(chromium_flags);
         // A wrong token is refused on the page.
         b.goto(&format!("{base}/ui/login"));
         b.type_into("#token", "not-a-token");
         b.click_to("#login", "document.querySelector('#login-error')");
-        log_in(&mut b, &base, "tok-alice");
+        log_in(&mut b, &base, "tok-alice-0123456789abcdef0123456789");
         b
     })
     .await
     .unwrap();
+    let protocol = b.eval("performance.getEntriesByType('navigation')[0].nextHopProtocol");
+    assert_eq!(protocol, if tls { "h2" } else { "http/1.1" });
 
     // The cookie: HttpOnly (scripts cannot read it), SameSite=Strict, scoped to /ui.
     let cookies = b.cookies();
@@ -193,19 +221,20 @@ async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
         "{timeline}"
     );
 
-    // The raw payload is folded away until asked for.
-    let payload = format!("#seq-{first_seq} details.payload");
-    assert_eq!(
-        b.eval(&format!("document.querySelector('{payload}').open")),
-        false
+    // The payload is one click away, on its own page (a long timeline does not carry them).
+    assert!(!b.exists("#timeline pre.json"));
+    b.click_to(
+        &format!("#seq-{first_seq} p.payload a"),
+        "document.querySelector('#payload')",
     );
-    b.click(&format!("{payload} > summary"));
-    b.wait_for(&format!("document.querySelector('{payload}').open"));
-    let shown = b.text(&format!("{payload} pre.json"));
+    let shown = b.text("#payload pre.json");
     assert!(
         shown.contains("\"sessionId\": \"2a7c9e11") && shown.contains("Ana Demo"),
         "{shown}"
     );
+    let headers = b.text("#payload");
+    assert!(!headers.contains("x-seon-signature"), "{headers}");
+    b.click_to("main p a", "document.querySelector('#timeline')");
 
     // A form without its CSRF token, with another login's token, or posted cross-site is
     // refused, and nothing is written.
@@ -320,19 +349,23 @@ async fn an_analyst_logs_in_reads_the_timeline_and_overrides_in_a_browser() {
     let base = s.base.clone();
     let b = tokio::task::spawn_blocking(move || {
         b.goto(&format!("{base}/ui/sessions/{HOSTILE_SID}"));
-        b.click("details.payload > summary");
-        assert_eq!(b.eval("typeof window.__pwned"), "undefined");
-        assert_eq!(
-            b.eval("document.querySelectorAll('main img, main script').length"),
-            0
-        );
         let summary = b.text("#summary");
         assert!(summary.contains(HOSTILE_REF), "{summary}");
+        b.click_to("p.payload a", "document.querySelector('#payload')");
+        assert!(b.text("#payload pre.json").contains("onerror"));
+        for _page in ["payload", "session"] {
+            assert_eq!(b.eval("typeof window.__pwned"), "undefined");
+            assert_eq!(
+                b.eval("document.querySelectorAll('main img, main script').length"),
+                0
+            );
+            b.goto(&format!("{base}/ui/sessions/{HOSTILE_SID}"));
+        }
 
         // Log out: the cookie no longer opens anything.
         b.click_to("header form button", "location.pathname === '/ui/login'");
         // A reader sees the timeline but no override form.
-        log_in(&mut b, &base, "tok-bob");
+        log_in(&mut b, &base, "tok-bob-0123456789abcdef0123456789ab");
         b.goto(&format!("{base}/ui/sessions/{SID}"));
         assert!(b.exists("#timeline") && !b.exists("#override"));
         let cookie = b
@@ -404,10 +437,13 @@ async fn log_in_and_out_refuse_forged_and_cross_site_posts() {
     // The session page and the override form need the session projected (the 200 above
     // only says the delivery is in the log): wait for it, as a browser user would reload.
     eventually("the session projected", async || {
-        (get(&s, &format!("/v1/sessions/{SID}"), Some("tok-alice"))
-            .await
-            .0
-            == 200)
+        (get(
+            &s,
+            &format!("/v1/sessions/{SID}"),
+            Some("tok-alice-0123456789abcdef0123456789"),
+        )
+        .await
+        .0 == 200)
             .then_some(())
     })
     .await;
@@ -429,7 +465,14 @@ async fn log_in_and_out_refuse_forged_and_cross_site_posts() {
         ("/ui/\n".to_owned(), "/ui/sessions".to_owned()),
         ("/ui/\u{7f}x".to_owned(), "/ui/sessions".to_owned()),
     ] {
-        let resp = login_raw(&s, &http, "tok-alice", &next, &[]).await;
+        let resp = login_raw(
+            &s,
+            &http,
+            "tok-alice-0123456789abcdef0123456789",
+            &next,
+            &[],
+        )
+        .await;
         assert_eq!(resp.status().as_u16(), 303, "{next:?}");
         assert_eq!(resp.headers()["location"], want.as_str(), "{next:?}");
         let cookie = resp.headers()["set-cookie"].to_str().unwrap().to_owned();
@@ -448,7 +491,14 @@ async fn log_in_and_out_refuse_forged_and_cross_site_posts() {
         [("Origin", "https://evil.example")],
         [("Origin", "null")],
     ] {
-        let resp = login_raw(&s, &http, "tok-alice", "/ui/sessions", &headers).await;
+        let resp = login_raw(
+            &s,
+            &http,
+            "tok-alice-0123456789abcdef0123456789",
+            "/ui/sessions",
+            &headers,
+        )
+        .await;
         assert_eq!(resp.status().as_u16(), 403, "{headers:?}");
         assert!(set_cookie(&resp).is_none());
     }
@@ -458,7 +508,7 @@ async fn log_in_and_out_refuse_forged_and_cross_site_posts() {
     let resp = login_raw(
         &s,
         &http,
-        "tok-alice",
+        "tok-alice-0123456789abcdef0123456789",
         "/ui/sessions",
         &[("Origin", &origin), ("Sec-Fetch-Site", "same-origin")],
     )
