@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Durable ingest throughput and latency next to the no-storage ceiling of the same handler,
-# measured in one run with wrk (Debian package `wrk`): both servers are started, the ceiling is
-# measured first, then verdict (WAL, synchronous=FULL, group commit), and the ratio is printed.
+# measured in one run with verdict-loadgen (crates/loadgen: every request a distinct body,
+# signed, since the seon scheme deduplicates on the body): both servers are started, the
+# ceiling is measured first, then verdict (WAL, synchronous=FULL, group commit), and the ratio
+# is printed.
 #
 #   scripts/bench-ingest.sh [CONNECTIONS] [SECONDS] [ROUNDS]
 #
-# Knobs: WRK_THREADS (default 2), THREAD_CPU=1 (CPU seconds per server thread), VERDICT=PATH (a
+# Knobs: CLIENT_THREADS (default 2), THREAD_CPU=1 (CPU seconds per server thread), VERDICT=PATH (a
 # verdict binary built before, for A/B runs; default: the release build of this checkout),
 # CEILING=PATH (the same for the ceiling example),
 # BENCH_LOG=verdict_log=trace KEEP_LOG=FILE (per-batch size and commit time).
@@ -15,8 +17,9 @@ secs=${2:-10}
 rounds=${3:-1}
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
-command -v wrk >/dev/null || { echo "wrk is needed: apt-get install wrk" >&2; exit 2; }
 verdict=${VERDICT:-target/release/verdict}
+loadgen=${LOADGEN:-target/release/verdict-loadgen}
+[ -n "${LOADGEN:-}" ] || cargo build --release -q -p verdict-loadgen
 [ -n "${VERDICT:-}" ] || cargo build --release -q -p verdict
 ceiling_bin=${CEILING:-target/release/examples/ceiling}
 [ -n "${CEILING:-}" ] || cargo build --release -q -p verdict-ingress --example ceiling
@@ -28,9 +31,7 @@ trap cleanup EXIT
 [ -n "${KEEP_LOG:-}" ] && trap 'cp "$work/verdict.err" "$KEEP_LOG"; cleanup' EXIT
 
 secret=bench-secret-0123456789
-export BODY="$root/fixtures/seon/session_finished_approved.json"
-SIG=$(openssl dgst -sha256 -hmac "$secret" < "$BODY" | sed 's/^.*= //')
-export SIG
+BODY="$root/fixtures/seon/session_finished_approved.json"
 cat > "$work/verdict.toml" <<TOML
 [server]
 listen = "127.0.0.1:0"
@@ -63,16 +64,19 @@ ceiling=$(wait_url "$work/ceiling.out" "ceiling listening on ")
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 disk_bytes() { awk '/^write_bytes/ {print $2}' "/proc/$1/io"; }
 measure() { # url pid -> "req/s p50 p99 p999 max errors cpu_us_per_request disk_kb_per_request"
-  wrk -t"${WRK_THREADS:-2}" -c"$conns" -d2s -s bench/seon.lua "$1/webhooks/seon-idv" > /dev/null # warm-up
+  "$loadgen" --secret "$secret" --connections "$conns" --duration 2 --warmup 0 \
+    --threads "${CLIENT_THREADS:-2}" --target "w=$1/webhooks/seon-idv" > /dev/null # warm-up
   local c0 d0 result
   c0=$(cpu_ticks "$2"); d0=$(disk_bytes "$2")
-  result=$(wrk -t"${WRK_THREADS:-2}" -c"$conns" -d"${secs}s" -s bench/seon.lua "$1/webhooks/seon-idv")
-  echo "$result" | sed -n 's/^RESULT //p' \
+  result=$("$loadgen" --secret "$secret" --connections "$conns" --duration "$secs" --warmup 0 \
+    --threads "${CLIENT_THREADS:-2}" --target "m=$1/webhooks/seon-idv")
+  # loadgen: target conns requests req/s p50 p99 p99.9 max errors
+  echo "$result" | awk '$1 == "m"' \
     | awk -v c="$(( $(cpu_ticks "$2") - c0 ))" -v d="$(( $(disk_bytes "$2") - d0 ))" -v hz="$(getconf CLK_TCK)" \
-      '{for(i=1;i<=NF;i++){split($i,kv,"=");v[kv[1]]=kv[2]} n=v["requests"]; printf "%.0f %s %s %s %s %s %.1f %.1f\n", n/v["seconds"], v["p50_ms"], v["p99_ms"], v["p999_ms"], v["max_ms"], v["errors"], c*1e6/hz/n, d/1024/n}'
+      '{n=$3; printf "%.0f %s %s %s %s %s %.1f %.1f\n", $4, $5, $6, $7, $8, $9, c*1e6/hz/n, d/1024/n}'
 }
 
-echo "# $(nproc) cores, $conns connections, ${secs}s per target, wrk -t${WRK_THREADS:-2}, body $(wc -c < "$BODY") bytes"
+echo "# $(nproc) cores, $conns connections, ${secs}s per target, verdict-loadgen --threads ${CLIENT_THREADS:-2}, body $(wc -c < "$BODY") bytes (+ a unique member per request)"
 echo "# cpu: server CPU (user + system) per request; disk: bytes the server wrote to disk per request"
 # The disk's sync latency now (it moves a lot on a shared VM, and the durable figure with it):
 # 200 synced 8 KiB writes in the benchmark's directory.

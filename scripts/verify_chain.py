@@ -13,7 +13,8 @@ Opens the file read-only and, for every row of the `events` table in seq order, 
   preceded by the raw size as u32 little-endian), and the decoded body's SHA-256 equals
   body_sha256;
 
-and that the append-only triggers `events_no_update` and `events_no_delete` exist.
+and that the append-only triggers `events_no_update` and `events_no_delete` and the unique index
+`events_dedupe` exist with their shipped SQL (and no other trigger is on `events`).
 
 Prints "ok: N entries, head <hex>" and exits 0 when everything holds. Otherwise prints
 "BROKEN: first bad seq N" (or "BROKEN" when no entry is at fault, e.g. a missing trigger)
@@ -32,7 +33,17 @@ import sys
 
 DOMAIN = b"verdict-log-v1\x00"
 GENESIS = bytes(32)
-TRIGGERS = ("events_no_delete", "events_no_update")
+# The objects that guard the table, as shipped in migrations/0001_log.sql (whitespace
+# collapsed): (kind, name, SQL). A guard of the right name with other SQL is a problem too.
+GUARDS = (
+    ("trigger", "events_no_delete",
+     "CREATE TRIGGER events_no_delete BEFORE DELETE ON events BEGIN SELECT RAISE(ABORT, "
+     "'events is append-only: DELETE is not allowed'); END"),
+    ("trigger", "events_no_update",
+     "CREATE TRIGGER events_no_update BEFORE UPDATE ON events BEGIN SELECT RAISE(ABORT, "
+     "'events is append-only: UPDATE is not allowed'); END"),
+    ("index", "events_dedupe", "CREATE UNIQUE INDEX events_dedupe ON events (source, dedupe_key)"),
+)
 MAX_PROBLEMS = 100
 # The largest raw size an LZ4-encoded body may claim; a larger claim means a corrupt row.
 MAX_DECODED_BODY = 64 << 20
@@ -202,18 +213,41 @@ def open_read_only(path):
     return conn
 
 
+def normalise(sql):
+    """SQL with whitespace collapsed, as verdict's `log verify` compares it."""
+    text = " ".join(sql.split())
+    return text.replace("( ", "(").replace(" )", ")").replace(" ;", ";")
+
+
+def check_guards(conn):
+    """The append-only triggers and the dedupe index as shipped, and no other trigger."""
+    def text(v):
+        return v.decode() if isinstance(v, bytes) else (v or "")
+    found = [
+        (text(k), text(n), text(q))
+        for k, n, q in conn.execute(
+            "SELECT type, name, sql FROM sqlite_master WHERE tbl_name = 'events' "
+            "AND (type = 'trigger' OR name = 'events_dedupe')"
+        )
+    ]
+    problems = []
+    for kind, name, sql in GUARDS:
+        label = "the unique dedupe index" if kind == "index" else "append-only trigger"
+        have = [q for k, n, q in found if k == kind and n == name]
+        if not have:
+            problems.append((None, f"{label} {name} is missing"))
+        elif normalise(have[0]) != normalise(sql):
+            problems.append((None, f"{label} {name} is not the shipped one: {normalise(have[0])}"))
+    for kind, name, sql in found:
+        if kind == "trigger" and name not in {n for _, n, _ in GUARDS}:
+            problems.append((None, f"unexpected trigger {name} on events: {normalise(sql)}"))
+    return problems
+
+
 def verify(conn):
     """Returns (entries, head hash or None, problems as [(seq or None, what)])."""
     problems = []
-    names = {
-        r[0].decode() if isinstance(r[0], bytes) else r[0]
-        for r in conn.execute(
-            "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
-        )
-    }
-    for t in TRIGGERS:
-        if t not in names:
-            problems.append((None, f"append-only trigger {t} is missing"))
+    problems.extend(check_guards(conn))
 
     cols = ", ".join(c for c, _ in COLUMNS)
     types = ", ".join(f"typeof({c})" for c, _ in COLUMNS)

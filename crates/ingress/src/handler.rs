@@ -1,12 +1,14 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
@@ -90,6 +92,77 @@ pub enum Outcome {
     UnknownSource,
 }
 
+/// The client's address, put in each request's extensions by the server's accept loop: the
+/// body budget is shared out by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientAddr(pub std::net::SocketAddr);
+
+/// The bytes of request bodies buffered at once: in all, and per client address (so that one
+/// client's slow bodies cannot take the whole budget).
+#[derive(Debug)]
+struct BodyBudget {
+    total: Arc<Semaphore>,
+    per_client: Mutex<HashMap<IpAddr, usize>>,
+    share: usize,
+}
+
+/// Bytes held of a [`BodyBudget`], given back when dropped.
+#[derive(Debug)]
+struct Held<'a> {
+    budget: &'a BodyBudget,
+    client: Option<IpAddr>,
+    bytes: usize,
+    _total: Option<OwnedSemaphorePermit>,
+}
+
+impl BodyBudget {
+    /// Takes `n` more bytes for `held`; false when the total or the client's share is spent.
+    fn take(&self, held: &mut Held<'_>, n: usize) -> bool {
+        let Ok(n32) = u32::try_from(n) else {
+            return false;
+        };
+        if let Some(ip) = held.client {
+            let Ok(mut map) = self.per_client.lock() else {
+                return false;
+            };
+            let used = map.entry(ip).or_insert(0);
+            if *used + n > self.share {
+                return false;
+            }
+            *used += n;
+        }
+        // Counted for the client first, so a refusal below is given back by `held`'s drop.
+        held.bytes += n;
+        match Arc::clone(&self.total).try_acquire_many_owned(n32) {
+            Ok(p) => {
+                match &mut held._total {
+                    Some(h) => h.merge(p),
+                    None => held._total = Some(p),
+                }
+                true
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        let Some(ip) = self.client else { return };
+        if self.bytes == 0 {
+            return;
+        }
+        if let Ok(mut map) = self.budget.per_client.lock()
+            && let Some(used) = map.get_mut(&ip)
+        {
+            *used = used.saturating_sub(self.bytes);
+            if *used == 0 {
+                map.remove(&ip);
+            }
+        }
+    }
+}
+
 /// Called once per delivery with the source name and the outcome.
 pub type Observer = Arc<dyn Fn(&str, Outcome) + Send + Sync>;
 
@@ -98,7 +171,7 @@ pub struct Ingress<A> {
     sources: HashMap<String, Source>,
     max_body_bytes: usize,
     /// Body bytes buffered at once across all deliveries (`None`: no limit).
-    body_budget: Option<Arc<Semaphore>>,
+    body_budget: Option<BodyBudget>,
     appender: A,
     observer: Option<Observer>,
 }
@@ -125,13 +198,19 @@ impl<A: Appender> Ingress<A> {
         }
     }
 
-    /// Buffers at most `bytes` of request bodies at once across all deliveries; a delivery
+    /// Buffers at most `bytes` of request bodies at once across all deliveries, and at most an
+    /// eighth of it (or two of the largest bodies, if more) per client address; a delivery
     /// whose body would go over is answered 503 with `Retry-After` (many slow or large bodies
-    /// at once cannot exhaust memory).
+    /// at once cannot exhaust memory, nor one client take it all).
     #[must_use]
     pub fn with_body_budget(mut self, bytes: usize) -> Self {
         let permits = bytes.min(Semaphore::MAX_PERMITS);
-        self.body_budget = Some(Arc::new(Semaphore::new(permits)));
+        self.body_budget = Some(BodyBudget {
+            total: Arc::new(Semaphore::new(permits)),
+            per_client: Mutex::default(),
+            // A client address may hold an eighth of it (at least two bodies of the largest).
+            share: (permits / 8).max(self.max_body_bytes.saturating_mul(2)),
+        });
         self
     }
 
@@ -159,6 +238,7 @@ pub fn router<A: Appender, S: Clone + Send + Sync + 'static>(ingress: Ingress<A>
 async fn receive<A: Appender>(
     State(ing): State<Arc<Ingress<A>>>,
     Path(name): Path<String>,
+    client: Option<Extension<ClientAddr>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -186,12 +266,15 @@ async fn receive<A: Appender>(
     if declared.is_some_and(|len| len > ing.max_body_bytes as u64) {
         return too_large();
     }
-    let (bytes, _budget) = match read_body(&ing, body).await {
+    let client = client.map(|c| c.0.0.ip());
+    let (bytes, _budget) = match read_body(&ing, body, client, declared).await {
         Ok(read) => read,
         Err(BodyError::TooLarge) => return too_large(),
         Err(BodyError::Busy) => {
             ing.observe(&name, Outcome::Rejected("busy"));
-            tracing::warn!(source = %name, "delivery refused: the body buffer budget is spent");
+            warn_sometimes(&LAST_BUSY_WARNING, || {
+                tracing::warn!(source = %name, "deliveries refused (503): the budget of body bytes in flight is spent; see verdict_webhooks_total with reason busy");
+            });
             let mut resp = json_response(
                 StatusCode::SERVICE_UNAVAILABLE,
                 r#"{"error":"too many request bodies in flight; retry later"}"#.to_owned(),
@@ -284,13 +367,26 @@ enum BodyError {
 }
 
 /// Reads the body up to `max_body_bytes`, taking its bytes from the budget of bytes in flight
-/// as they arrive (held, through the returned permit, until the delivery is answered).
-async fn read_body<A>(
-    ing: &Ingress<A>,
+/// as they arrive (held, through the returned guard, until the delivery is answered).
+async fn read_body<'a, A>(
+    ing: &'a Ingress<A>,
     mut body: Body,
-) -> Result<(Bytes, Option<OwnedSemaphorePermit>), BodyError> {
-    let mut buf = BytesMut::new();
-    let mut held: Option<OwnedSemaphorePermit> = None;
+    client: Option<IpAddr>,
+    declared: Option<u64>,
+) -> Result<(Bytes, Option<Held<'a>>), BodyError> {
+    // Sized from `Content-Length` (already checked against the limit), so the buffer does not
+    // double its way up.
+    let capacity = declared
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
+        .min(ing.max_body_bytes);
+    let mut buf = BytesMut::with_capacity(capacity);
+    let mut held = ing.body_budget.as_ref().map(|budget| Held {
+        budget,
+        client,
+        bytes: 0,
+        _total: None,
+    });
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
             if is_timeout(&e) {
@@ -305,19 +401,31 @@ async fn read_body<A>(
         if buf.len() + data.len() > ing.max_body_bytes {
             return Err(BodyError::TooLarge);
         }
-        if let Some(budget) = &ing.body_budget {
-            let n = u32::try_from(data.len()).map_err(|_| BodyError::TooLarge)?;
-            let permit = Arc::clone(budget)
-                .try_acquire_many_owned(n)
-                .map_err(|_| BodyError::Busy)?;
-            match &mut held {
-                Some(h) => h.merge(permit),
-                None => held = Some(permit),
+        if let Some(h) = &mut held {
+            let budget = h.budget;
+            if !budget.take(h, data.len()) {
+                return Err(BodyError::Busy);
             }
         }
         buf.extend_from_slice(&data);
     }
     Ok((buf.freeze(), held))
+}
+
+/// When the last "budget spent" warning was logged (unix seconds): at most one every ten
+/// seconds, whatever the traffic (each refusal is counted in the metrics).
+static LAST_BUSY_WARNING: AtomicI64 = AtomicI64::new(0);
+
+fn warn_sometimes(last: &AtomicI64, warn: impl FnOnce()) {
+    let now = now_secs();
+    let before = last.load(Ordering::Relaxed);
+    if now - before >= 10
+        && last
+            .compare_exchange(before, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        warn();
+    }
 }
 
 /// Whether an error (a body read's, through any wrapping) is a request deadline passing: an

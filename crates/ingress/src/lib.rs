@@ -20,5 +20,6 @@ mod handler;
 pub mod signature;
 
 pub use handler::{
-    Appender, Ingress, NullAppender, Observer, Outcome, Source, is_timeout, json_response, router,
+    Appender, ClientAddr, Ingress, NullAppender, Observer, Outcome, Source, is_timeout,
+    json_response, router,
 };

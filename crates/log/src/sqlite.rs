@@ -475,6 +475,11 @@ fn read_head(conn: &Connection) -> Result<Option<Head>, StoreError> {
     .transpose()
 }
 
+/// The lookup of [`stored_earlier`]. Not `INDEXED BY`: without the index (a file someone
+/// edited) it is slow, not an ingest outage; a test checks the plan uses it.
+pub(crate) const STORED_BY_REQUEST_ID: &str = "SELECT seq FROM events WHERE source = ?1 \
+     AND body_sha256 = ?2 AND substr(dedupe_key, 1, 11) = 'request-id:' ORDER BY seq LIMIT 1";
+
 /// The entry `ev` was stored as before its scheme's dedupe key changed, if any: same source,
 /// same body, a `request-id:` key (a range of the partial index `events_request_id`, which holds
 /// only such entries, so new entries cost it nothing).
@@ -482,17 +487,13 @@ fn stored_earlier(conn: &Connection, ev: &NewEvent) -> Result<Option<u64>, Store
     if !ev.legacy_request_id_dedupe {
         return Ok(None);
     }
-    conn.prepare_cached(
-        "SELECT seq FROM events INDEXED BY events_request_id WHERE source = ?1 \
-         AND body_sha256 = ?2 AND dedupe_key >= 'request-id:' AND dedupe_key < 'request-id;' \
-         ORDER BY seq LIMIT 1",
-    )?
-    .query_row(params![ev.source, &ev.body_sha256[..]], |r| {
-        r.get::<_, i64>(0)
-    })
-    .optional()
-    .map(|seq| seq.map(to_u64))
-    .map_err(Into::into)
+    conn.prepare_cached(STORED_BY_REQUEST_ID)?
+        .query_row(params![ev.source, &ev.body_sha256[..]], |r| {
+            r.get::<_, i64>(0)
+        })
+        .optional()
+        .map(|seq| seq.map(to_u64))
+        .map_err(Into::into)
 }
 
 /// Counts a delivery seen again after it was stored.
@@ -559,4 +560,32 @@ pub(crate) fn to_i64(v: u64) -> i64 {
 
 pub(crate) fn to_u64(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The look-up for pre-upgrade `seon` entries is a probe of the partial index (a log of
+    /// new entries never scans for it).
+    #[test]
+    fn the_request_id_lookup_probes_its_partial_index() -> Result<(), StoreError> {
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Corrupt {
+            seq: 0,
+            what: e.to_string(),
+        })?;
+        let log = SqliteLog::open(dir.path().join("p.db"))?;
+        let plan: Vec<String> = log
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {STORED_BY_REQUEST_ID}"))?
+            .query_map(params!["s", &[0u8; 32][..]], |r| r.get::<_, String>(3))?
+            .collect::<Result<_, _>>()?;
+        let plan = plan.join("\n");
+        assert!(
+            plan.contains("USING INDEX events_request_id (source=? AND body_sha256=?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        Ok(())
+    }
 }

@@ -53,9 +53,9 @@ pub struct Head {
 ///   when it returns `Err`.
 /// - seqs are gapless and increasing; each entry's `prev_hash` is the previous entry's `hash`,
 ///   read inside the write transaction (other processes may append too).
-/// - a `(source, dedupe_key)` pair is stored at most once, forever; an event whose
-///   `earlier_dedupe_key` names a stored entry of its source with the same body is a duplicate
-///   of that entry.
+/// - a `(source, dedupe_key)` pair is stored at most once, forever; an event with
+///   `legacy_request_id_dedupe` set is a duplicate of a stored entry of its source with the
+///   same body and a `request-id:` key (how `seon` deliveries were keyed before).
 pub trait EventStore: Send {
     /// Appends `events` in one transaction, in order. Duplicates (also within the batch)
     /// are answered with the original seq and counted.

@@ -230,11 +230,45 @@ pub fn router<S: Clone + Send + Sync + 'static>(api: Api) -> Router<S> {
         .route("/v1/sessions/{id}/override", post(override_session))
         .route("/v1/events", get(events))
         .route("/v1/decisions", get(decisions))
+        // Authenticated first, then the body read (override bodies are a few hundred bytes).
+        .route_layer(middleware::from_fn(buffer_body))
         .route_layer(middleware::from_fn_with_state(api.clone(), auth))
-        // Override bodies are a few hundred bytes.
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
         .layer(middleware::from_fn(no_store))
         .with_state(api)
+}
+
+/// The most bytes of a `/v1` or `/ui` request body (overrides, forms).
+pub const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// Reads a request's body (at most [`MAX_FORM_BYTES`]) before its handler runs, so a body that
+/// does not arrive by the request's deadline is answered 408 and one too large 413, as on the
+/// webhook route, whatever extractor the handler uses.
+pub async fn buffer_body(req: Request, next: Next) -> Response {
+    let (parts, body) = req.into_parts();
+    match axum::body::to_bytes(body, MAX_FORM_BYTES).await {
+        Ok(bytes) => {
+            next.run(Request::from_parts(parts, axum::body::Body::from(bytes)))
+                .await
+        }
+        Err(e) => {
+            let too_large = std::error::Error::source(&e)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            let (status, message) = if verdict_ingress::is_timeout(&e) {
+                (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "the request did not arrive in time",
+                )
+            } else if too_large {
+                (StatusCode::PAYLOAD_TOO_LARGE, "body larger than 64 KiB")
+            } else {
+                (StatusCode::BAD_REQUEST, "could not read the body")
+            };
+            let mut resp = ApiError(status, message.into()).into_response();
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+    }
 }
 
 /// Every `/v1` answer is personal or operational data: no cache may keep it.
@@ -279,20 +313,22 @@ pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
 }
 
 async fn auth(State(api): State<Api>, mut req: Request, next: Next) -> Response {
-    let client = client_ip(&req);
-    if let Some(ip) = client
-        && let Err(wait) = api.throttle.check(ip)
+    let presented = bearer(req.headers()).map(str::to_owned);
+    match presented
+        .as_deref()
+        .and_then(|t| authenticate(&api.tokens, t))
     {
-        return throttled(wait);
-    }
-    match bearer(req.headers()).and_then(|t| authenticate(&api.tokens, t)) {
         Some(caller) => {
             req.extensions_mut().insert(caller);
             next.run(req).await
         }
         None => {
-            if let Some(ip) = client {
-                api.throttle.failed(ip);
+            // A wrong token counts against the client's address (no token at all, as from a
+            // probe, does not); an address that failed too often is answered 429.
+            if let (Some(ip), Some(_)) = (client_ip(&req), &presented)
+                && let Err(wait) = api.throttle.failed(ip)
+            {
+                return throttled(wait);
             }
             let mut resp = ApiError(
                 StatusCode::UNAUTHORIZED,
@@ -398,6 +434,9 @@ async fn list(State(api): State<Api>, Query(q): Query<ListQuery>) -> Result<Resp
 /// A `/v1/events` page stops once it holds this many bytes of entries (bodies may be up to
 /// `max_body_bytes` each, so 1,000 of them could be a gigabyte).
 const MAX_EVENTS_PAGE_BYTES: usize = 4 << 20;
+/// Entries read at a time for a `/v1/events` page (a constant: the limit is part of the cached
+/// statement's text).
+const EVENTS_CHUNK: usize = 32;
 
 /// `?after=SEQ&limit=N`: a page after a cursor.
 #[derive(Debug, Deserialize)]
@@ -406,34 +445,39 @@ struct PageQuery {
     limit: Option<usize>,
 }
 
-async fn events(
-    State(api): State<Api>,
-    Query(q): Query<PageQuery>,
-) -> Result<Response, ApiError> {
+async fn events(State(api): State<Api>, Query(q): Query<PageQuery>) -> Result<Response, ApiError> {
     let after = q.after.unwrap_or(0);
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let body = api
         .reads
         .run(move |log| {
             // Rounded up (the limit is part of the cached statement's text), then cut.
-            let mut entries = log.read_after(after, limit.next_power_of_two())?;
-            entries.truncate(limit);
-            let last = entries.last().map_or(after, |e| e.seq);
-            let mut quarantined = projections::quarantined_between(log.connection(), after, last)?;
             // A page ends at `limit` entries or past MAX_EVENTS_PAGE_BYTES, whichever comes
-            // first (at least one entry, so the cursor always moves).
-            let mut lines: Vec<String> = Vec::with_capacity(entries.len());
+            // first (at least one entry, so the cursor always moves). Read in small chunks, so
+            // no more than a chunk of bodies is in memory past the cap.
+            let mut lines: Vec<String> = Vec::new();
             let (mut bytes, mut next) = (0usize, after);
-            for e in &entries {
-                if bytes >= MAX_EVENTS_PAGE_BYTES {
+            while lines.len() < limit && bytes < MAX_EVENTS_PAGE_BYTES {
+                let chunk = log.read_after(next, EVENTS_CHUNK)?;
+                let Some(last) = chunk.last().map(|e| e.seq) else {
+                    break;
+                };
+                let mut quarantined =
+                    projections::quarantined_between(log.connection(), next, last)?;
+                for e in &chunk {
+                    if lines.len() >= limit || bytes >= MAX_EVENTS_PAGE_BYTES {
+                        break;
+                    }
+                    let mut x = ExportedEntry::new(e).without_signatures();
+                    x.quarantined = quarantined.remove(&e.seq);
+                    let line = x.to_line();
+                    bytes += line.len();
+                    next = e.seq;
+                    lines.push(line);
+                }
+                if chunk.len() < EVENTS_CHUNK {
                     break;
                 }
-                let mut x = ExportedEntry::new(e).without_signatures();
-                x.quarantined = quarantined.remove(&e.seq);
-                let line = x.to_line();
-                bytes += line.len();
-                next = e.seq;
-                lines.push(line);
             }
             Ok(format!(
                 r#"{{"events":[{}],"next":{next}}}"#,

@@ -315,8 +315,8 @@ impl fmt::Debug for SecretRef {
     }
 }
 
-/// A sink's URL. It may carry credentials (`https://user:pass@host/...?token=...`), so
-/// `Debug` and [`SinkUrl::redacted`] show it without the user information and query.
+/// A sink's URL. It may carry credentials (`https://user:pass@host/path?token=...`), so
+/// `Debug` and [`SinkUrl::redacted`] show only its scheme, host and port.
 #[derive(Clone, PartialEq, Eq, Deserialize)]
 #[serde(transparent)]
 pub struct SinkUrl(String);
@@ -327,7 +327,7 @@ impl SinkUrl {
         &self.0
     }
 
-    /// The URL for logs and listings: no user information, no query.
+    /// The URL for logs and listings: no user information, path or query.
     pub fn redacted(&self) -> String {
         redact_url(&self.0)
     }
@@ -339,8 +339,8 @@ impl fmt::Debug for SinkUrl {
     }
 }
 
-/// `url` without its user information (`user:pass@`) and query (`?token=...`), either of which
-/// may be a credential.
+/// `url` without its user information (`user:pass@`), path and query, any of which may be a
+/// credential: `https://[redacted]@host:8443/[redacted]?[redacted]`.
 pub fn redact_url(url: &str) -> String {
     let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
     // User information ends at the last `@` before any query or fragment (a password may hold
@@ -351,11 +351,19 @@ pub fn redact_url(url: &str) -> String {
         None => ("", rest),
     };
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (host, path) = rest.split_at(authority_end);
-    let path = match path.split_once('?') {
-        Some((p, _)) => format!("{p}?[redacted]"),
-        None => path.to_owned(),
+    let (host, tail) = rest.split_at(authority_end);
+    // The path too: some sinks carry their credential in it (`/services/T0/B0/XXXX`).
+    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
+    let path = path.split('#').next().unwrap_or("");
+    let mut shown = if path.len() > 1 {
+        "/[redacted]".to_owned()
+    } else {
+        path.to_owned()
     };
+    if !query.is_empty() {
+        shown.push_str("?[redacted]");
+    }
+    let path = shown;
     let sep = if scheme.is_empty() { "" } else { "://" };
     format!("{scheme}{sep}{user}{host}{path}")
 }
@@ -471,9 +479,18 @@ impl Loaded {
             );
         }
         if c.server.max_buffered_body_bytes.get_ref() < c.server.max_body_bytes.get_ref() {
+            // Left at its default, the problem is the other key.
+            let span = match c.server.max_buffered_body_bytes.span() {
+                std::ops::Range { start: 0, end: 0 } => c.server.max_body_bytes.span(),
+                s => s,
+            };
             return self.err(
-                c.server.max_buffered_body_bytes.span(),
-                "max_buffered_body_bytes must be at least max_body_bytes",
+                span,
+                format!(
+                    "max_buffered_body_bytes ({}) must be at least max_body_bytes ({})",
+                    c.server.max_buffered_body_bytes.get_ref(),
+                    c.server.max_body_bytes.get_ref()
+                ),
             );
         }
         if let Some(admin) = &c.server.admin_listen {
@@ -900,7 +917,7 @@ mod tests {
         // Where a secret comes from is shown; the sink's host and path too.
         assert!(debug.contains("env:SEON_SECRET"), "{debug}");
         assert!(
-            debug.contains("https://[redacted]@h.example/p?[redacted]"),
+            debug.contains("https://[redacted]@h.example/[redacted]?[redacted]"),
             "{debug}"
         );
         let sinks = loaded.sinks().unwrap();
@@ -908,17 +925,18 @@ mod tests {
     }
 
     #[test]
-    fn urls_lose_their_credentials_and_query() {
+    fn urls_lose_their_credentials_path_and_query() {
         for (url, want) in [
-            ("https://h/p", "https://h/p"),
+            ("https://h/", "https://h/"),
+            ("https://h/services/T0/B0/XXXX", "https://h/[redacted]"),
             (
                 "https://u:p@h:8443/p?x=1#f",
-                "https://[redacted]@h:8443/p?[redacted]",
+                "https://[redacted]@h:8443/[redacted]?[redacted]",
             ),
             ("http://h?token=1", "http://h?[redacted]"),
-            ("https://u:pa/ss@h/p", "https://[redacted]@h/p"),
-            ("https://h/p?mail=a@b", "https://h/p?[redacted]"),
-            ("h/p", "h/p"),
+            ("https://u:pa/ss@h/p", "https://[redacted]@h/[redacted]"),
+            ("https://h/p?mail=a@b", "https://h/[redacted]?[redacted]"),
+            ("h", "h"),
         ] {
             assert_eq!(redact_url(url), want);
         }

@@ -39,14 +39,16 @@ pub fn run(sessions: u64) -> anyhow::Result<ExitCode> {
         use std::os::unix::fs::PermissionsExt as _;
         std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    let seed = verdict_log::Uuid::now_v7();
-    let webhook_secret = format!("demo-{}", seed.simple());
-    let sink_key = verdict_log::sha256(seed.as_bytes());
-    // A token of the required length, new for each demo (the directory's owner reads it here).
-    let token = format!(
-        "demo-{}",
-        hex::encode(&verdict_log::sha256(&sink_key)[..16])
-    );
+    // The demo's secrets and analyst token: new random values each time (the directory's
+    // owner reads them in its config).
+    let random = |n: usize| -> anyhow::Result<Vec<u8>> {
+        let mut bytes = vec![0u8; n];
+        getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+        Ok(bytes)
+    };
+    let webhook_secret = format!("demo-{}", hex::encode(random(16)?));
+    let sink_key = random(32)?;
+    let token = format!("demo-{}", hex::encode(random(16)?));
     let sink_secret = format!(
         "whsec_{}",
         base64::engine::general_purpose::STANDARD.encode(sink_key)

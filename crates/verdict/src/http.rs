@@ -68,9 +68,7 @@ const GRACE: Duration = Duration::from_secs(1);
 /// How long shutdown waits for requests in flight before it gives up on them.
 const DRAIN: Duration = Duration::from_secs(30);
 
-/// The client's address, in every request's extensions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub SocketAddr);
+pub use verdict_ingress::ClientAddr;
 
 /// Serves `app` on `listener` (TLS when `tls` is given) until `shutdown` resolves, then drains.
 pub async fn serve(
@@ -121,10 +119,12 @@ pub async fn serve(
             },
         };
         let _ = tcp.set_nodelay(true);
-        let conn = registry.register();
-        let task = Connection {
-            conn,
+        let registration = Registration {
+            conn: registry.register(),
             registry: Arc::clone(&registry),
+        };
+        let task = Connection {
+            conn: Arc::clone(&registration.conn),
             peer,
             app: app.clone(),
             builder: Arc::clone(&builder),
@@ -141,6 +141,9 @@ pub async fn serve(
                     }
                 }
             }
+            // However the task ends (a failed handshake, a panic in a handler), the connection
+            // leaves the registry and frees its slot.
+            drop(registration);
             drop(slot);
         });
     }
@@ -171,10 +174,21 @@ fn builder(limits: &Limits) -> Builder<TokioExecutor> {
     builder
 }
 
+/// A connection's place in the registry, given up when dropped.
+struct Registration {
+    conn: Arc<ConnState>,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.remove(self.conn.id);
+    }
+}
+
 /// One accepted connection's task.
 struct Connection {
     conn: Arc<ConnState>,
-    registry: Arc<Registry>,
     peer: SocketAddr,
     app: Router,
     builder: Arc<Builder<TokioExecutor>>,
@@ -238,7 +252,6 @@ impl Connection {
                 tracing::debug!(peer = %self.peer, "connection closed to make room");
             }
         }
-        self.registry.remove(self.conn.id);
     }
 }
 
@@ -249,7 +262,8 @@ impl Connection {
 #[derive(Debug)]
 struct ConnState {
     id: u64,
-    /// Requests whose handler runs without waiting on the client (head and body received).
+    /// Requests being served: head and body received, answer not yet sent (the answer's body
+    /// dropped). [`SHED`] is set once the connection is chosen to be closed.
     serving: AtomicUsize,
     /// Since when (ms on the registry's clock) the connection has been waiting on its client:
     /// its start, or the end of its last served request.
@@ -268,6 +282,10 @@ impl ConnState {
         u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 }
+
+/// The flag in [`ConnState::serving`] of a connection chosen to be closed: a request that
+/// completes after it is set is refused (it could not be answered).
+const SHED: usize = 1 << (usize::BITS - 1);
 
 /// The open connections.
 #[derive(Debug)]
@@ -323,19 +341,26 @@ impl Registry {
         let Ok(mut map) = self.conns.lock() else {
             return false;
         };
-        let victim = map
+        let mut waiting: Vec<(u64, u64)> = map
             .values()
             .filter(|c| c.serving.load(Ordering::Acquire) == 0)
-            .min_by_key(|c| c.waiting_since.load(Ordering::Relaxed))
-            .map(|c| c.id);
-        match victim.and_then(|id| map.remove(&id)) {
-            Some(c) => {
+            .map(|c| (c.waiting_since.load(Ordering::Relaxed), c.id))
+            .collect();
+        waiting.sort_unstable();
+        for (_, id) in waiting {
+            let Some(c) = map.get(&id) else { continue };
+            // Only if no request completed meanwhile; from here on none can (see `SHED`).
+            if c.serving
+                .compare_exchange(0, SHED, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+            {
                 // `notify_one` stores a permit: the task sees it even if it is not waiting yet.
                 c.shed.notify_one();
-                true
+                map.remove(&id);
+                return true;
             }
-            None => false,
         }
+        false
     }
 }
 
@@ -377,7 +402,14 @@ impl tower::Service<Request<hyper::body::Incoming>> for ConnService {
         let (mut parts, body) = req.into_parts();
         parts.extensions.insert(ClientAddr(self.peer));
         let body = if body.is_end_stream() {
-            served.count();
+            if !served.count() {
+                // The connection is being closed to make room: no answer could reach the client.
+                return Box::pin(async {
+                    Ok(axum::response::IntoResponse::into_response(
+                        axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    ))
+                });
+            }
             Body::new(body)
         } else {
             Body::new(DeadlineBody {
@@ -390,8 +422,14 @@ impl tower::Service<Request<hyper::body::Incoming>> for ConnService {
         let req = Request::from_parts(parts, body);
         Box::pin(async move {
             let resp = tower::Service::call(&mut app, req).await;
-            drop(served);
-            resp
+            // Served until the answer has been handed to the connection (its body dropped), so
+            // a connection is never closed to make room with an answer still to send.
+            Ok(resp?.map(|body| {
+                Body::new(AnswerBody {
+                    inner: body,
+                    _served: served,
+                })
+            }))
         })
     }
 }
@@ -404,17 +442,47 @@ struct Served {
 }
 
 impl Served {
-    fn count(&self) {
-        if !self.counted.swap(true, Ordering::AcqRel) {
-            self.conn.serving.fetch_add(1, Ordering::AcqRel);
+    /// Counts the request as served; false if the connection is being closed to make room
+    /// (the request must then fail: its answer could not be sent).
+    fn count(&self) -> bool {
+        if self.counted.swap(true, Ordering::AcqRel) {
+            return true;
         }
+        self.conn.serving.fetch_add(1, Ordering::AcqRel) & SHED == 0
+    }
+}
+
+/// An answer's body, holding its request's [`Served`] until hyper is done with it.
+struct AnswerBody {
+    inner: Body,
+    _served: Arc<Served>,
+}
+
+impl http_body::Body for AnswerBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
     }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
         self.conn.request_began.store(0, Ordering::Relaxed);
-        if *self.counted.get_mut() && self.conn.serving.fetch_sub(1, Ordering::AcqRel) == 1 {
+        if *self.counted.get_mut() && self.conn.serving.fetch_sub(1, Ordering::AcqRel) & !SHED == 1
+        {
             self.conn
                 .waiting_since
                 .store(self.conn.now_ms(), Ordering::Relaxed);
@@ -440,6 +508,14 @@ fn timed_out() -> std::io::Error {
     )
 }
 
+/// The error of a body completed on a connection being closed to make room.
+fn shed() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "the connection is being closed to make room",
+    )
+}
+
 impl http_body::Body for DeadlineBody {
     type Data = bytes::Bytes;
     type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -450,12 +526,14 @@ impl http_body::Body for DeadlineBody {
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(None) => {
-                self.served.count();
+                if !self.served.count() {
+                    return Poll::Ready(Some(Err(shed().into())));
+                }
                 Poll::Ready(None)
             }
             Poll::Ready(Some(Ok(frame))) => {
-                if self.inner.is_end_stream() {
-                    self.served.count();
+                if self.inner.is_end_stream() && !self.served.count() {
+                    return Poll::Ready(Some(Err(shed().into())));
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -1518,6 +1518,9 @@ pub struct HistoryEntry {
     quarantined: Option<String>,
 }
 
+/// A history page stops once its entries' bodies hold this many bytes.
+const MAX_HISTORY_PAGE_BYTES: usize = 4 << 20;
+
 /// A page of a session's history: the entries after `after` (a seq), at most `limit`.
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryPage {
@@ -1559,8 +1562,16 @@ pub fn history_json(
         None
     };
     let mut entries = Vec::with_capacity(seqs.len());
+    let mut next = next;
+    let mut bytes = 0usize;
     for seq in seqs {
+        // Past MAX_HISTORY_PAGE_BYTES of bodies the page ends here (at least one entry).
+        if bytes >= MAX_HISTORY_PAGE_BYTES {
+            next = entries.last().map(|e: &HistoryEntry| e.seq);
+            break;
+        }
         let Some(e) = log.get(seq)? else { continue };
+        bytes += e.body.len();
         let fact = read(&recorded(&e));
         let kind = match (e.source.as_str(), e.event_type.as_str()) {
             (INTERNAL_SOURCE, ANALYST_OVERRIDE) => "override",

@@ -55,6 +55,8 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
     if let Some(ActivePolicy { policy: p, .. }) = &policy {
         tracing::info!(name = %p.name, version = %p.version, rules = p.rules.len(), sha256 = %p.sha256, "policy loaded");
     }
+    let listeners = 1 + usize::from(loaded.admin_listen().is_some());
+    raise_open_files(listeners * *loaded.config.server.max_connections.get_ref());
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("verdict-worker")
@@ -70,6 +72,36 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
         tls,
         metrics_handle,
     ))
+}
+
+/// Raises the soft limit on open files to the hard one (systemd and shells often start
+/// services at 1,024, about `max_connections` alone: `accept` would then fail before the
+/// connection cap sheds anything), and warns when it stays below what `needed` connections
+/// and the database files take.
+fn raise_open_files(needed: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::process::{Resource, getrlimit, setrlimit};
+        let mut limit = getrlimit(Resource::Nofile);
+        if limit.current < limit.maximum {
+            limit.current = limit.maximum;
+            if let Err(e) = setrlimit(Resource::Nofile, limit) {
+                tracing::debug!(error = %e, "could not raise the open-files limit");
+            }
+        }
+        let have = getrlimit(Resource::Nofile).current;
+        let want = u64::try_from(needed).unwrap_or(u64::MAX).saturating_add(64);
+        if have.is_some_and(|h| h < want) {
+            tracing::warn!(
+                open_files = have,
+                needed = want,
+                "the open-files limit (ulimit -n) is below max_connections and verdict's own \
+                 files: connections past it fail before the cap can shed (raise LimitNOFILE)"
+            );
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = needed;
 }
 
 /// The compiled policy with the text it was compiled from.

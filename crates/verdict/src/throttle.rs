@@ -1,8 +1,9 @@
-//! Slows down token guessing: bad bearer tokens and failed log-ins are counted per client
+//! Slows down token guessing: wrong bearer tokens and failed log-ins are counted per client
 //! address (an IPv6 address by its /64, which one host usually holds whole), and an address
-//! with [`MAX_FAILURES`] failures in a [`WINDOW`] is answered 429 until the window ends, even
-//! with a good token. Tokens are at least 32 characters, so guessing is hopeless anyway; this
-//! keeps it cheap for verdict and visible in the log and metrics.
+//! with more than [`MAX_FAILURES`] failures in a [`WINDOW`] has its further failures answered
+//! 429 until the window ends. A good token always passes, so clients behind the same proxy or
+//! NAT cannot lock each other out; tokens are at least 32 characters, so guessing is hopeless
+//! anyway, and this keeps it cheap for verdict and visible in the log and metrics.
 //!
 //! Logging stays bounded whatever the traffic: one warning at an address's first failure in a
 //! window and one when it becomes throttled; the rest are counted in
@@ -48,45 +49,32 @@ fn key(addr: IpAddr) -> IpAddr {
 }
 
 impl AuthThrottle {
-    /// `Err(wait)` while `addr` is throttled: answer 429 with `Retry-After: wait`.
-    pub fn check(&self, addr: IpAddr) -> Result<(), Duration> {
-        self.check_at(addr, Instant::now())
+    /// Records a failed authentication from `addr`: `Err(wait)` when the address has failed
+    /// too often (answer 429 with `Retry-After: wait`), else answer 401.
+    pub fn failed(&self, addr: IpAddr) -> Result<(), Duration> {
+        self.failed_at(addr, Instant::now())
     }
 
-    /// Records a failed authentication from `addr`.
-    pub fn failed(&self, addr: IpAddr) {
-        self.failed_at(addr, Instant::now());
-    }
-
-    fn check_at(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
-        let Ok(map) = self.windows.lock() else {
+    fn failed_at(&self, addr: IpAddr, now: Instant) -> Result<(), Duration> {
+        let Ok(mut map) = self.windows.lock() else {
             return Ok(());
         };
-        match map.get(&key(addr)) {
-            Some(w) if w.failures >= MAX_FAILURES && now < w.start + WINDOW => {
-                metrics::counter!(crate::metrics::AUTH_FAILURES, "result" => "throttled")
-                    .increment(1);
-                Err((w.start + WINDOW).saturating_duration_since(now))
-            }
-            _ => Ok(()),
-        }
-    }
-
-    fn failed_at(&self, addr: IpAddr, now: Instant) {
-        let Ok(mut map) = self.windows.lock() else {
-            return;
-        };
-        if map.len() >= MAX_ADDRESSES {
+        let k = key(addr);
+        if !map.contains_key(&k) && map.len() >= MAX_ADDRESSES {
+            // Make room: windows that ended, then addresses not throttled; never a throttled
+            // one (that would let it start over).
             map.retain(|_, w| now < w.start + WINDOW);
             if map.len() >= MAX_ADDRESSES {
-                tracing::warn!(
-                    addresses = map.len(),
-                    "failed authentications from too many addresses to track; starting over"
-                );
-                map.clear();
+                map.retain(|_, w| w.failures >= MAX_FAILURES);
+            }
+            if map.len() >= MAX_ADDRESSES {
+                tracing::debug!(client = %addr, "too many throttled addresses to track another");
+                metrics::counter!(crate::metrics::AUTH_FAILURES, "result" => "bad_token")
+                    .increment(1);
+                return Ok(());
             }
         }
-        let w = map.entry(key(addr)).or_insert(Window {
+        let w = map.entry(k).or_insert(Window {
             start: now,
             failures: 0,
         });
@@ -97,6 +85,11 @@ impl AuthThrottle {
             };
         }
         w.failures = w.failures.saturating_add(1);
+        if w.failures > MAX_FAILURES {
+            metrics::counter!(crate::metrics::AUTH_FAILURES, "result" => "throttled").increment(1);
+            tracing::debug!(client = %addr, failures = w.failures, "authentication failed (throttled)");
+            return Err((w.start + WINDOW).saturating_duration_since(now));
+        }
         metrics::counter!(crate::metrics::AUTH_FAILURES, "result" => "bad_token").increment(1);
         match w.failures {
             1 => tracing::warn!(client = %addr, "authentication failed (a bad token or log-in)"),
@@ -104,10 +97,11 @@ impl AuthThrottle {
                 client = %addr,
                 failures = MAX_FAILURES,
                 window_secs = WINDOW.as_secs(),
-                "too many failed authentications: this address is answered 429 until the window ends"
+                "too many failed authentications: this address's next failures are answered 429 until the window ends"
             ),
             n => tracing::debug!(client = %addr, failures = n, "authentication failed"),
         }
+        Ok(())
     }
 }
 
@@ -121,20 +115,17 @@ mod tests {
         let a: IpAddr = "203.0.113.7".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let b: IpAddr = "203.0.113.8".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
         let t0 = Instant::now();
-        for _ in 0..MAX_FAILURES - 1 {
-            t.failed_at(a, t0);
+        for _ in 0..MAX_FAILURES {
+            assert!(t.failed_at(a, t0).is_ok());
         }
-        assert!(t.check_at(a, t0).is_ok());
-        t.failed_at(a, t0);
-        assert_eq!(
-            t.check_at(a, t0 + Duration::from_secs(10)),
-            Err(WINDOW - Duration::from_secs(10))
+        let later = t0 + Duration::from_secs(10);
+        assert_eq!(t.failed_at(a, later), Err(WINDOW - Duration::from_secs(10)));
+        assert!(
+            t.failed_at(b, later).is_ok(),
+            "another address is not affected"
         );
-        assert!(t.check_at(b, t0).is_ok(), "another address is not affected");
-        assert!(t.check_at(a, t0 + WINDOW).is_ok(), "the window ends");
         // A new window starts from zero.
-        t.failed_at(a, t0 + WINDOW);
-        assert!(t.check_at(a, t0 + WINDOW).is_ok());
+        assert!(t.failed_at(a, t0 + WINDOW).is_ok());
     }
 
     #[test]
@@ -145,13 +136,27 @@ mod tests {
             let addr: IpAddr = format!("2001:db8:1:2::{:x}", i + 1)
                 .parse()
                 .unwrap_or(IpAddr::from([0u8; 16]));
-            t.failed_at(addr, t0);
+            assert!(t.failed_at(addr, t0).is_ok());
         }
         let same_64: IpAddr = "2001:db8:1:2:ffff::1"
             .parse()
             .unwrap_or(IpAddr::from([0u8; 16]));
         let other_64: IpAddr = "2001:db8:1:3::1".parse().unwrap_or(IpAddr::from([0u8; 16]));
-        assert!(t.check_at(same_64, t0).is_err());
-        assert!(t.check_at(other_64, t0).is_ok());
+        assert!(t.failed_at(same_64, t0).is_err());
+        assert!(t.failed_at(other_64, t0).is_ok());
+    }
+
+    #[test]
+    fn a_full_table_never_forgets_a_throttled_address() {
+        let t = AuthThrottle::default();
+        let t0 = Instant::now();
+        let bad: IpAddr = "198.51.100.1".parse().unwrap_or(IpAddr::from([0, 0, 0, 0]));
+        for _ in 0..MAX_FAILURES {
+            let _ = t.failed_at(bad, t0);
+        }
+        for i in 0..MAX_ADDRESSES as u32 + 10 {
+            let _ = t.failed_at(IpAddr::from((0x0a00_0000u32 + i).to_be_bytes()), t0);
+        }
+        assert!(t.failed_at(bad, t0).is_err(), "still throttled");
     }
 }

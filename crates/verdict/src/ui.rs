@@ -164,8 +164,8 @@ pub fn router<S: Clone + Send + Sync + 'static>(ui: Ui) -> Router<S> {
         )
         .route("/ui/style.css", get(style))
         .merge(protected)
-        // Override forms: a reason of at most 4,000 bytes and a ticket.
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
+        // Forms: a reason of at most 4,000 bytes and a ticket; late bodies are 408.
+        .layer(middleware::from_fn(crate::api::buffer_body))
         .layer(middleware::from_fn(page_headers))
         .with_state(ui)
 }
@@ -213,14 +213,11 @@ async fn require_login(State(ui): State<Ui>, mut req: Request, next: Next) -> Re
     let client = crate::api::client_ip(&req);
     let headers = req.headers();
     let found = if let Some(token) = bearer(headers) {
-        if let Some(ip) = client
-            && let Err(wait) = ui.api.throttle.check(ip)
+        let found = authenticate(&ui.api.tokens, token);
+        if let (None, Some(ip)) = (&found, client)
+            && let Err(wait) = ui.api.throttle.failed(ip)
         {
             return crate::api::throttled(wait);
-        }
-        let found = authenticate(&ui.api.tokens, token);
-        if let (None, Some(ip)) = (&found, client) {
-            ui.api.throttle.failed(ip);
         }
         found.map(|caller| UiCaller {
             caller,
@@ -421,23 +418,20 @@ async fn login(
         return error_page(StatusCode::FORBIDDEN, None, "Cross-site log-in refused.");
     }
     let client = client.map(|c| c.0.0.ip());
-    if let Some(ip) = client
-        && let Err(wait) = ui.api.throttle.check(ip)
-    {
-        let mut page = error_page(
-            StatusCode::TOO_MANY_REQUESTS,
-            None,
-            "Too many failed log-ins from this address; wait a minute and try again.",
-        );
-        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
-            page.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return page;
-    }
     let next = safe_next(&f.next);
     let Some(caller) = authenticate(&ui.api.tokens, f.token.trim()) else {
-        if let Some(ip) = client {
-            ui.api.throttle.failed(ip);
+        if let Some(ip) = client
+            && let Err(wait) = ui.api.throttle.failed(ip)
+        {
+            let mut page = error_page(
+                StatusCode::TOO_MANY_REQUESTS,
+                None,
+                "Too many failed log-ins from this address; wait a minute and try again.",
+            );
+            if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+                page.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            return page;
         }
         return html(
             StatusCode::UNAUTHORIZED,
