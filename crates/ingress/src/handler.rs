@@ -446,12 +446,16 @@ pub fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
 }
 
 fn new_event(source: &str, env: Envelope, v: Verified, body: Bytes) -> NewEvent {
+    let dedupe_key = match env.vendor_time {
+        Some(t) if v.time_ordered => crate::signature::time_ordered_key(&v.dedupe_key, t),
+        _ => v.dedupe_key,
+    };
     NewEvent {
         outbox: None,
         source: source.to_owned(),
         event_type: env.event_type,
         event_version: 1,
-        dedupe_key: v.dedupe_key,
+        dedupe_key,
         legacy_request_id_dedupe: v.stored_by_request_id,
         vendor_time: env.vendor_time,
         headers: v.headers,

@@ -1,7 +1,8 @@
 //! `verdict-loadgen`: a closed-loop HTTP load generator for verdict's ingress benchmark.
 //!
-//! Each connection sends a signed SEON delivery (the same body, a fresh `Request-Id`, so every
-//! request is a new log entry), waits for the answer and sends the next. Several targets are
+//! Each connection sends a signed SEON delivery (the fixture with a member naming the request
+//! and the event time set to now, signed for each request: the `seon` scheme deduplicates on
+//! the body, so every request is a new log entry), waits for the answer and sends the next. Several targets are
 //! measured one after another in the same run, so the durable server and the no-storage ceiling
 //! see the same machine and the same client; the ratio of their throughputs is printed.
 //!
@@ -191,11 +192,26 @@ async fn measure(
     Ok(total)
 }
 
+/// The fixture's event time, replaced by the time of each request (a vendor's deliveries carry
+/// their own, increasing times).
+const FIXTURE_DATE: &str = "2026-03-02T10:15:42.000Z";
+
 /// `body` (a JSON object) with a first member naming the request, so every request is a new
-/// delivery: `{"loadgen":"<id>",...`.
+/// delivery (`{"loadgen":"<id>",...`), and the fixture's event time set to now.
 fn unique_body(body: &Bytes, id: &str) -> Bytes {
     let Some(rest) = body.strip_prefix(b"{") else {
         return body.clone();
+    };
+    let now = time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default();
+    let dated;
+    let rest = match std::str::from_utf8(rest) {
+        Ok(text) if text.contains(FIXTURE_DATE) => {
+            dated = text.replacen(FIXTURE_DATE, &now, 1);
+            dated.as_bytes()
+        }
+        _ => rest,
     };
     let mut out = Vec::with_capacity(body.len() + id.len() + 16);
     out.extend_from_slice(b"{\"loadgen\":\"");

@@ -383,6 +383,7 @@ async fn history(
             .limit
             .unwrap_or(MAX_HISTORY_PAGE)
             .clamp(1, MAX_HISTORY_PAGE),
+        max_bytes: MAX_EVENTS_PAGE_BYTES,
     };
     match api
         .reads
@@ -431,8 +432,8 @@ async fn list(State(api): State<Api>, Query(q): Query<ListQuery>) -> Result<Resp
     Ok(json_response(StatusCode::OK, body.to_string()))
 }
 
-/// A `/v1/events` page stops once it holds this many bytes of entries (bodies may be up to
-/// `max_body_bytes` each, so 1,000 of them could be a gigabyte).
+/// A `/v1/events` or history page stops once it holds this many bytes of entries (bodies may be
+/// up to `max_body_bytes` each, so 1,000 of them could be a gigabyte).
 const MAX_EVENTS_PAGE_BYTES: usize = 4 << 20;
 /// Entries read at a time for a `/v1/events` page (a constant: the limit is part of the cached
 /// statement's text).

@@ -1518,16 +1518,16 @@ pub struct HistoryEntry {
     quarantined: Option<String>,
 }
 
-/// A history page stops once its entries' bodies hold this many bytes.
-const MAX_HISTORY_PAGE_BYTES: usize = 4 << 20;
-
-/// A page of a session's history: the entries after `after` (a seq), at most `limit`.
+/// A page of a session's history: the entries after `after` (a seq), at most `limit`, ending
+/// once its entries' bodies hold `max_bytes` (at least one entry).
 #[derive(Debug, Clone, Copy)]
 pub struct HistoryPage {
     /// Entries with a greater seq.
     pub after: u64,
     /// The most entries.
     pub limit: usize,
+    /// The most bytes of bodies.
+    pub max_bytes: usize,
 }
 
 impl HistoryPage {
@@ -1535,6 +1535,7 @@ impl HistoryPage {
     pub const ALL: Self = Self {
         after: 0,
         limit: usize::MAX >> 1,
+        max_bytes: usize::MAX,
     };
 }
 
@@ -1565,8 +1566,8 @@ pub fn history_json(
     let mut next = next;
     let mut bytes = 0usize;
     for seq in seqs {
-        // Past MAX_HISTORY_PAGE_BYTES of bodies the page ends here (at least one entry).
-        if bytes >= MAX_HISTORY_PAGE_BYTES {
+        // Past `max_bytes` of bodies the page ends here (at least one entry).
+        if bytes >= page.max_bytes {
             next = entries.last().map(|e: &HistoryEntry| e.seq);
             break;
         }

@@ -18,8 +18,9 @@ use std::time::{Duration, Instant};
 pub const MAX_FAILURES: u32 = 10;
 /// The window.
 pub const WINDOW: Duration = Duration::from_secs(60);
-/// Addresses tracked at once; past it, windows that have ended are dropped first, then (under
-/// a flood from very many addresses) all, so memory stays bounded.
+/// Addresses tracked at once; past it, windows that have ended are dropped first, then the
+/// addresses not throttled, never a throttled one (a new address is then not tracked), so
+/// memory stays bounded and a flood of addresses cannot reset a throttled one.
 const MAX_ADDRESSES: usize = 10_000;
 
 #[derive(Debug, Clone, Copy)]

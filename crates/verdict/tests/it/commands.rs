@@ -347,3 +347,48 @@ fn the_demo_runs_end_to_end_and_exits_0() {
     let out = verdict(&config, &["log", "verify"]);
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// The independent Python verifier agrees with `log verify`: an intact log passes, a trigger
+/// replaced by one that lets updates through is found.
+#[tokio::test]
+async fn the_python_verifier_checks_the_chain_and_the_guards() {
+    let s = Server::start();
+    assert_eq!(
+        s.post_seon(&seon_body("py-1", "APPROVED"), None, SEON_SECRET)
+            .await
+            .0,
+        200
+    );
+    let (_, dir) = s.terminate();
+    let db = dir.path().join("verdict.db");
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/verify_chain.py");
+    let run = || {
+        std::process::Command::new("python3")
+            .arg(script)
+            .arg(&db)
+            .output()
+            .expect("python3 runs")
+    };
+    let out = run();
+    assert!(out.status.success(), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).starts_with("ok: 1 entries"),
+        "{}",
+        text(&out.stdout)
+    );
+    let conn = rusqlite::Connection::open(&db).unwrap();
+    conn.execute_batch(
+        "DROP TRIGGER events_no_update;
+         CREATE TRIGGER events_no_update BEFORE UPDATE ON events WHEN 0
+         BEGIN SELECT RAISE(ABORT, 'events is append-only: UPDATE is not allowed'); END;",
+    )
+    .unwrap();
+    drop(conn);
+    let out = run();
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(
+        text(&out.stdout).contains("events_no_update is not the shipped one"),
+        "{}",
+        text(&out.stdout)
+    );
+}

@@ -461,14 +461,16 @@ async fn a_request_that_arrives_after_its_deadline_is_408_and_changes_nothing() 
     assert_eq!(s.count(), before, "nothing stored");
 }
 
-/// The budget of buffered bodies: one client's slow bodies take at most its share, and a
-/// delivery past it is answered 503 (Retry-After), not buffered.
+/// The budget of buffered bodies: one client's slow bodies take at most its share (an eighth
+/// of the budget here), and a delivery past it is answered 503 (Retry-After), not buffered,
+/// although the budget as a whole is far from spent.
 #[tokio::test]
 async fn slow_bodies_cannot_take_more_than_their_share_of_memory() {
-    let s = start_plain("max_buffered_body_bytes = 131072", "");
+    // 2 MiB in all; a client's share: max(2 MiB / 8, 2 x 64 KiB) = 256 KiB.
+    let s = start_plain("max_buffered_body_bytes = 2097152", "");
     let addr = s.base.trim_start_matches("http://").to_owned();
     let mut slow = Vec::new();
-    for _ in 0..2 {
+    for _ in 0..4 {
         let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
         let head = format!(
             "POST /webhooks/seon-idv HTTP/1.1\r\nHost: x\r\nX-Seon-Signature: {}\r\n\
@@ -480,11 +482,17 @@ async fn slow_bodies_cannot_take_more_than_their_share_of_memory() {
         slow.push(tcp);
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // 240 kB held; 30 kB more is past the 256 KiB share.
     let body = format!(r#"{{"event":"big","pad":"{}"}}"#, "x".repeat(30_000));
     let (status, answer) = s.post_seon(&body, None, SEON_SECRET).await;
     assert_eq!(status, 503, "{answer}");
+    // A small delivery still fits in the share.
+    let (status, _) = s
+        .post_seon(&seon_body("small-1", "APPROVED"), None, SEON_SECRET)
+        .await;
+    assert_eq!(status, 200);
     drop(slow);
-    let (status, answer) = eventually("the budget freed", async || {
+    let (status, answer) = eventually("the share freed", async || {
         let r = s.post_seon(&body, None, SEON_SECRET).await;
         (r.0 == 200).then_some(r)
     })
