@@ -698,3 +698,64 @@ async fn redriving_never_sends_an_old_decision_after_a_newer_one() {
     );
     assert_eq!(states(&s), ["delivered", "superseded"]);
 }
+
+/// A sink whose answer never ends (a 200 with an endless chunked body) does not hold a
+/// delivery: at most 64 KiB of an answer is read, so the attempt is recorded delivered at once,
+/// not when the attempt's timeout (10 s here) cuts the read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endless_answer_is_read_only_so_far() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/decisions", listener.local_addr().unwrap());
+    let streamed = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = Arc::clone(&streamed);
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 65536];
+                let _ = tcp.read(&mut buf).await; // the request (small)
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await;
+                let chunk = [b'x'; 65536];
+                loop {
+                    let sent = async {
+                        tcp.write_all(b"10000\r\n").await?;
+                        tcp.write_all(&chunk).await?;
+                        tcp.write_all(b"\r\n").await
+                    };
+                    if sent.await.is_err() {
+                        return;
+                    }
+                    counter.fetch_add(chunk.len(), std::sync::atomic::Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let policy = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../config/policies/kyc.toml"
+    );
+    let s = Server::start_with(&format!(
+        "[policy]\npath = {policy:?}\n\n[[sinks]]\nname = \"backend\"\nurl = {url:?}\n\
+         secret = {SINK_SECRET:?}\n\n[delivery]\ntimeout_secs = 10\n"
+    ));
+    let started = Instant::now();
+    finish(&s, "endless-1").await;
+    let delivered = eventually("the delivery recorded", async || {
+        let states = states(&s);
+        states.iter().any(|st| st == "delivered").then_some(states)
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{delivered:?} after {:?}",
+        started.elapsed()
+    );
+    // The sink could send far more than was read; verdict stopped reading (socket buffers
+    // take a few megabytes at most).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sent = streamed.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(sent < 64 << 20, "{sent} bytes streamed");
+}
