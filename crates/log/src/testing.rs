@@ -52,3 +52,17 @@ pub fn copy_mid_write(log: &mut SqliteLog, into: &Path) -> Result<PathBuf, Store
     drop(tx);
     Ok(copy)
 }
+
+/// SQLite's plan of `sql` with `params` bound: its lines (`EXPLAIN QUERY PLAN`'s detail
+/// column) joined with `; `. Panics on a statement that does not prepare (test code).
+#[allow(clippy::unwrap_used)]
+pub fn query_plan(conn: &rusqlite::Connection, sql: &str, params: impl rusqlite::Params) -> String {
+    let lines: Vec<String> = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .unwrap()
+        .query_map(params, |r| r.get(3))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    lines.join("; ")
+}

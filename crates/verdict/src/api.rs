@@ -656,7 +656,7 @@ fn decisions_after(
         let seq = u64::try_from(seq).unwrap_or(0);
         let body = verdict_log::decode_body(encoding, stored)
             .ok_or_else(|| anyhow::anyhow!("decision seq {seq}: undecodable body"))?;
-        items.push(crate::outbox::stored_decision_json(&body, seq)?);
+        items.push(verdict_outbox::stored_decision_json(&body, seq)?);
         last = seq;
     }
     let next = if items.len() < limit {

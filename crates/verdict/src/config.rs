@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 use verdict_ingress::signature::Scheme;
+use verdict_outbox::{SinkUrl, redact_url};
 
 /// A problem with the configuration: exit code 2, printed as `file:line:col: message`.
 #[derive(Debug, thiserror::Error)]
@@ -244,8 +245,8 @@ impl Default for DeliveryConfig {
 
 impl DeliveryConfig {
     /// The dispatcher's settings.
-    pub fn settings(&self) -> crate::outbox::Settings {
-        crate::outbox::Settings {
+    pub fn settings(&self) -> verdict_outbox::Settings {
+        verdict_outbox::Settings {
             schedule: verdict_delivery::Schedule {
                 initial: std::time::Duration::from_millis(self.initial_backoff_ms),
                 max_delay: std::time::Duration::from_secs(self.max_backoff_secs),
@@ -313,59 +314,6 @@ impl fmt::Debug for SecretRef {
             f.write_str("[redacted]")
         }
     }
-}
-
-/// A sink's URL. It may carry credentials (`https://user:pass@host/path?token=...`), so
-/// `Debug` and [`SinkUrl::redacted`] show only its scheme, host and port.
-#[derive(Clone, PartialEq, Eq, Deserialize)]
-#[serde(transparent)]
-pub struct SinkUrl(String);
-
-impl SinkUrl {
-    /// The URL to send to.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URL for logs and listings: no user information, path or query.
-    pub fn redacted(&self) -> String {
-        redact_url(&self.0)
-    }
-}
-
-impl fmt::Debug for SinkUrl {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:?}", self.redacted())
-    }
-}
-
-/// `url` without its user information (`user:pass@`), path and query, any of which may be a
-/// credential: `https://[redacted]@host:8443/[redacted]?[redacted]`.
-pub fn redact_url(url: &str) -> String {
-    let (scheme, rest) = url.split_once("://").unwrap_or(("", url));
-    // User information ends at the last `@` before any query or fragment (a password may hold
-    // a `/`; redacting a path that holds an `@` too is the safe mistake).
-    let query_at = rest.find(['?', '#']).unwrap_or(rest.len());
-    let (user, rest) = match rest[..query_at].rfind('@') {
-        Some(at) => ("[redacted]@", &rest[at + 1..]),
-        None => ("", rest),
-    };
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (host, tail) = rest.split_at(authority_end);
-    // The path too: some sinks carry their credential in it (`/services/T0/B0/XXXX`).
-    let (path, query) = tail.split_once('?').unwrap_or((tail, ""));
-    let path = path.split('#').next().unwrap_or("");
-    let mut shown = if path.len() > 1 {
-        "/[redacted]".to_owned()
-    } else {
-        path.to_owned()
-    };
-    if !query.is_empty() {
-        shown.push_str("?[redacted]");
-    }
-    let path = shown;
-    let sep = if scheme.is_empty() { "" } else { "://" };
-    format!("{scheme}{sep}{user}{host}{path}")
 }
 
 /// The fewest characters a `[[tokens]]` token may have (about 190 bits as random base64).
@@ -733,7 +681,7 @@ impl Loaded {
     }
 
     /// Every sink, resolved, its secret checked to be a Standard Webhooks secret.
-    pub fn sinks(&self) -> Result<Vec<crate::outbox::Sink>, ConfigError> {
+    pub fn sinks(&self) -> Result<Vec<verdict_outbox::Sink>, ConfigError> {
         self.config
             .sinks
             .iter()
@@ -753,7 +701,7 @@ impl Loaded {
                         ),
                     );
                 }
-                Ok(crate::outbox::Sink {
+                Ok(verdict_outbox::Sink {
                     name: s.name.get_ref().clone(),
                     url: s.url.get_ref().clone(),
                     signer,
@@ -922,24 +870,6 @@ mod tests {
         );
         let sinks = loaded.sinks().unwrap();
         assert!(!format!("{sinks:?}").contains("sink-pass"));
-    }
-
-    #[test]
-    fn urls_lose_their_credentials_path_and_query() {
-        for (url, want) in [
-            ("https://h/", "https://h/"),
-            ("https://h/services/T0/B0/XXXX", "https://h/[redacted]"),
-            (
-                "https://u:p@h:8443/p?x=1#f",
-                "https://[redacted]@h:8443/[redacted]?[redacted]",
-            ),
-            ("http://h?token=1", "http://h?[redacted]"),
-            ("https://u:pa/ss@h/p", "https://[redacted]@h/[redacted]"),
-            ("https://h/p?mail=a@b", "https://h/[redacted]?[redacted]"),
-            ("h", "h"),
-        ] {
-            assert_eq!(redact_url(url), want);
-        }
     }
 
     #[test]

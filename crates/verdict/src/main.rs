@@ -20,7 +20,6 @@ mod demo;
 mod http;
 mod logcmd;
 mod metrics;
-mod outbox;
 mod policycmd;
 mod projections;
 mod rederive;
@@ -373,9 +372,9 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
                 json,
             } => {
                 let filter = match (dead, all) {
-                    (true, _) => outbox::Filter::Dead,
-                    (false, true) => outbox::Filter::All,
-                    (false, false) => outbox::Filter::Undelivered,
+                    (true, _) => verdict_outbox::Filter::Dead,
+                    (false, true) => verdict_outbox::Filter::All,
+                    (false, false) => verdict_outbox::Filter::Undelivered,
                 };
                 deliverycmd::list(&loaded, filter, *limit, *json)
             }

@@ -36,16 +36,10 @@ pub const POLICY_RELOADS: &str = "verdict_policy_reloads_total";
 pub const TLS_RELOADS: &str = "verdict_tls_reloads_total";
 /// `verdict_quarantined_total`: entries the projector could not understand.
 pub const QUARANTINED: &str = "verdict_quarantined_total";
-/// `verdict_sink_attempts_total{sink, outcome}`: delivered, retry, gone.
-pub const SINK_ATTEMPTS: &str = "verdict_sink_attempts_total";
-/// `verdict_sink_attempt_seconds{sink}`: request to answer (histogram).
-pub const SINK_ATTEMPT_SECONDS: &str = "verdict_sink_attempt_seconds";
-/// `verdict_sink_dead_letters_total{sink}`: deliveries out of attempts.
-pub const SINK_DEAD_LETTERS: &str = "verdict_sink_dead_letters_total";
-/// `verdict_sinks_disabled_total{sink}`: sinks disabled by a 410.
-pub const SINKS_DISABLED: &str = "verdict_sinks_disabled_total";
-/// `verdict_deliveries_superseded_total`: undelivered decisions replaced by newer ones.
-pub const SUPERSEDED: &str = "verdict_deliveries_superseded_total";
+// Recorded by the dispatcher (`verdict_outbox`); described and exported here.
+pub use verdict_outbox::metrics::{
+    SINK_ATTEMPT_SECONDS, SINK_ATTEMPTS, SINK_DEAD_LETTERS, SINKS_DISABLED, SUPERSEDED,
+};
 /// `verdict_connections_shed_total`: connections closed at the cap to make room for a new one.
 pub const CONNECTIONS_SHED: &str = "verdict_connections_shed_total";
 /// `verdict_auth_failures_total{result}`: `bad_token` (API, pages, log-in) or `throttled`

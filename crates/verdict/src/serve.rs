@@ -146,7 +146,7 @@ async fn serve(
     loaded: &Loaded,
     sources: Vec<verdict_ingress::Source>,
     tokens: Vec<crate::api::Token>,
-    sinks: Vec<crate::outbox::Sink>,
+    sinks: Vec<verdict_outbox::Sink>,
     policy: Option<ActivePolicy>,
     tls: Option<std::sync::Arc<crate::tls::CertStore>>,
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
@@ -259,13 +259,17 @@ async fn serve(
     } else {
         let names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
         tracing::info!(sinks = ?names, "delivering decisions");
-        Some(crate::outbox::spawn_dispatcher(
-            db,
-            sinks,
-            loaded.config.delivery.settings(),
-            outbox_wake,
-            stop.clone(),
-        )?)
+        let configured = sinks.clone();
+        Some(
+            verdict_outbox::spawn_dispatcher(
+                || verdict_outbox::SqliteOutbox::open(db, &configured),
+                sinks,
+                loaded.config.delivery.settings(),
+                outbox_wake,
+                stop.clone(),
+            )
+            .with_context(|| format!("starting the delivery of decisions from {}", db.display()))?,
+        )
     };
     let projector = crate::projections::spawn_runner(
         db.clone(),
