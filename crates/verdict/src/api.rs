@@ -18,8 +18,8 @@ use verdict_log::{AppendError, EventStore as _, ExportedEntry, LogWriter, Sqlite
 use verdict_projector::{Action, OverrideBody};
 
 use crate::config::{Role, Secret};
-use crate::projections;
 use verdict_ingress::json_response;
+use verdict_projections as projections;
 
 /// A configured token: its holder, role and the SHA-256 of the token (compared in constant
 /// time; the token itself is not kept).
@@ -161,7 +161,7 @@ pub async fn known(api: &Api, id: &str) -> anyhow::Result<Known> {
     let exists = || {
         let lookup = id.to_owned();
         api.reads
-            .run(move |log| projections::session_exists(log.connection(), &lookup))
+            .run(move |log| Ok(projections::session_exists(log.connection(), &lookup)?))
     };
     if exists().await? {
         return Ok(Known::Yes);
@@ -191,7 +191,7 @@ async fn current_decision_after(
     let lookup = id.to_owned();
     let session = api
         .reads
-        .run(move |log| projections::load_session(log.connection(), &lookup))
+        .run(move |log| Ok(projections::load_session(log.connection(), &lookup)?))
         .await?;
     Ok(session.map(|s| projections::session_json(&s)["decision"].clone()))
 }
@@ -355,8 +355,8 @@ async fn show(
     let found = api
         .reads
         .run(move |log| match q.as_of {
-            Some(seq) => projections::session_as_of(log, &id, seq),
-            None => projections::load_session(log.connection(), &id),
+            Some(seq) => Ok(projections::session_as_of(log, &id, seq)?),
+            None => Ok(projections::load_session(log.connection(), &id)?),
         })
         .await?;
     match found {
@@ -387,7 +387,7 @@ async fn history(
     };
     match api
         .reads
-        .run(move |log| projections::history_json(log, &id, page))
+        .run(move |log| Ok(projections::history_json(log, &id, page)?))
         .await?
     {
         Some(body) => Ok(json_response(StatusCode::OK, body)),
@@ -416,13 +416,13 @@ async fn list(State(api): State<Api>, Query(q): Query<ListQuery>) -> Result<Resp
     let (sessions, next) = api
         .reads
         .run(move |log| {
-            projections::list_sessions(
+            Ok(projections::list_sessions(
                 log.connection(),
                 q.vendor_status.as_deref(),
                 q.action.as_deref(),
                 q.after.as_deref(),
                 q.limit.unwrap_or(50),
-            )
+            )?)
         })
         .await?;
     let body = serde_json::json!({
@@ -548,7 +548,7 @@ async fn override_session(
             ));
         }
     }
-    let event = projections::override_event(&body)?;
+    let event = projections::override_event(&body).map_err(anyhow::Error::from)?;
     let seq = match api.writer.append(event).await {
         Ok(a) => a.seq(),
         Err(AppendError::Unavailable(_) | AppendError::Closed) => {

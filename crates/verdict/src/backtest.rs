@@ -19,7 +19,8 @@ use verdict_log::SqliteLog;
 use verdict_projector::{Action, Session};
 
 use crate::config::Loaded;
-use crate::{logcmd, policycmd, projections};
+use crate::{logcmd, policycmd};
+use verdict_projections as projections;
 
 /// One session's outcome.
 #[derive(Debug, Clone, Copy)]

@@ -21,8 +21,6 @@ mod http;
 mod logcmd;
 mod metrics;
 mod policycmd;
-mod projections;
-mod rederive;
 mod reload;
 mod serve;
 mod sessioncmd;

@@ -26,20 +26,15 @@ pub const LOG_CHECKPOINT_SECONDS: &str = "verdict_log_checkpoint_seconds";
 pub const LOG_HEAD: &str = "verdict_log_head_seq";
 /// `verdict_projector_lag_seqs`: committed entries not yet folded and written by the projector.
 pub const PROJECTOR_LAG: &str = "verdict_projector_lag_seqs";
-/// `verdict_decisions_total{action, source}`: decisions made.
-pub const DECISIONS: &str = "verdict_decisions_total";
-/// `verdict_rule_errors_total{rule}`: rule evaluations that failed (counted as review).
-pub const RULE_ERRORS: &str = "verdict_rule_errors_total";
 /// `verdict_policy_reloads_total{result}`: ok or failed.
 pub const POLICY_RELOADS: &str = "verdict_policy_reloads_total";
 /// `verdict_tls_reloads_total{result}`: ok or failed.
 pub const TLS_RELOADS: &str = "verdict_tls_reloads_total";
-/// `verdict_quarantined_total`: entries the projector could not understand.
-pub const QUARANTINED: &str = "verdict_quarantined_total";
-// Recorded by the dispatcher (`verdict_outbox`); described and exported here.
+// Recorded by the projections' runner and the dispatcher; described and exported here.
 pub use verdict_outbox::metrics::{
     SINK_ATTEMPT_SECONDS, SINK_ATTEMPTS, SINK_DEAD_LETTERS, SINKS_DISABLED, SUPERSEDED,
 };
+pub use verdict_projections::metrics::{DECISIONS, QUARANTINED, RULE_ERRORS};
 /// `verdict_connections_shed_total`: connections closed at the cap to make room for a new one.
 pub const CONNECTIONS_SHED: &str = "verdict_connections_shed_total";
 /// `verdict_auth_failures_total{result}`: `bad_token` (API, pages, log-in) or `throttled`

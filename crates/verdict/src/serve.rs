@@ -128,7 +128,7 @@ pub async fn record_activation(writer: &LogWriter, active: &ActivePolicy) -> any
     });
     let event = verdict_log::NewEvent::new(
         verdict_log::INTERNAL_SOURCE,
-        crate::projections::POLICY_ACTIVATED,
+        verdict_projections::POLICY_ACTIVATED,
         format!("policy:{}", p.sha256),
         serde_json::to_vec(&body)?,
     );
@@ -246,7 +246,7 @@ async fn serve(
                 crate::reload::start(path, std::sync::Arc::clone(&current), writer.clone())
                     .context("watching the policy file")?,
             );
-            Some(crate::projections::Decider {
+            Some(verdict_projections::Decider {
                 policy: current,
                 writer: writer.clone(),
                 sinks: sinks.iter().map(|s| s.name.clone()).collect(),
@@ -271,7 +271,7 @@ async fn serve(
             .with_context(|| format!("starting the delivery of decisions from {}", db.display()))?,
         )
     };
-    let projector = crate::projections::spawn_runner(
+    let projector = verdict_projections::spawn_runner(
         db.clone(),
         writer.subscribe(),
         Some(tail_rx),

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 use verdict_log::EventStore as _;
 
 use crate::config::Loaded;
-use crate::{UsageError, api, logcmd, projections};
+use crate::{UsageError, api, logcmd};
+use verdict_projections as projections;
 
 /// Turns transparent huge pages off for this process (Linux; elsewhere nothing to do). A replay
 /// faults in ~500 MB it has not touched before for a million events, and mimalloc asks for
@@ -39,10 +40,10 @@ pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     }
     let started = std::time::Instant::now();
     // Every recorded decision is derived again on a second thread while the fold runs.
-    let (check_tx, check_rx) = crate::rederive::channel();
+    let (check_tx, check_rx) = verdict_projections::rederive::channel();
     let checker = std::thread::Builder::new()
         .name("verdict-rederive".into())
-        .spawn(move || crate::rederive::run(&check_rx))?;
+        .spawn(move || verdict_projections::rederive::run(&check_rx))?;
     let p = projections::rebuild(&mut log, |done, _| bar.set_position(done), Some(&check_tx));
     drop(check_tx);
     let report = checker

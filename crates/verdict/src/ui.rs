@@ -29,7 +29,7 @@ use verdict_projector::{Action, DecisionBody, Fact, Session, VendorKind, read};
 
 use crate::api::{Api, Caller, Known, authenticate, bearer, validate_override};
 use crate::config::Role;
-use crate::projections;
+use verdict_projections as projections;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "verdict_ui";
@@ -601,13 +601,13 @@ async fn sessions_page(
         .api
         .reads
         .run(move |log| {
-            projections::list_sessions(
+            Ok(projections::list_sessions(
                 log.connection(),
                 status.as_deref(),
                 action.as_deref(),
                 after.as_deref(),
                 50,
-            )
+            )?)
         })
         .await;
     let (sessions, next) = match listed {
@@ -1184,7 +1184,7 @@ async fn override_submit(
     }
     let event = match projections::override_event(&body) {
         Ok(e) => e,
-        Err(e) => return internal(&e),
+        Err(e) => return internal(&e.into()),
     };
     let seq = match ui.api.writer.append(event).await {
         Ok(a) => a.seq(),
@@ -1216,7 +1216,7 @@ async fn settle(api: &Api, id: &str, seq: u64) {
         let lookup = id.to_owned();
         let decision_seq = api
             .reads
-            .run(move |log| projections::load_session(log.connection(), &lookup))
+            .run(move |log| Ok(projections::load_session(log.connection(), &lookup)?))
             .await
             .ok()
             .flatten()

@@ -2,7 +2,7 @@
 //! alone, with the policy recorded (`policy:activated`) at that point, and compared.
 //!
 //! The replay's scan hands this, in log order, the policies activated, what each applied entry
-//! calls for ([`crate::projections::Call`]) and the decisions recorded. It runs on its own thread
+//! calls for ([`crate::Call`]) and the decisions recorded. It runs on its own thread
 //! (the policy evaluations overlap the fold) and mirrors the live projector: a decision is
 //! expected only when its action or source differs from the session's current one, and after a
 //! recorded decision the session's current one is the recorded one (so one difference does not
@@ -14,7 +14,7 @@ use std::sync::Arc;
 use verdict_projector::{Action, DecisionBody, DecisionSource};
 use verdict_rules::Policy;
 
-use crate::projections::{Derived, policy_decision};
+use crate::decide::{Derived, policy_decision};
 
 /// What the scan sends, in log order.
 #[derive(Debug)]

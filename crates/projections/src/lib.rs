@@ -1,0 +1,43 @@
+//! verdict's projections: the per-session state folded from the log, kept in SQLite
+//! (`migrations/0002_projections.sql`), the runner that keeps it current and makes decisions,
+//! `verdict replay`, and the re-derivation of recorded decisions.
+//!
+//! The fold itself is `verdict_projector`'s (pure: same entries in, same state out) and the
+//! policy's evaluation `verdict_rules`' (pure); this crate runs them against the log and stores
+//! what they produce. It reads the log through `verdict_log` and appends decisions through the
+//! log writer; it never writes the `events` table itself.
+//!
+//! - [`spawn_runner`]: the live runner, on its own thread, woken by each commit of the log
+//!   writer; it folds what was committed, asks the [`Decider`] for a decision where the fold
+//!   [calls for one](call_for), appends it (with its outbox rows) and writes the projections
+//!   and its checkpoint in one transaction.
+//! - [`rebuild`]: `verdict replay`, every projection folded again from the log; only the rows
+//!   that differ are written; [`rederive`] checks every recorded decision meanwhile.
+//! - [`load_session`], [`list_sessions`], [`history_json`], [`session_json`]...: the reads the
+//!   API, the pages and the CLI share.
+//!
+//! ```no_run
+//! # fn demo(log: &verdict_log::SqliteLog) -> Result<(), verdict_projections::ProjectionError> {
+//! if let Some(session) = verdict_projections::load_session(log.connection(), "sess-1")? {
+//!     println!("{}", verdict_projections::session_json(&session));
+//! }
+//! # Ok(()) }
+//! ```
+
+mod decide;
+mod error;
+pub mod metrics;
+mod read;
+pub mod rederive;
+mod replay;
+mod rows;
+mod runner;
+mod write;
+
+pub use decide::*;
+pub use error::{ProjectionError, Result};
+pub use read::*;
+pub use replay::*;
+pub use rows::*;
+pub use runner::*;
+pub use write::*;

@@ -1,0 +1,752 @@
+//! The read queries the HTTP API, the analyst pages and the CLI share.
+
+use std::collections::HashMap;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+use serde_json::value::RawValue;
+use verdict_log::{EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
+use verdict_projector::fact::{ANALYST_OVERRIDE, INTERNAL_SOURCE};
+
+use verdict_projector::{Fact, OverrideBody, Session, read};
+
+#[allow(unused_imports)]
+use crate::error::{ProjectionError, Result};
+#[allow(unused_imports)]
+use crate::{decide::*, replay::*, rows::*, runner::*, write::*};
+
+/// The digest of the stored (incrementally built) projections.
+pub fn stored_digest(conn: &Connection) -> Result<String> {
+    let mut stmt = conn.prepare(&format!("{SELECT_SESSION} ORDER BY session_id"))?;
+    let sessions = stmt
+        .query_map([], session_row_for_digest)?
+        .map(|row| {
+            let row = row?;
+            // A state that does not read is a session no fold produces: the digest differs.
+            Ok(row.read().unwrap_or_else(|_| {
+                let mut s = Session::new(row.id.as_str());
+                s.vendor_status = Some("(unreadable state)".into());
+                s
+            }))
+        })
+        .collect::<Result<Vec<Session>>>()?;
+    let quarantined: i64 = conn.query_row("SELECT COUNT(*) FROM quarantine", [], |r| r.get(0))?;
+    Ok(verdict_projector::digest(
+        sessions.iter(),
+        u64::try_from(quarantined).unwrap_or(0),
+    ))
+}
+
+/// A session folded from its entries up to `as_of` (inclusive).
+pub fn session_as_of(log: &SqliteLog, id: &str, as_of: u64) -> Result<Option<Session>> {
+    let seqs = entry_seqs(log.connection(), id, as_of)?;
+    if seqs.is_empty() {
+        return Ok(None);
+    }
+    let mut s = Session::new(id);
+    for seq in seqs {
+        if let Some(e) = log.get(seq)? {
+            let r = recorded(&e);
+            s.apply(&r, &read(&r));
+        }
+    }
+    Ok(Some(s))
+}
+
+/// The seqs of a session's entries after `after`, at most `limit`, in order.
+pub(crate) fn entry_seqs_after(
+    conn: &Connection,
+    id: &str,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<u64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq FROM session_entries WHERE session_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+    )?;
+    let seqs = stmt
+        .query_map(
+            params![id, i64_of(after), i64::try_from(limit).unwrap_or(i64::MAX)],
+            |r| r.get::<_, i64>(0),
+        )?
+        .map(|s| s.map(|s| u64::try_from(s).unwrap_or(0)))
+        .collect::<Result<Vec<u64>, _>>()?;
+    Ok(seqs)
+}
+
+pub fn entry_seqs(conn: &Connection, id: &str, upto: u64) -> Result<Vec<u64>> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq FROM session_entries WHERE session_id = ?1 AND seq <= ?2 ORDER BY seq",
+    )?;
+    let seqs = stmt
+        .query_map(params![id, i64_of(upto)], |r| r.get::<_, i64>(0))?
+        .map(|s| s.map(|s| u64::try_from(s).unwrap_or(0)))
+        .collect::<Result<Vec<u64>, _>>()?;
+    Ok(seqs)
+}
+
+/// The API's JSON of a session.
+pub fn session_json(s: &Session) -> serde_json::Value {
+    serde_json::json!({
+        "session_id": s.session_id,
+        "reference_id": s.reference_id,
+        "user_id": s.user_id,
+        "vendor_status": s.vendor_status,
+        "decision": s.decision.as_deref().map(|(d, seq)| {
+            let mut v = serde_json::to_value(d).unwrap_or(serde_json::Value::Null);
+            if let serde_json::Value::Object(m) = &mut v {
+                m.insert("seq".into(), if *seq > 0 { (*seq).into() } else { serde_json::Value::Null });
+            }
+            v
+        }),
+        "event_count": s.event_count,
+        "quarantined": s.quarantined,
+        "updated_at": rfc3339_ms(s.updated_at),
+        "last_seq": s.last_seq,
+        "vendor_status_updated_by": s.status_update_actor,
+        "last_override": s.last_override.as_ref().map(|o| serde_json::json!({
+            "seq": o.seq,
+            "actor": o.actor,
+            "action": o.action,
+            "reason": o.reason,
+            "ticket": o.ticket,
+            "recorded_at": rfc3339_ms(o.recorded_at),
+        })),
+    })
+}
+
+/// One entry of a session's history.
+#[derive(Debug, Serialize)]
+pub struct HistoryEntry {
+    pub(crate) seq: u64,
+    pub(crate) kind: &'static str,
+    #[serde(rename = "type")]
+    pub(crate) event_type: String,
+    pub(crate) recorded_at: String,
+    pub(crate) vendor_time: Option<String>,
+    pub(crate) source: String,
+    /// The body exactly as received, when it is JSON.
+    pub(crate) payload: Option<Box<RawValue>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) payload_base64: Option<String>,
+    /// Why the projector could not use it, if it could not.
+    pub(crate) quarantined: Option<String>,
+}
+
+/// A page of a session's history: the entries after `after` (a seq), at most `limit`, ending
+/// once its entries' bodies hold `max_bytes` (at least one entry).
+#[derive(Debug, Clone, Copy)]
+pub struct HistoryPage {
+    /// Entries with a greater seq.
+    pub after: u64,
+    /// The most entries.
+    pub limit: usize,
+    /// The most bytes of bodies.
+    pub max_bytes: usize,
+}
+
+impl HistoryPage {
+    /// The whole history (the CLI).
+    pub const ALL: Self = Self {
+        after: 0,
+        limit: usize::MAX >> 1,
+        max_bytes: usize::MAX,
+    };
+}
+
+/// `{"session_id", "entries": [...], "next"}` as JSON text (payloads byte-exact), or `None` for
+/// an unknown session. `next` is the cursor of the following page (the last entry's seq), null
+/// at the end.
+pub fn history_json(log: &SqliteLog, id: &str, page: HistoryPage) -> Result<Option<String>> {
+    let mut seqs = entry_seqs_after(
+        log.connection(),
+        id,
+        page.after,
+        page.limit.saturating_add(1),
+    )?;
+    if seqs.is_empty() && !session_exists(log.connection(), id)? {
+        return Ok(None);
+    }
+    let next = if seqs.len() > page.limit {
+        seqs.truncate(page.limit);
+        seqs.last().copied()
+    } else {
+        None
+    };
+    let mut entries = Vec::with_capacity(seqs.len());
+    let mut next = next;
+    let mut bytes = 0usize;
+    for seq in seqs {
+        // Past `max_bytes` of bodies the page ends here (at least one entry).
+        if bytes >= page.max_bytes {
+            next = entries.last().map(|e: &HistoryEntry| e.seq);
+            break;
+        }
+        let Some(e) = log.get(seq)? else { continue };
+        bytes += e.body.len();
+        let fact = read(&recorded(&e));
+        let kind = match (e.source.as_str(), e.event_type.as_str()) {
+            (INTERNAL_SOURCE, ANALYST_OVERRIDE) => "override",
+            (INTERNAL_SOURCE, t) if t.starts_with("decision") => "decision",
+            _ => "event",
+        };
+        let payload = std::str::from_utf8(&e.body)
+            .ok()
+            .filter(|s| serde_json::from_str::<&RawValue>(s).is_ok())
+            .and_then(|s| RawValue::from_string(s.to_owned()).ok());
+        let payload_base64 = payload.is_none().then(|| {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD.encode(&e.body)
+        });
+        entries.push(HistoryEntry {
+            seq: e.seq,
+            kind,
+            event_type: e.event_type.clone(),
+            recorded_at: rfc3339_ms(e.recorded_at),
+            vendor_time: e.vendor_time.map(rfc3339_ms),
+            source: e.source.clone(),
+            payload,
+            payload_base64,
+            quarantined: match fact {
+                Fact::Quarantined { reason, .. } => Some(reason),
+                _ => None,
+            },
+        });
+    }
+    #[derive(Serialize)]
+    struct History<'a> {
+        session_id: &'a str,
+        entries: Vec<HistoryEntry>,
+        next: Option<u64>,
+    }
+    Ok(Some(serde_json::to_string(&History {
+        session_id: id,
+        entries,
+        next,
+    })?))
+}
+
+/// The query of a [`list_sessions`] page with these filters: `?1` the cursor, `?2` the limit,
+/// `?3` (and `?4`) the filters' values. One SQL text per combination of filters, so that
+/// SQLite plans each on its index (`sessions_by_status`, `sessions_by_action`; a page is a
+/// range of one, in id order). One text for all, `(?3 IS NULL OR vendor_status = ?3)`, is
+/// planned once for any value, on the primary key: every row is read and filtered, and a page
+/// past the last match (the last page of every filtered listing) read the rest of the table.
+pub(crate) fn list_sql(vendor_status: bool, action: bool) -> String {
+    let filter = match (vendor_status, action) {
+        (false, false) => "",
+        (true, false) => "vendor_status = ?3 AND",
+        (false, true) => "action = ?3 AND",
+        (true, true) => "vendor_status = ?3 AND action = ?4 AND",
+    };
+    format!("{SELECT_SESSION} WHERE {filter} session_id > ?1 ORDER BY session_id LIMIT ?2")
+}
+
+/// A page of sessions in id order, and the cursor of the next page.
+pub fn list_sessions(
+    conn: &Connection,
+    vendor_status: Option<&str>,
+    action: Option<&str>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<(Vec<Session>, Option<String>)> {
+    let mut stmt = conn.prepare_cached(&list_sql(vendor_status.is_some(), action.is_some()))?;
+    let limit = limit.clamp(1, 1000);
+    let after = after.unwrap_or("");
+    let limit_plus_one = i64_of(limit as u64 + 1);
+    // The parameters: the cursor, the limit, then the filters in use, in the text's order.
+    let mut bound: Vec<&dyn rusqlite::ToSql> = vec![&after, &limit_plus_one];
+    bound.extend(
+        vendor_status
+            .iter()
+            .chain(action.iter())
+            .map(|v| v as &dyn rusqlite::ToSql),
+    );
+    let rows = stmt.query(bound.as_slice())?;
+    let mut sessions = rows
+        .mapped(session_row)
+        .map(|row| row?.read())
+        .collect::<Result<Vec<Session>>>()?;
+    let next = if sessions.len() > limit {
+        sessions.truncate(limit);
+        sessions.last().map(|s| s.session_id.clone())
+    } else {
+        None
+    };
+    Ok((sessions, next))
+}
+
+/// The log event recording an analyst override.
+pub fn override_event(body: &OverrideBody) -> Result<NewEvent> {
+    Ok(NewEvent::new(
+        INTERNAL_SOURCE,
+        ANALYST_OVERRIDE,
+        format!("override:{}", Uuid::now_v7()),
+        serde_json::to_vec(body)?,
+    ))
+}
+
+/// The quarantine reasons of entries with `after < seq <= upto`.
+pub fn quarantined_between(
+    conn: &Connection,
+    after: u64,
+    upto: u64,
+) -> Result<HashMap<u64, String>> {
+    let mut stmt =
+        conn.prepare_cached("SELECT seq, reason FROM quarantine WHERE seq > ?1 AND seq <= ?2")?;
+    let rows = stmt
+        .query_map(params![i64_of(after), i64_of(upto)], |r| {
+            Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
+        })?
+        .map(|r| r.map(|(s, reason)| (u64::try_from(s).unwrap_or(0), reason)))
+        .collect::<Result<HashMap<u64, String>, _>>()?;
+    Ok(rows)
+}
+
+/// Whether the entry at `seq` belongs to session `id`.
+pub fn entry_of(conn: &Connection, id: &str, seq: u64) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM session_entries WHERE session_id = ?1 AND seq = ?2")?
+        .exists(params![id, i64_of(seq)])?)
+}
+
+/// Whether the log holds any entry of this session.
+pub fn session_exists(conn: &Connection, id: &str) -> Result<bool> {
+    Ok(conn
+        .prepare_cached("SELECT 1 FROM session_entries WHERE session_id = ?1 LIMIT 1")?
+        .query_row([id], |_| Ok(()))
+        .optional()?
+        .is_some())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(unused_imports)]
+
+    use std::collections::{HashMap, VecDeque};
+    use std::path::PathBuf;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use rusqlite::{Connection, OptionalExtension, params};
+    use serde::Serialize;
+    use serde_json::value::RawValue;
+    use tokio::sync::watch;
+    use verdict_log::{Committed, Entry, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
+    use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
+
+    use crate::{decide::*, replay::*, rows::*, runner::*, write::*};
+    use verdict_projector::{
+        Action, Change, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Projection,
+        Recorded, Session, fact_session, into_fact_session, read,
+    };
+
+    use super::*;
+
+    #[test]
+    fn busy_and_locked_are_told_from_other_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let mut holder = rusqlite::Connection::open(&path).unwrap();
+        holder.execute_batch("CREATE TABLE t (x)").unwrap();
+        let tx = holder.transaction().unwrap();
+        tx.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let busy = other
+            .execute("INSERT INTO t VALUES (2)", [])
+            .map_err(ProjectionError::from)
+            .unwrap_err();
+        assert!(is_busy(&busy), "{busy}");
+        let other_error = other
+            .execute("INSERT INTO nowhere VALUES (2)", [])
+            .map_err(ProjectionError::from)
+            .unwrap_err();
+        assert!(!is_busy(&other_error), "{other_error}");
+        drop(tx);
+    }
+
+    #[test]
+    fn links_are_sorted_on_the_side_and_waited_for_once() {
+        let unsorted: Links = [("b", 3), ("a", 9), ("b", 1), ("a", 2), ("c", 5)]
+            .into_iter()
+            .map(|(id, seq)| (id.to_owned(), seq))
+            .collect();
+        let mut expected = unsorted.clone();
+        expected.sort_unstable();
+        std::thread::scope(|scope| {
+            let mut links = SortedLinks::spawn(scope, unsorted).unwrap();
+            assert_eq!(links.get().unwrap(), &expected);
+            // The second call has them already.
+            assert!(matches!(links, SortedLinks::Sorted(_)));
+            assert_eq!(links.get().unwrap(), &expected);
+        });
+        let mut lost = SortedLinks::Lost;
+        assert!(lost.get().is_err());
+    }
+
+    fn committed(seq: u64) -> Committed {
+        Committed {
+            seq,
+            source: "seon".into(),
+            event_type: "idv:session_finished".into(),
+            recorded_at: 0,
+            vendor_time: None,
+            body: Default::default(),
+        }
+    }
+
+    fn seqs(v: &[Committed]) -> Vec<u64> {
+        v.iter().map(|c| c.seq).collect()
+    }
+
+    #[test]
+    fn handed_over_entries_are_used_only_where_they_follow_on() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut handed = Handed {
+            rx: Some(rx),
+            held: VecDeque::new(),
+        };
+        tx.send(vec![committed(3), committed(4)]).unwrap();
+        tx.send(vec![committed(5)]).unwrap();
+        // Already folded entries are dropped; the run after `from` is taken.
+        assert_eq!(seqs(&handed.take_after(3)), [4, 5]);
+        // Entry 6 came from another process (not handed over): 7 and 8 wait until the store
+        // has been read past 6.
+        tx.send(vec![committed(7), committed(8)]).unwrap();
+        assert!(handed.take_after(5).is_empty());
+        assert_eq!(seqs(&handed.take_after(6)), [7, 8]);
+        // Reading the store past what is held drops it.
+        tx.send(vec![committed(9), committed(10)]).unwrap();
+        assert!(handed.take_after(10).is_empty());
+        assert!(handed.held.is_empty());
+        // No channel: always the store.
+        let mut none = Handed {
+            rx: None,
+            held: VecDeque::new(),
+        };
+        assert!(none.take_after(0).is_empty());
+    }
+
+    #[test]
+    fn entries_read_from_the_store_meanwhile_do_not_block_the_hand_over() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut handed = Handed {
+            rx: Some(rx),
+            held: VecDeque::new(),
+        };
+        let batch = u64::try_from(BATCH).unwrap();
+        // A full batch that does not follow on (1-4 came from elsewhere): the store is read.
+        tx.send((5..5 + batch).map(committed).collect()).unwrap();
+        assert!(handed.take_after(0).is_empty());
+        // The store was read past all of it; the next batch follows on.
+        tx.send(vec![committed(5 + batch), committed(6 + batch)])
+            .unwrap();
+        assert_eq!(seqs(&handed.take_after(4 + batch)), [5 + batch, 6 + batch]);
+    }
+
+    #[test]
+    fn handed_over_entries_are_taken_at_most_a_batch_at_a_time() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut handed = Handed {
+            rx: Some(rx),
+            held: VecDeque::new(),
+        };
+        let n = u64::try_from(BATCH).unwrap() + 10;
+        tx.send((1..=n).map(committed).collect()).unwrap();
+        let first = handed.take_after(0);
+        assert_eq!(first.len(), BATCH);
+        assert_eq!(
+            seqs(&handed.take_after(first.len() as u64)),
+            (first.len() as u64 + 1..=n).collect::<Vec<_>>()
+        );
+    }
+
+    /// Every filter of the sessions listing pages through exactly the matching sessions, and
+    /// is planned on its index (a page past the last match read the whole table before).
+    #[test]
+    fn session_listings_page_through_matches_on_their_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = SqliteLog::open(dir.path().join("l.db")).unwrap();
+        let statuses = [Some("APPROVED"), Some("REVIEW"), Some("DECLINED"), None];
+        let actions = [Some("approve"), None, Some("decline")];
+        let rows: Vec<(String, Option<&str>, Option<&str>)> = (0..60)
+            .map(|i| (format!("s{i:02}"), statuses[i % 4], actions[i % 3]))
+            .collect();
+        {
+            let tx = log.connection_mut().transaction().unwrap();
+            let sessions: Vec<Session> = rows
+                .iter()
+                .map(|(id, status, _)| {
+                    let mut s = Session::new(id);
+                    s.vendor_status = status.map(str::to_owned);
+                    s
+                })
+                .collect();
+            save_sessions(&tx, sessions.iter()).unwrap();
+            for (id, _, action) in &rows {
+                tx.execute(
+                    "UPDATE sessions SET action = ?2 WHERE session_id = ?1",
+                    params![id, action],
+                )
+                .unwrap();
+            }
+            tx.commit().unwrap();
+        }
+        let conn = log.connection();
+        for status in [None, Some("APPROVED"), Some("REVIEW"), Some("NOPE")] {
+            for action in [None, Some("approve"), Some("decline")] {
+                let expected: Vec<&str> = rows
+                    .iter()
+                    .filter(|(_, s, a)| {
+                        status.is_none_or(|f| *s == Some(f)) && action.is_none_or(|f| *a == Some(f))
+                    })
+                    .map(|(id, ..)| id.as_str())
+                    .collect();
+                let mut got = Vec::new();
+                let mut after: Option<String> = None;
+                loop {
+                    let (page, next) =
+                        list_sessions(conn, status, action, after.as_deref(), 7).unwrap();
+                    assert!(page.len() <= 7);
+                    got.extend(page.into_iter().map(|s| s.session_id));
+                    match next {
+                        Some(n) => after = Some(n),
+                        None => break,
+                    }
+                }
+                assert_eq!(got, expected, "vendor_status={status:?} action={action:?}");
+
+                let values: [&dyn rusqlite::ToSql; 4] = [&"", &8, &"x", &"y"];
+                let bound = 2 + usize::from(status.is_some()) + usize::from(action.is_some());
+                let plan = verdict_log::testing::query_plan(
+                    conn,
+                    &list_sql(status.is_some(), action.is_some()),
+                    &values[..bound],
+                );
+                let index = match (status, action) {
+                    (None, None) => "PRIMARY KEY",
+                    (Some(_), None) => "INDEX sessions_by_status",
+                    (None, Some(_)) => "INDEX sessions_by_action",
+                    (Some(_), Some(_)) => "INDEX sessions_by_",
+                };
+                assert!(plan.contains(index), "{status:?} {action:?}: {plan}");
+            }
+        }
+    }
+
+    mod write_rebuilt {
+        use std::collections::BTreeMap;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::*;
+
+        fn session(id: &str, (status, updated_at, count): (Option<&str>, i64, u32)) -> Session {
+            let mut s = Session::new(id);
+            s.vendor_status = status.map(str::to_owned);
+            s.updated_at = updated_at;
+            s.event_count = count;
+            s
+        }
+
+        type Fields = (Option<&'static str>, i64, u32);
+
+        fn fields() -> impl Strategy<Value = Fields> {
+            (
+                prop::option::of(prop::sample::select(vec!["APPROVED", "REVIEW"])),
+                0i64..3,
+                0u32..3,
+            )
+        }
+
+        /// A stored session row: id, vendor status, action, updated_at, state.
+        type Row = (String, Option<String>, Option<String>, i64, String);
+
+        fn rows(conn: &Connection) -> Vec<Row> {
+            let mut stmt = conn
+                .prepare("SELECT session_id, vendor_status, action, updated_at, state FROM sessions ORDER BY session_id")
+                .unwrap();
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        }
+
+        fn links(conn: &Connection) -> Vec<(String, u64)> {
+            let mut stmt = conn
+                .prepare("SELECT session_id, seq FROM session_entries ORDER BY session_id, seq")
+                .unwrap();
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+
+            /// Whatever was stored, writing only what differs leaves the tables exactly as the
+            /// rebuilt projection, and the stored digest is reported unless nothing differed.
+            #[test]
+            fn leaves_what_a_full_rewrite_would(
+                stored in prop::collection::btree_map("[a-d]{1,2}", fields(), 0..12),
+                rebuilt in prop::collection::btree_map("[a-d]{1,2}", fields(), 0..12),
+                stored_links in prop::collection::btree_set(("[a-d]{1,2}", 1u64..6), 0..16),
+                rebuilt_links in prop::collection::btree_set(("[a-d]{1,2}", 1u64..6), 0..16),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let mut log = SqliteLog::open(dir.path().join("p.db")).unwrap();
+                let stored: BTreeMap<String, Session> =
+                    stored.iter().map(|(id, f)| (id.clone(), session(id, *f))).collect();
+                {
+                    let tx = log.connection_mut().transaction().unwrap();
+                    save_sessions(&tx, stored.values()).unwrap();
+                    let stored_links: Links = stored_links.iter().cloned().collect();
+                    write_links(&tx, &stored_links).unwrap();
+                    tx.commit().unwrap();
+                }
+                let mut p = Projection::default();
+                for (id, f) in &rebuilt {
+                    p.insert(session(id, *f));
+                }
+                let new_links: Links = rebuilt_links.iter().cloned().collect();
+                let tx = log.connection_mut().transaction().unwrap();
+                let (previous, _) =
+                    write_rebuilt(&tx, &p, &mut SortedLinks::Sorted(new_links)).unwrap();
+                tx.commit().unwrap();
+
+                let expected: Vec<_> = p
+                    .sessions()
+                    .map(|s| {
+                        (s.session_id.clone(), s.vendor_status.clone(), None, s.updated_at,
+                         serde_json::to_string(s).unwrap())
+                    })
+                    .collect();
+                prop_assert_eq!(rows(log.connection()), expected);
+                prop_assert_eq!(links(log.connection()), rebuilt_links.into_iter().collect::<Vec<_>>());
+                let stored_digest = verdict_projector::digest(stored.values(), 0);
+                match previous {
+                    None => prop_assert_eq!(stored_digest, p.digest()),
+                    Some(d) => prop_assert_eq!(d, stored_digest),
+                }
+            }
+        }
+
+        /// Rows written by the previous version (the columns' values repeated in the JSON, order
+        /// keys as objects) read by their columns: the stored digest is the columns' one, and
+        /// each such row is written again in the current shape.
+        #[test]
+        fn rows_of_the_previous_shape_are_read_by_their_columns_and_rewritten() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = SqliteLog::open(dir.path().join("p.db")).unwrap();
+            let mut p = Projection::default();
+            for (id, status) in [("a", "APPROVED"), ("b", "REVIEW")] {
+                let mut s = session(id, (Some(status), 5, 1));
+                s.finished = Some(verdict_projector::OrderKey {
+                    vendor_time: 1_772_410_260_000,
+                    terminal: true,
+                    seq: 3,
+                });
+                p.insert(s);
+            }
+            // "b"'s JSON says APPROVED, its column REVIEW: the column is what counts.
+            log.connection()
+                .execute_batch(
+                    r#"INSERT INTO sessions (session_id, vendor_status, action, updated_at, state) VALUES
+                     ('a', 'APPROVED', NULL, 5, '{"session_id":"a","vendor_status":"APPROVED","finished":{"vendor_time":1772410260000,"terminal":1,"seq":3},"event_count":1,"quarantined":0,"updated_at":5,"last_seq":0}'),
+                     ('b', 'REVIEW', NULL, 5, '{"session_id":"b","vendor_status":"APPROVED","finished":{"vendor_time":1772410260000,"terminal":1,"seq":3},"event_count":1,"quarantined":0,"updated_at":5,"last_seq":0}');"#,
+                )
+                .unwrap();
+            assert_eq!(stored_digest(log.connection()).unwrap(), p.digest());
+            assert_eq!(
+                load_session(log.connection(), "b").unwrap().as_ref(),
+                p.session("b")
+            );
+            let tx = log.connection_mut().transaction().unwrap();
+            let (previous, written) =
+                write_rebuilt(&tx, &p, &mut SortedLinks::Sorted(Links::new())).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(written.sessions, 2);
+            assert_eq!(previous.as_deref(), Some(p.digest().as_str()));
+            let expected: Vec<Row> = p
+                .sessions()
+                .map(|s| {
+                    (
+                        s.session_id.clone(),
+                        s.vendor_status.clone(),
+                        None,
+                        s.updated_at,
+                        serde_json::to_string(s).unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(rows(log.connection()), expected);
+        }
+
+        /// Written whole, many rows per statement (and the rest one by one), the tables hold
+        /// exactly the rebuilt sessions and links.
+        #[test]
+        fn a_whole_rewrite_writes_every_row() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = SqliteLog::open(dir.path().join("p.db")).unwrap();
+            let statuses = [Some("APPROVED"), None, Some("REVIEW")];
+            let mut p = Projection::default();
+            // Not multiples of the rows per statement: some rows go through the single-row path.
+            let actions = [Action::Approve, Action::Decline, Action::Review];
+            for i in 0..(3 * ROWS_PER_INSERT + 7) {
+                let f = (statuses[i % 3], i64::try_from(i).unwrap(), (i % 5) as u32);
+                let mut s = session(&format!("s-{i:04}"), f);
+                if i % 4 != 0 {
+                    // A decision: its action is the row's `action` column.
+                    s.decision = Some(Box::new((
+                        DecisionBody {
+                            decision_id: format!("d-{i}"),
+                            session_id: s.session_id.clone(),
+                            reference_id: None,
+                            user_id: None,
+                            action: actions[i % 3],
+                            source: DecisionSource::Policy,
+                            rules: Vec::new(),
+                            reasons: Vec::new(),
+                            policy: None,
+                            actor: None,
+                            decided_at: "2026-11-26T00:00:00.000Z".into(),
+                            trigger_seq: 1,
+                        },
+                        i as u64 + 1,
+                    )));
+                }
+                p.insert(s);
+            }
+            let new_links: Links = (0..(5 * ROWS_PER_INSERT + 3))
+                .map(|i| (format!("s-{:04}", i % 150), i as u64 + 1))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let tx = log.connection_mut().transaction().unwrap();
+            let (_, written) =
+                write_rebuilt(&tx, &p, &mut SortedLinks::Sorted(new_links.clone())).unwrap();
+            tx.commit().unwrap();
+            assert!(written.rewritten);
+            let expected: Vec<Row> = p
+                .sessions()
+                .map(|s| {
+                    (
+                        s.session_id.clone(),
+                        s.vendor_status.clone(),
+                        decided_action(s).map(str::to_owned),
+                        s.updated_at,
+                        serde_json::to_string(s).unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(rows(log.connection()), expected);
+            assert_eq!(links(log.connection()), new_links);
+        }
+    }
+}
