@@ -56,3 +56,7 @@ pub use writer::{
 
 /// The `source` of events verdict writes itself (overrides, decisions, policy activations).
 pub const INTERNAL_SOURCE: &str = "verdict";
+
+/// The type of verdict's decision entries (`verdict_projector::fact::DECISION`; a test there
+/// checks they agree).
+pub const DECISION_TYPE: &str = "decision";

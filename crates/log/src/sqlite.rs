@@ -475,6 +475,81 @@ fn read_head(conn: &Connection) -> Result<Option<Head>, StoreError> {
     .transpose()
 }
 
+/// The SQL condition that selects verdict's decision entries, written with literals: a partial
+/// index can only serve a query whose condition names its values (`events_internal`, migration
+/// 0006), and a bound parameter does not.
+macro_rules! decisions_sql {
+    () => {
+        "source = 'verdict' AND type = 'decision'"
+    };
+}
+
+/// Decisions in a seq range, oldest first: a range of the `events_internal` index (`INDEXED BY`
+/// makes a statement that cannot use it an error, not a read of every internal entry).
+pub(crate) const DECISIONS_BETWEEN: &str = concat!(
+    "SELECT seq, body, body_encoding FROM events INDEXED BY events_internal WHERE ",
+    decisions_sql!(),
+    " AND seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
+);
+
+/// Every decision, oldest first. Through `events_internal` too, but not `INDEXED BY`: read-only
+/// commands may open a file not migrated yet.
+const ALL_DECISIONS: &str = concat!(
+    "SELECT seq, body, body_encoding FROM events WHERE ",
+    decisions_sql!(),
+    " ORDER BY seq"
+);
+
+impl SqliteLog {
+    /// verdict's decision entries with `after < seq <= upto`, at most `limit`, oldest first, as
+    /// (seq, decoded body).
+    pub fn decisions_between(
+        &self,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let mut stmt = self.conn.prepare_cached(DECISIONS_BETWEEN)?;
+        let mut rows = stmt.query(params![
+            to_i64(after),
+            to_i64(upto),
+            i64::try_from(limit).unwrap_or(i64::MAX)
+        ])?;
+        let mut out = Vec::new();
+        while let Some(row) = rows.next()? {
+            out.push(decision_row(row)?);
+        }
+        Ok(out)
+    }
+
+    /// Calls `f` with every decision entry, oldest first, as (seq, decoded body).
+    pub fn for_each_decision<E: From<StoreError>>(
+        &self,
+        mut f: impl FnMut(u64, &[u8]) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let mut stmt = self
+            .conn
+            .prepare(ALL_DECISIONS)
+            .map_err(|e| E::from(e.into()))?;
+        let mut rows = stmt.query([]).map_err(|e| E::from(e.into()))?;
+        while let Some(row) = rows.next().map_err(|e| E::from(e.into()))? {
+            let (seq, body) = decision_row(row)?;
+            f(seq, &body)?;
+        }
+        Ok(())
+    }
+}
+
+/// (seq, decoded body) of a decision row (`seq, body, body_encoding`).
+fn decision_row(row: &Row<'_>) -> Result<(u64, Vec<u8>), StoreError> {
+    let seq = to_u64(row.get(0)?);
+    let body = decode_body(row.get(2)?, row.get(1)?).ok_or_else(|| StoreError::Corrupt {
+        seq,
+        what: "the stored decision cannot be decoded".into(),
+    })?;
+    Ok((seq, body))
+}
+
 /// The look-up of [`stored_earlier`]: by body only, with no `ORDER BY`; the source and the
 /// lowest seq are found in Rust. With an `ORDER BY seq` SQLite prepared the statement again at
 /// every call after a commit (a fifth of the writer's time under load: docs/benchmarks.md,
@@ -571,6 +646,26 @@ pub(crate) fn to_u64(v: i64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The decisions page is a range of the `events_internal` index: no read of every internal
+    /// entry, no sort; its literals are the ones verdict writes.
+    #[test]
+    fn decisions_are_read_as_a_range_of_their_index() -> Result<(), StoreError> {
+        assert!(DECISIONS_BETWEEN.contains(&format!("source = '{}'", crate::INTERNAL_SOURCE)));
+        assert!(DECISIONS_BETWEEN.contains(&format!("type = '{}'", crate::DECISION_TYPE)));
+        let dir = tempfile::tempdir().map_err(|e| StoreError::Corrupt {
+            seq: 0,
+            what: e.to_string(),
+        })?;
+        let log = SqliteLog::open(dir.path().join("d.db"))?;
+        let plan = crate::testing::query_plan(&log.conn, DECISIONS_BETWEEN, params![0, 10, 5]);
+        assert!(
+            plan.contains("USING INDEX events_internal (type=? AND rowid>? AND rowid<?)"),
+            "{plan}"
+        );
+        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
+        Ok(())
+    }
 
     /// The look-up for pre-upgrade `seon` entries is a probe of the partial index (a log of
     /// new entries never scans for it).

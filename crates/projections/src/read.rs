@@ -342,6 +342,13 @@ mod tests {
 
     use super::*;
 
+    /// The log reads decisions by the literal type it names; the projector writes this one.
+    #[test]
+    fn the_log_and_the_projector_name_decisions_alike() {
+        assert_eq!(verdict_log::DECISION_TYPE, DECISION);
+        assert_eq!(verdict_log::INTERNAL_SOURCE, INTERNAL_SOURCE);
+    }
+
     #[test]
     fn busy_and_locked_are_told_from_other_errors() {
         let dir = tempfile::tempdir().unwrap();

@@ -195,26 +195,13 @@ fn recorded_policy_decisions(
     log: &SqliteLog,
 ) -> anyhow::Result<std::collections::HashMap<String, Action>> {
     let mut out = std::collections::HashMap::new();
-    let mut stmt = log.connection().prepare(
-        // Read through the `events_internal` index (migration 0006), but not `INDEXED BY`:
-        // this read-only command may open a file not migrated yet.
-        concat!(
-            "SELECT seq, body, body_encoding FROM events WHERE ",
-            internal_decisions_sql!(),
-            " ORDER BY seq"
-        ),
-    )?;
-    let mut rows = stmt.query([])?;
-    while let Some(row) = rows.next()? {
-        let seq: i64 = row.get(0)?;
-        let Some(body) = verdict_log::decode_body(row.get(2)?, row.get(1)?) else {
-            anyhow::bail!("seq {seq}: the stored decision cannot be decoded");
-        };
+    log.for_each_decision(|seq, body| {
         let d: verdict_projector::DecisionBody =
-            serde_json::from_slice(&body).with_context(|| format!("seq {seq}: a decision"))?;
+            serde_json::from_slice(body).with_context(|| format!("seq {seq}: a decision"))?;
         if d.source == verdict_projector::DecisionSource::Policy {
             out.insert(d.session_id, d.action);
         }
-    }
+        Ok::<_, anyhow::Error>(())
+    })?;
     Ok(out)
 }

@@ -284,15 +284,7 @@ pub struct TokenConfig {
     pub token: Spanned<SecretRef>,
 }
 
-/// What a token may do.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Read and override.
-    Analyst,
-    /// Read only.
-    Reader,
-}
+pub use verdict_web::Role;
 
 /// A secret as written in the config: `env:NAME`, `file:PATH` or the value itself. `Debug`
 /// shows where an `env:` or `file:` secret comes from, never a literal value.
@@ -712,11 +704,11 @@ impl Loaded {
 
     /// The TLS certificate store when `[server.tls]` is set, its files read and checked (the
     /// key must match the certificate); an error names the file and the problem.
-    pub fn tls(&self) -> Result<Option<std::sync::Arc<crate::tls::CertStore>>, ConfigError> {
+    pub fn tls(&self) -> Result<Option<std::sync::Arc<verdict_web::tls::CertStore>>, ConfigError> {
         let Some(tls) = &self.config.server.tls else {
             return Ok(None);
         };
-        match crate::tls::CertStore::open(tls.cert.get_ref(), tls.key.get_ref()) {
+        match verdict_web::tls::CertStore::open(tls.cert.get_ref(), tls.key.get_ref()) {
             Ok(store) => Ok(Some(std::sync::Arc::new(store))),
             Err(e) => {
                 let span = if e.path() == tls.key.get_ref().as_path() {

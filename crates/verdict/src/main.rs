@@ -3,21 +3,10 @@
 //! Exit codes: 0 success; 1 a check failed or a runtime error; 2 bad usage or bad configuration
 //! (the message names the problem, `file:line:col` for the config).
 
-/// The SQL condition that selects verdict's own decision entries in `events`, written with
-/// literals: a partial index can only serve a query whose condition names its values
-/// (`events_internal`, migration 0006), and a bound parameter does not.
-macro_rules! internal_decisions_sql {
-    () => {
-        "source = 'verdict' AND type = 'decision'"
-    };
-}
-
-mod api;
 mod backtest;
 mod config;
 mod deliverycmd;
 mod demo;
-mod http;
 mod logcmd;
 mod metrics;
 mod policycmd;
@@ -25,11 +14,7 @@ mod reload;
 mod serve;
 mod sessioncmd;
 mod simulate;
-#[cfg(test)]
-mod testutil;
-mod throttle;
-mod tls;
-mod ui;
+mod tlswatch;
 mod watch;
 
 use std::path::PathBuf;

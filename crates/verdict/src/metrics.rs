@@ -28,18 +28,13 @@ pub const LOG_HEAD: &str = "verdict_log_head_seq";
 pub const PROJECTOR_LAG: &str = "verdict_projector_lag_seqs";
 /// `verdict_policy_reloads_total{result}`: ok or failed.
 pub const POLICY_RELOADS: &str = "verdict_policy_reloads_total";
-/// `verdict_tls_reloads_total{result}`: ok or failed.
-pub const TLS_RELOADS: &str = "verdict_tls_reloads_total";
-// Recorded by the projections' runner and the dispatcher; described and exported here.
+// Recorded by the crates of the roles (projections, dispatcher, HTTP); described and exported
+// here.
 pub use verdict_outbox::metrics::{
     SINK_ATTEMPT_SECONDS, SINK_ATTEMPTS, SINK_DEAD_LETTERS, SINKS_DISABLED, SUPERSEDED,
 };
 pub use verdict_projections::metrics::{DECISIONS, QUARANTINED, RULE_ERRORS};
-/// `verdict_connections_shed_total`: connections closed at the cap to make room for a new one.
-pub const CONNECTIONS_SHED: &str = "verdict_connections_shed_total";
-/// `verdict_auth_failures_total{result}`: `bad_token` (API, pages, log-in) or `throttled`
-/// (refused with 429 because the address failed too often).
-pub const AUTH_FAILURES: &str = "verdict_auth_failures_total";
+pub use verdict_web::metrics::{AUTH_FAILURES, CONNECTIONS_SHED, TLS_RELOADS};
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,

@@ -22,11 +22,11 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
     let tls = loaded.tls().map_err(UsageError)?;
     let sources = loaded.sources().map_err(UsageError)?;
     // Resolved now so that a missing secret stops start-up (exit 2); used by later stages.
-    let tokens: Vec<crate::api::Token> = loaded
+    let tokens: Vec<verdict_web::api::Token> = loaded
         .tokens()
         .map_err(UsageError)?
         .into_iter()
-        .map(|(name, role, token)| crate::api::Token::new(name, role, &token))
+        .map(|(name, role, token)| verdict_web::api::Token::new(name, role, token.expose()))
         .collect();
     let sinks = loaded.sinks().map_err(UsageError)?;
     tracing::debug!(
@@ -145,10 +145,10 @@ pub async fn record_activation(writer: &LogWriter, active: &ActivePolicy) -> any
 async fn serve(
     loaded: &Loaded,
     sources: Vec<verdict_ingress::Source>,
-    tokens: Vec<crate::api::Token>,
+    tokens: Vec<verdict_web::api::Token>,
     sinks: Vec<verdict_outbox::Sink>,
     policy: Option<ActivePolicy>,
-    tls: Option<std::sync::Arc<crate::tls::CertStore>>,
+    tls: Option<std::sync::Arc<verdict_web::tls::CertStore>>,
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<()> {
     // SIGHUP reloads (the policy and the TLS files listen for it themselves); a handler is
@@ -279,8 +279,8 @@ async fn serve(
         decider,
     )
     .context("starting the projector")?;
-    let api = crate::api::Api {
-        reads: std::sync::Arc::new(crate::api::ReadPool::new(db.clone())),
+    let api = verdict_web::api::Api {
+        reads: std::sync::Arc::new(verdict_web::api::ReadPool::new(db.clone())),
         writer: writer.clone(),
         tokens: std::sync::Arc::new(tokens),
         decides: decider_present,
@@ -305,8 +305,11 @@ async fn serve(
                 projected: projector.projected.clone(),
             })),
         )
-        .merge(crate::api::router(api.clone()))
-        .merge(crate::ui::router(crate::ui::Ui::new(api, tls.is_some())));
+        .merge(verdict_web::api::router(api.clone()))
+        .merge(verdict_web::ui::router(verdict_web::ui::Ui::new(
+            api,
+            tls.is_some(),
+        )));
     let public_routes = health.clone().merge(verdict_ingress::router(ingress));
     let secure = tls.is_some();
     let finish = |routes: Router| {
@@ -317,7 +320,7 @@ async fn serve(
             routes
         }
     };
-    let limits = crate::http::Limits {
+    let limits = verdict_web::http::Limits {
         header_read_timeout: std::time::Duration::from_secs(
             *loaded.config.server.header_read_timeout_secs.get_ref(),
         ),
@@ -336,7 +339,8 @@ async fn serve(
     let mut _cert_watcher = None;
     if let Some(store) = &tls {
         _cert_watcher = Some(
-            crate::tls::watch(std::sync::Arc::clone(store)).context("watching the TLS files")?,
+            crate::tlswatch::watch(std::sync::Arc::clone(store))
+                .context("watching the TLS files")?,
         );
     }
     let scheme = if secure { "https" } else { "http" };
@@ -364,7 +368,7 @@ async fn serve(
             // A line on stdout for scripts and tests that need the port (listen = "...:0").
             println!("verdict listening on {scheme}://{local}");
             let app = finish(public_routes.merge(admin_routes));
-            crate::http::serve(listener, acceptor, app, limits, stopped(stop.clone())).await;
+            verdict_web::http::serve(listener, acceptor, app, limits, stopped(stop.clone())).await;
         }
         Some(admin) => {
             let admin_local = admin.local_addr()?;
@@ -372,14 +376,14 @@ async fn serve(
             println!("verdict listening on {scheme}://{local}");
             println!("verdict admin listening on {scheme}://{admin_local}");
             tokio::join!(
-                crate::http::serve(
+                verdict_web::http::serve(
                     listener,
                     acceptor.clone(),
                     finish(public_routes),
                     limits,
                     stopped(stop.clone()),
                 ),
-                crate::http::serve(
+                verdict_web::http::serve(
                     admin,
                     acceptor,
                     finish(health.merge(admin_routes)),

@@ -6,8 +6,9 @@ use std::process::ExitCode;
 use verdict_log::EventStore as _;
 
 use crate::config::Loaded;
-use crate::{UsageError, api, logcmd};
+use crate::{UsageError, logcmd};
 use verdict_projections as projections;
+use verdict_web::api;
 
 /// Turns transparent huge pages off for this process (Linux; elsewhere nothing to do). A replay
 /// faults in ~500 MB it has not touched before for a million events, and mimalloc asks for

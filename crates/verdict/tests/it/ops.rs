@@ -220,8 +220,8 @@ fn served_routes() -> BTreeSet<String> {
     let mut routes = BTreeSet::new();
     for file in [
         "crates/verdict/src/serve.rs",
-        "crates/verdict/src/api.rs",
-        "crates/verdict/src/ui.rs",
+        "crates/web/src/api.rs",
+        "crates/web/src/ui.rs",
         "crates/ingress/src/handler.rs",
     ] {
         let text = std::fs::read_to_string(format!("{ROOT}/{file}")).unwrap();

@@ -15,11 +15,13 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use verdict_log::{AppendError, EventStore as _, ExportedEntry, LogWriter, SqliteLog};
+use verdict_projections as projections;
 use verdict_projector::{Action, OverrideBody};
 
-use crate::config::{Role, Secret};
+use crate::Role;
 use verdict_ingress::json_response;
-use verdict_projections as projections;
+
+use crate::error::{Result, WebError};
 
 /// A configured token: its holder, role and the SHA-256 of the token (compared in constant
 /// time; the token itself is not kept).
@@ -32,11 +34,11 @@ pub struct Token {
 
 impl Token {
     /// From the config's (name, role, token).
-    pub fn new(name: String, role: Role, token: &Secret) -> Self {
+    pub fn new(name: String, role: Role, token: &str) -> Self {
         Self {
             name,
             role,
-            digest: Sha256::digest(token.expose().as_bytes()).into(),
+            digest: Sha256::digest(token.as_bytes()).into(),
         }
     }
 }
@@ -84,8 +86,8 @@ impl ReadPool {
     /// Runs `f` with a connection on the blocking pool.
     pub async fn run<T: Send + 'static>(
         self: &Arc<Self>,
-        f: impl FnOnce(&SqliteLog) -> anyhow::Result<T> + Send + 'static,
-    ) -> anyhow::Result<T> {
+        f: impl FnOnce(&SqliteLog) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
         let pool = Arc::clone(self);
         tokio::task::spawn_blocking(move || {
             let conn = match pool.idle.lock().ok().and_then(|mut v| v.pop()) {
@@ -157,7 +159,7 @@ pub enum Known {
 /// Looks a session up in the projections; if it is not there, looks again once the projector
 /// has caught up with everything acknowledged before this call (at most [`SETTLE`]), so an
 /// override sent right after the delivery's 200 finds its session. Known sessions never wait.
-pub async fn known(api: &Api, id: &str) -> anyhow::Result<Known> {
+pub async fn known(api: &Api, id: &str) -> Result<Known> {
     let exists = || {
         let lookup = id.to_owned();
         api.reads
@@ -184,7 +186,7 @@ async fn current_decision_after(
     api: &Api,
     id: &str,
     seq: u64,
-) -> anyhow::Result<Option<serde_json::Value>> {
+) -> Result<Option<serde_json::Value>> {
     if !projected_to(api, seq, settle_deadline()).await {
         return Ok(None);
     }
@@ -214,9 +216,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<anyhow::Error> for ApiError {
-    fn from(e: anyhow::Error) -> Self {
-        tracing::error!(error = %format!("{e:#}"), "API request failed");
+impl From<WebError> for ApiError {
+    fn from(e: WebError) -> Self {
+        tracing::error!(error = %e, "API request failed");
         Self(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
     }
 }
@@ -548,7 +550,7 @@ async fn override_session(
             ));
         }
     }
-    let event = projections::override_event(&body).map_err(anyhow::Error::from)?;
+    let event = projections::override_event(&body).map_err(WebError::from)?;
     let seq = match api.writer.append(event).await {
         Ok(a) => a.seq(),
         Err(AppendError::Unavailable(_) | AppendError::Closed) => {
@@ -615,47 +617,14 @@ async fn decisions(
     }
 }
 
-/// The decisions in a seq range, oldest first: a range of the `events_internal` index
-/// (migration 0006; `INDEXED BY` makes a statement that cannot use it an error, not a read of
-/// every internal entry).
-pub(crate) const DECISIONS_AFTER: &str = concat!(
-    "SELECT seq, body, body_encoding FROM events INDEXED BY events_internal WHERE ",
-    internal_decisions_sql!(),
-    " AND seq > ?1 AND seq <= ?2 ORDER BY seq LIMIT ?3"
-);
-
 /// Up to `limit` decisions after `after`, as JSON objects with their seq, and the cursor: the
 /// last decision's seq, or the head that was read when fewer than `limit` were found (so the
 /// next call skips the entries already looked at).
-fn decisions_after(
-    log: &SqliteLog,
-    after: u64,
-    limit: usize,
-) -> anyhow::Result<(Vec<String>, u64)> {
+fn decisions_after(log: &SqliteLog, after: u64, limit: usize) -> Result<(Vec<String>, u64)> {
     let head = log.head()?.map_or(0, |h| h.seq);
-    let conn = log.connection();
-    let mut stmt = conn.prepare_cached(DECISIONS_AFTER)?;
-    let rows = stmt.query_map(
-        rusqlite::params![
-            i64::try_from(after).unwrap_or(i64::MAX),
-            i64::try_from(head).unwrap_or(i64::MAX),
-            i64::try_from(limit).unwrap_or(1000)
-        ],
-        |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, Vec<u8>>(1)?,
-                r.get::<_, i64>(2)?,
-            ))
-        },
-    )?;
     let mut items = Vec::new();
     let mut last = after;
-    for row in rows {
-        let (seq, stored, encoding) = row?;
-        let seq = u64::try_from(seq).unwrap_or(0);
-        let body = verdict_log::decode_body(encoding, stored)
-            .ok_or_else(|| anyhow::anyhow!("decision seq {seq}: undecodable body"))?;
+    for (seq, body) in log.decisions_between(after, head, limit)? {
         items.push(verdict_outbox::stored_decision_json(&body, seq)?);
         last = seq;
     }
@@ -665,32 +634,4 @@ fn decisions_after(
         last
     };
     Ok((items, next))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The decisions page is a range of the `events_internal` index: no read of every internal
-    /// entry, no sort. (`INDEXED BY` already makes the statement fail where the index cannot
-    /// serve it; the literal source in its text must be the one verdict writes.)
-    #[test]
-    fn decisions_are_read_as_a_range_of_their_index() {
-        assert!(DECISIONS_AFTER.contains(&format!("source = '{}'", verdict_log::INTERNAL_SOURCE)));
-        assert!(
-            DECISIONS_AFTER.contains(&format!("type = '{}'", verdict_projector::fact::DECISION))
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let log = SqliteLog::open(dir.path().join("d.db")).unwrap();
-        let plan = crate::testutil::query_plan(
-            log.connection(),
-            DECISIONS_AFTER,
-            rusqlite::params![0, 10, 5],
-        );
-        assert!(
-            plan.contains("USING INDEX events_internal (type=? AND rowid>? AND rowid<?)"),
-            "{plan}"
-        );
-        assert!(!plan.contains("TEMP B-TREE"), "{plan}");
-    }
 }

@@ -24,12 +24,13 @@ use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use verdict_log::{AppendError, EventStore as _, SqliteLog, rfc3339_ms};
+use verdict_projections as projections;
 use verdict_projector::fact::INTERNAL_SOURCE;
 use verdict_projector::{Action, DecisionBody, Fact, Session, VendorKind, read};
 
+use crate::Role;
 use crate::api::{Api, Caller, Known, authenticate, bearer, validate_override};
-use crate::config::Role;
-use verdict_projections as projections;
+use crate::error::{Result, WebError};
 
 /// The session cookie's name.
 pub const COOKIE: &str = "verdict_ui";
@@ -54,7 +55,7 @@ struct Logins(Mutex<HashMap<[u8; 32], Login>>);
 
 impl Logins {
     /// A new login for `caller`: the cookie value to send.
-    fn create(&self, caller: Caller) -> anyhow::Result<String> {
+    fn create(&self, caller: Caller) -> Result<String> {
         let cookie = random_token()?;
         let login = Login {
             caller,
@@ -64,7 +65,7 @@ impl Logins {
         let mut map = self
             .0
             .lock()
-            .map_err(|_| anyhow::anyhow!("login table poisoned"))?;
+            .map_err(|_| WebError::Internal("login table poisoned".into()))?;
         let now = Instant::now();
         map.retain(|_, l| l.expires > now);
         // One holder's logins are capped (the oldest goes), so nobody can push others out.
@@ -108,9 +109,9 @@ fn digest(s: &str) -> [u8; 32] {
 }
 
 /// 32 bytes from the operating system's generator, hex-encoded.
-fn random_token() -> anyhow::Result<String> {
+fn random_token() -> Result<String> {
     let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    getrandom::fill(&mut bytes).map_err(|e| WebError::Internal(format!("no randomness: {e}")))?;
     Ok(hex::encode(bytes))
 }
 
@@ -359,8 +360,8 @@ fn error_page(status: StatusCode, who: Option<Who>, message: impl Into<String>) 
     )
 }
 
-fn internal(e: &anyhow::Error) -> Response {
-    tracing::error!(error = %format!("{e:#}"), "page failed");
+fn internal(e: &WebError) -> Response {
+    tracing::error!(error = %e, "page failed");
     error_page(
         StatusCode::INTERNAL_SERVER_ERROR,
         None,
@@ -757,11 +758,7 @@ struct SessionPage {
 }
 
 /// Folds the session's entries in seq order, noting what each one said and changed.
-fn timeline(
-    log: &SqliteLog,
-    id: &str,
-    decides: bool,
-) -> anyhow::Result<Option<(Summary, Vec<Item>)>> {
+fn timeline(log: &SqliteLog, id: &str, decides: bool) -> Result<Option<(Summary, Vec<Item>)>> {
     let seqs = projections::entry_seqs(log.connection(), id, u64::MAX >> 1)?;
     if seqs.is_empty() {
         return Ok(None);

@@ -167,6 +167,11 @@ impl CertStore {
         })
     }
 
+    /// The certificate and key files (to watch them).
+    pub fn files(&self) -> [&Path; 2] {
+        [&self.cert, &self.key]
+    }
+
     /// Loads the files again and swaps the pair in if they changed and are good.
     pub fn reload(&self, why: &str) {
         let digest = files_digest(&self.cert, &self.key);
@@ -189,7 +194,7 @@ impl CertStore {
 
     /// The rustls server configuration: this store as the certificate resolver, TLS 1.3 and
     /// 1.2, ALPN h2 then http/1.1.
-    pub fn server_config(self: &Arc<Self>) -> anyhow::Result<rustls::ServerConfig> {
+    pub fn server_config(self: &Arc<Self>) -> Result<rustls::ServerConfig, rustls::Error> {
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
             rustls::crypto::ring::default_provider(),
         ))
@@ -205,17 +210,4 @@ impl ResolvesServerCert for CertStore {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         Some(self.current.load_full())
     }
-}
-
-/// Watches the certificate's and key's directories and listens for SIGHUP; reloads the store
-/// on either. Returns the watcher, which must be kept alive.
-pub fn watch(store: Arc<CertStore>) -> anyhow::Result<crate::watch::Watcher> {
-    let (watcher, mut triggers) = crate::watch::triggers(&[&store.cert, &store.key])?;
-    tokio::spawn(async move {
-        while let Some(why) = triggers.recv().await {
-            let store = Arc::clone(&store);
-            let _ = tokio::task::spawn_blocking(move || store.reload(why)).await;
-        }
-    });
-    Ok(watcher)
 }
