@@ -83,7 +83,7 @@ pub fn policy_decision(
         .unwrap_or(serde_json::Value::Null);
     let d = policy.evaluate(&verdict_rules::Facts::new(details, session));
     Derived {
-        action: Action::parse(d.action.as_str()).unwrap_or(Action::Review),
+        action: d.action,
         source: DecisionSource::Policy,
         rules: d.rules,
         reasons: d.reasons,

@@ -95,38 +95,8 @@ pub struct DecisionBody {
     pub trigger_seq: u64,
 }
 
-/// An analyst's action.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Action {
-    /// Let the user through.
-    Approve,
-    /// Refuse the user.
-    Decline,
-    /// Send to manual review.
-    Review,
-}
-
-impl Action {
-    /// The lowercase name.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Approve => "approve",
-            Self::Decline => "decline",
-            Self::Review => "review",
-        }
-    }
-
-    /// Parses `approve`, `decline` or `review`.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "approve" => Some(Self::Approve),
-            "decline" => Some(Self::Decline),
-            "review" => Some(Self::Review),
-            _ => None,
-        }
-    }
-}
+/// An action: the policy's, an analyst's or the vendor's (one type for all, the rules').
+pub use verdict_rules::Action;
 
 /// The body of an `analyst:override` event (a persisted shape: fields are only ever added).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -27,6 +27,16 @@ impl Action {
             Self::Decline => "decline",
         }
     }
+
+    /// Parses `approve`, `decline` or `review`.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "approve" => Some(Self::Approve),
+            "decline" => Some(Self::Decline),
+            "review" => Some(Self::Review),
+            _ => None,
+        }
+    }
 }
 
 /// A problem in a policy file, located by a byte range of the file.

@@ -4,6 +4,7 @@
 //! readers never wait. A text that does not compile is rejected with its diagnostics in the
 //! log; the old policy stays active and `/readyz` stays ready.
 
+use anyhow::Context as _;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -43,12 +44,12 @@ async fn check(path: &std::path::Path, current: &ArcSwap<Policy>, writer: &LogWr
     }
     match Policy::parse(&text) {
         Ok(policy) => {
-            let active = crate::serve::ActivePolicy {
+            let active = ActivePolicy {
                 policy,
                 text,
                 path: path.to_owned(),
             };
-            if let Err(e) = crate::serve::record_activation(writer, &active).await {
+            if let Err(e) = record_activation(writer, &active).await {
                 metrics::counter!(crate::metrics::POLICY_RELOADS, "result" => "failed")
                     .increment(1);
                 tracing::error!(error = %format!("{e:#}"), "policy reload failed: cannot record it; keeping the active policy");
@@ -71,4 +72,45 @@ async fn check(path: &std::path::Path, current: &ArcSwap<Policy>, writer: &LogWr
             );
         }
     }
+}
+
+/// The compiled policy with the text it was compiled from.
+#[derive(Debug)]
+pub struct ActivePolicy {
+    /// The compiled policy.
+    pub policy: verdict_rules::Policy,
+    /// Its text.
+    pub text: String,
+    /// Where it was read.
+    pub path: std::path::PathBuf,
+}
+
+/// Appends `policy:activated` with the policy's full text, once per distinct text (the dedupe
+/// key is its SHA-256), so every decision can be re-derived from the log alone.
+pub async fn record_activation(
+    writer: &verdict_log::LogWriter,
+    active: &ActivePolicy,
+) -> anyhow::Result<u64> {
+    let p = &active.policy;
+    let body = serde_json::json!({
+        "name": p.name,
+        "version": p.version,
+        "sha256": p.sha256,
+        "path": active.path.display().to_string(),
+        "text": active.text,
+    });
+    let event = verdict_log::NewEvent::new(
+        verdict_log::INTERNAL_SOURCE,
+        verdict_projections::POLICY_ACTIVATED,
+        format!("policy:{}", p.sha256),
+        serde_json::to_vec(&body)?,
+    );
+    let appended = writer
+        .append(event)
+        .await
+        .context("recording the policy activation")?;
+    if !appended.is_duplicate() {
+        tracing::info!(seq = appended.seq(), sha256 = %p.sha256, "policy activation recorded");
+    }
+    Ok(appended.seq())
 }

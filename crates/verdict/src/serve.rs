@@ -37,7 +37,7 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
     // The policy must compile; without [policy] verdict still ingests, but is not ready.
     let policy = match loaded.policy_path().map_err(UsageError)? {
         Some(path) => match crate::policycmd::compile_file(path)? {
-            Ok((policy, text)) => Some(ActivePolicy {
+            Ok((policy, text)) => Some(crate::reload::ActivePolicy {
                 policy,
                 text,
                 path: path.to_owned(),
@@ -52,7 +52,7 @@ pub fn run(loaded: &Loaded) -> anyhow::Result<()> {
         },
         None => None,
     };
-    if let Some(ActivePolicy { policy: p, .. }) = &policy {
+    if let Some(crate::reload::ActivePolicy { policy: p, .. }) = &policy {
         tracing::info!(name = %p.name, version = %p.version, rules = p.rules.len(), sha256 = %p.sha256, "policy loaded");
     }
     let listeners = 1 + usize::from(loaded.admin_listen().is_some());
@@ -104,50 +104,12 @@ fn raise_open_files(needed: usize) {
     let _ = needed;
 }
 
-/// The compiled policy with the text it was compiled from.
-#[derive(Debug)]
-pub struct ActivePolicy {
-    /// The compiled policy.
-    pub policy: verdict_rules::Policy,
-    /// Its text.
-    pub text: String,
-    /// Where it was read.
-    pub path: std::path::PathBuf,
-}
-
-/// Appends `policy:activated` with the policy's full text, once per distinct text (the dedupe
-/// key is its SHA-256), so every decision can be re-derived from the log alone.
-pub async fn record_activation(writer: &LogWriter, active: &ActivePolicy) -> anyhow::Result<u64> {
-    let p = &active.policy;
-    let body = serde_json::json!({
-        "name": p.name,
-        "version": p.version,
-        "sha256": p.sha256,
-        "path": active.path.display().to_string(),
-        "text": active.text,
-    });
-    let event = verdict_log::NewEvent::new(
-        verdict_log::INTERNAL_SOURCE,
-        verdict_projections::POLICY_ACTIVATED,
-        format!("policy:{}", p.sha256),
-        serde_json::to_vec(&body)?,
-    );
-    let appended = writer
-        .append(event)
-        .await
-        .context("recording the policy activation")?;
-    if !appended.is_duplicate() {
-        tracing::info!(seq = appended.seq(), sha256 = %p.sha256, "policy activation recorded");
-    }
-    Ok(appended.seq())
-}
-
 async fn serve(
     loaded: &Loaded,
     sources: Vec<verdict_ingress::Source>,
     tokens: Vec<verdict_web::api::Token>,
     sinks: Vec<verdict_outbox::Sink>,
-    policy: Option<ActivePolicy>,
+    policy: Option<crate::reload::ActivePolicy>,
     tls: Option<std::sync::Arc<verdict_web::tls::CertStore>>,
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<()> {
@@ -208,7 +170,7 @@ async fn serve(
     let writer = LogWriter::open(db, writer_config)
         .with_context(|| format!("opening the log at {}", db.display()))?;
     if let Some(active) = &policy {
-        record_activation(&writer, active).await?;
+        crate::reload::record_activation(&writer, active).await?;
     }
     spawn_recovery(writer.clone(), stop.clone());
     let policy_loaded = policy.is_some();
