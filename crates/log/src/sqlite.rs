@@ -501,6 +501,23 @@ const ALL_DECISIONS: &str = concat!(
 );
 
 impl SqliteLog {
+    /// The decoded body of the entry at `seq`, if there is one (reads only the body, not the
+    /// entry's other fields).
+    pub fn body(&self, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT body, body_encoding FROM events WHERE seq = ?1")?;
+        let mut rows = stmt.query([to_i64(seq)])?;
+        let Some(row) = rows.next()? else {
+            return Ok(None);
+        };
+        let body = decode_body(row.get(1)?, row.get(0)?).ok_or_else(|| StoreError::Corrupt {
+            seq,
+            what: "the stored body cannot be decoded".into(),
+        })?;
+        Ok(Some(body))
+    }
+
     /// verdict's decision entries with `after < seq <= upto`, at most `limit`, oldest first, as
     /// (seq, decoded body).
     pub fn decisions_between(

@@ -302,6 +302,26 @@ pub fn quarantined_between(
     Ok(rows)
 }
 
+/// Every session with a finished event, as (that event's seq, the stored row), in the order
+/// of that event: what `verdict policy backtest` evaluates.
+pub fn finished_sessions(conn: &Connection) -> Result<Vec<(u64, StoredSession)>> {
+    let mut stmt = conn.prepare(
+        // The finished event's seq: the third item of its order key (an object's `seq` in rows
+        // written before order keys were stored as arrays).
+        "SELECT session_id, vendor_status, updated_at, state, \
+         coalesce(json_extract(state, '$.finished[2]'), \
+         json_extract(state, '$.finished.seq')) AS f FROM sessions \
+         WHERE f IS NOT NULL ORDER BY f",
+    )?;
+    let mut rows = stmt.query([])?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(4)?;
+        out.push((u64::try_from(seq).unwrap_or(0), session_row(row)?));
+    }
+    Ok(out)
+}
+
 /// Whether the entry at `seq` belongs to session `id`.
 pub fn entry_of(conn: &Connection, id: &str, seq: u64) -> Result<bool> {
     Ok(conn

@@ -45,25 +45,7 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
     let recorded = recorded_policy_decisions(&log)?;
     // Every session with a finished event, in the order of that event (the states are parsed
     // by the workers).
-    let mut sessions: Vec<(u64, projections::StoredSession)> = Vec::new();
-    {
-        let mut stmt = log.connection().prepare(
-            // The finished event's seq: the third item of its order key (an object's `seq`
-            // in rows written before order keys were stored as arrays).
-            "SELECT session_id, vendor_status, updated_at, state, \
-             coalesce(json_extract(state, '$.finished[2]'), \
-             json_extract(state, '$.finished.seq')) AS f FROM sessions \
-             WHERE f IS NOT NULL ORDER BY f",
-        )?;
-        let mut rows = stmt.query([])?;
-        while let Some(row) = rows.next()? {
-            let seq: i64 = row.get(4)?;
-            sessions.push((
-                u64::try_from(seq).unwrap_or(0),
-                projections::session_row(row)?,
-            ));
-        }
-    }
+    let sessions = projections::finished_sessions(log.connection())?;
     let total = sessions.len() as u64;
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(total),
@@ -85,18 +67,11 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
                 let (cand, recorded, done, path) = (&cand, &recorded, &done, &path);
                 scope.spawn(move || -> anyhow::Result<Vec<Outcome>> {
                     let log = SqliteLog::open_read_only(path)?;
-                    let mut stmt = log
-                        .connection()
-                        .prepare_cached("SELECT body, body_encoding FROM events WHERE seq = ?1")?;
                     let mut out = Vec::with_capacity(part.len());
                     for (seq, stored) in part {
                         let s: Session = stored.read()?;
-                        let (stored, encoding): (Vec<u8>, i64) = stmt
-                            .query_row([i64::try_from(*seq).unwrap_or(i64::MAX)], |r| {
-                                Ok((r.get(0)?, r.get(1)?))
-                            })?;
-                        let Some(raw) = verdict_log::decode_body(encoding, stored) else {
-                            anyhow::bail!("seq {seq}: the stored body cannot be decoded");
+                        let Some(raw) = log.body(*seq)? else {
+                            anyhow::bail!("seq {seq}: the finished event is not in the log");
                         };
                         let candidate =
                             projections::policy_decision(cand, &raw, projections::session_json(&s))
