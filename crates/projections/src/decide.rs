@@ -9,8 +9,7 @@ use verdict_projector::{
 
 #[allow(unused_imports)]
 use crate::error::{ProjectionError, Result};
-#[allow(unused_imports)]
-use crate::{read::*, replay::*, rows::*, runner::*, write::*};
+use crate::read::session_json;
 
 /// Decides while the projector folds: the active policy and where decision events go.
 #[derive(Debug, Clone)]

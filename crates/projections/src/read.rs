@@ -12,8 +12,9 @@ use verdict_projector::{Fact, OverrideBody, Session, read};
 
 #[allow(unused_imports)]
 use crate::error::{ProjectionError, Result};
-#[allow(unused_imports)]
-use crate::{decide::*, replay::*, rows::*, runner::*, write::*};
+use crate::rows::{
+    SELECT_SESSION, StoredSession, i64_of, recorded, session_row, session_row_for_digest,
+};
 
 /// The digest of the stored (incrementally built) projections.
 pub fn stored_digest(conn: &Connection) -> Result<String> {
@@ -300,6 +301,32 @@ pub fn quarantined_between(
         .map(|r| r.map(|(s, reason)| (u64::try_from(s).unwrap_or(0), reason)))
         .collect::<Result<HashMap<u64, String>, _>>()?;
     Ok(rows)
+}
+
+/// Checks an override request; the error is the 400 message.
+pub fn validate_override(
+    session_id: &str,
+    actor: &str,
+    action: &str,
+    reason: &str,
+    ticket: Option<String>,
+) -> Result<OverrideBody, String> {
+    let action = verdict_projector::Action::parse(action)
+        .ok_or("action must be approve, decline or review")?;
+    let reason = reason.trim();
+    if reason.is_empty() {
+        return Err("reason must not be empty".into());
+    }
+    if reason.len() > 4000 || ticket.as_ref().is_some_and(|t| t.len() > 200) {
+        return Err("reason (4000 bytes) or ticket (200 bytes) too long".into());
+    }
+    Ok(OverrideBody {
+        session_id: session_id.to_owned(),
+        actor: actor.to_owned(),
+        action,
+        reason: reason.to_owned(),
+        ticket: ticket.filter(|t| !t.trim().is_empty()),
+    })
 }
 
 /// Every session with a finished event, as (that event's seq, the stored row), in the order

@@ -7,10 +7,15 @@ use verdict_projector::fact::INTERNAL_SOURCE;
 
 use verdict_projector::{Fact, Projection, Recorded, Session, into_fact_session, read};
 
+use crate::decide::{Call, call_for};
 #[allow(unused_imports)]
 use crate::error::{ProjectionError, Result};
-#[allow(unused_imports)]
-use crate::{decide::*, read::*, rows::*, runner::*, write::*};
+use crate::read::{session_json, stored_digest};
+use crate::rows::{POLICY_ACTIVATED, PROJECTOR, i64_of};
+use crate::write::{
+    LINKS_INTO, Links, Quarantined, SAVE_SESSION, decided_action, insert_rows, save_session,
+    set_checkpoint, values_sql, with_serialized, write_links, write_quarantined,
+};
 
 /// Rebuilds every projection from the log in one transaction. Returns the projection (for its
 /// digest). `progress` is called with (entries done, total).

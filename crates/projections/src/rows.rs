@@ -9,8 +9,6 @@ use verdict_projector::{Recorded, Session};
 
 #[allow(unused_imports)]
 use crate::error::{ProjectionError, Result};
-#[allow(unused_imports)]
-use crate::{decide::*, read::*, replay::*, runner::*, write::*};
 
 /// The type of the entry that records a policy's text when it becomes active.
 pub const POLICY_ACTIVATED: &str = "policy:activated";

@@ -8,10 +8,11 @@ use std::time::Duration;
 use tokio::sync::watch;
 use verdict_log::{Committed, EventStore, SqliteLog};
 
+use crate::decide::Decider;
 #[allow(unused_imports)]
 use crate::error::{ProjectionError, Result};
-#[allow(unused_imports)]
-use crate::{decide::*, read::*, replay::*, rows::*, write::*};
+use crate::rows::{BATCH, FLUSH_EVERY, PROJECTOR, checkpoint, recorded};
+use crate::write::{Unflushed, committed_recorded};
 
 /// The entries the writer handed over ([`verdict_log::Tail`]) and not yet folded.
 pub(crate) struct Handed {

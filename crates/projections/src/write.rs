@@ -10,10 +10,10 @@ use verdict_projector::{
     Action, DecisionBody, DecisionSource, Fact, Projection, Recorded, Session, fact_session, read,
 };
 
+use crate::decide::{Decider, decide, decision_event};
 #[allow(unused_imports)]
 use crate::error::{ProjectionError, Result};
-#[allow(unused_imports)]
-use crate::{decide::*, read::*, replay::*, rows::*, runner::*};
+use crate::rows::{BATCH, FLUSH_EVERY, PROJECTOR, i64_of, load_session};
 
 /// What the projector has folded but not yet written: sessions, links, quarantined entries,
 /// the newest seq folded, and the decision appends submitted to the writer and not yet known to

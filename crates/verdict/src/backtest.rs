@@ -46,6 +46,19 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
     // Every session with a finished event, in the order of that event (the states are parsed
     // by the workers).
     let sessions = projections::finished_sessions(log.connection())?;
+    let outcomes = evaluate(&loaded.config.storage.path, &cand, &recorded, &sessions)?;
+    report(&cand, &outcomes, started.elapsed().as_secs_f64())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Evaluates the candidate on every session (the states are parsed by the workers), on every
+/// core, with a progress bar.
+fn evaluate(
+    path: &Path,
+    cand: &verdict_rules::Policy,
+    recorded: &std::collections::HashMap<String, Action>,
+    sessions: &[(u64, projections::StoredSession)],
+) -> anyhow::Result<Vec<Outcome>> {
     let total = sessions.len() as u64;
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(total),
@@ -59,12 +72,11 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
     let done = AtomicU64::new(0);
     let threads = std::thread::available_parallelism().map_or(2, usize::from);
     let chunk = sessions.len().div_ceil(threads).max(1);
-    let path = loaded.config.storage.path.clone();
     let outcomes: Vec<anyhow::Result<Vec<Outcome>>> = std::thread::scope(|scope| {
         let workers: Vec<_> = sessions
             .chunks(chunk)
             .map(|part| {
-                let (cand, recorded, done, path) = (&cand, &recorded, &done, &path);
+                let done = &done;
                 scope.spawn(move || -> anyhow::Result<Vec<Outcome>> {
                     let log = SqliteLog::open_read_only(path)?;
                     let mut out = Vec::with_capacity(part.len());
@@ -100,10 +112,20 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
             .collect()
     });
     bar.finish_and_clear();
+    let mut all = Vec::with_capacity(sessions.len());
+    for part in outcomes {
+        all.extend(part?);
+    }
+    Ok(all)
+}
+
+/// Prints how many decisions would change, from what to what, and the agreement with analysts.
+fn report(cand: &verdict_rules::Policy, outcomes: &[Outcome], secs: f64) -> anyhow::Result<()> {
+    let total = outcomes.len() as u64;
     let mut changes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let (mut changed, mut overridden, mut agree_rec, mut agree_cand) = (0u64, 0u64, 0u64, 0u64);
-    for part in outcomes {
-        for o in part? {
+    for o in outcomes {
+        {
             if o.recorded != Some(o.candidate) {
                 changed += 1;
                 *changes
@@ -120,7 +142,6 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let secs = started.elapsed().as_secs_f64();
     let pct = |n: u64, of: u64| {
         if of == 0 {
             0.0
@@ -162,7 +183,7 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
             pct(agree_rec, overridden)
         )?;
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(())
 }
 
 /// The newest decision of source `policy` of each session, read from the log.

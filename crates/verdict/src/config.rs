@@ -390,6 +390,15 @@ impl Loaded {
     }
 
     fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_server()?;
+        self.validate_sources()?;
+        self.validate_tokens()?;
+        self.validate_delivery()?;
+        self.validate_sinks()
+    }
+
+    /// The `[server]` section: addresses, limits and timeouts.
+    fn validate_server(&self) -> Result<(), ConfigError> {
         let c = &self.config;
         if c.server.listen.get_ref().parse::<SocketAddr>().is_err() {
             return self.err(
@@ -456,6 +465,12 @@ impl Loaded {
                 "max_connections must be at least 1",
             );
         }
+        Ok(())
+    }
+
+    /// The `[[sources]]`: names, secrets, tolerances.
+    fn validate_sources(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
         let mut names = HashSet::new();
         for s in &c.sources {
             let name = s.name.get_ref();
@@ -502,6 +517,12 @@ impl Loaded {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The `[[tokens]]`: one name per holder.
+    fn validate_tokens(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
         let mut token_names = HashSet::new();
         for t in &c.tokens {
             if t.name.get_ref().is_empty() {
@@ -515,6 +536,12 @@ impl Loaded {
                 );
             }
         }
+        Ok(())
+    }
+
+    /// The `[delivery]` settings.
+    fn validate_delivery(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
         let d = &c.delivery;
         if d.timeout_secs == 0
             || d.max_attempts == 0
@@ -535,6 +562,12 @@ impl Loaded {
                 message: "[delivery] jitter must be between 0 and 1".into(),
             });
         }
+        Ok(())
+    }
+
+    /// The `[[sinks]]`: names and URLs.
+    fn validate_sinks(&self) -> Result<(), ConfigError> {
+        let c = &self.config;
         let mut sink_names = HashSet::new();
         for s in &c.sinks {
             if !sink_names.insert(s.name.get_ref().as_str()) {

@@ -244,64 +244,8 @@ fn main() -> ExitCode {
 }
 
 fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
-    // A policy given by path needs no config.
-    match &cli.command {
-        Command::Policy {
-            command: PolicyCommand::Check { path: Some(path) },
-        } => {
-            return policycmd::check(path);
-        }
-        Command::Policy {
-            command: PolicyCommand::Test { path: Some(path) },
-        } => {
-            return policycmd::test(path);
-        }
-        // The demo makes its own config.
-        Command::Demo { sessions } => return demo::run(*sessions),
-        // The simulator is a client: it needs no config either.
-        Command::Simulate {
-            url,
-            secret,
-            sessions,
-            rate,
-            duplicates,
-            reorder,
-            seed,
-            header,
-            concurrency,
-        } => {
-            for (name, p) in [("--duplicates", duplicates), ("--reorder", reorder)] {
-                if !(0.0..=1.0).contains(p) {
-                    return Err(UsageError(config::ConfigError::usage(format!(
-                        "{name} must be between 0 and 1"
-                    )))
-                    .into());
-                }
-            }
-            let options = simulate::Options {
-                url: url.clone(),
-                secret: secret.clone(),
-                sessions: *sessions,
-                rate: *rate,
-                duplicates: *duplicates,
-                reorder: *reorder,
-                seed: *seed,
-                header: header.clone(),
-                concurrency: *concurrency,
-                max_retries: 5,
-                backoff: std::time::Duration::from_millis(200),
-            };
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let ok = runtime.block_on(simulate::run(options))?;
-            return Ok(if ok {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(1)
-            });
-        }
-        _ => {}
+    if let Some(done) = run_without_config(&cli.command) {
+        return done;
     }
     let loaded = config::Loaded::load(&cli.config).map_err(UsageError)?;
     match &cli.command {
@@ -313,59 +257,16 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             command: LogCommand::Export { after },
         } => logcmd::export(&loaded, *after).map(|()| ExitCode::SUCCESS),
         Command::Replay => sessioncmd::replay(&loaded),
-        // Handled above, before the config is read.
+        // Handled by `run_without_config`.
         Command::Simulate { .. } | Command::Demo { .. } => Ok(ExitCode::from(2)),
-        Command::Policy {
-            command: PolicyCommand::Backtest { policy },
-        } => backtest::run(&loaded, policy),
-        Command::Policy { command } => {
-            let (path, check) = match command {
-                PolicyCommand::Check { path } => (path, true),
-                PolicyCommand::Test { path } => (path, false),
-                PolicyCommand::Backtest { .. } => return Ok(ExitCode::from(2)), // matched above
-            };
-            let path = match (path, &loaded.config.policy) {
-                (Some(p), _) => p.clone(),
-                (None, Some(p)) => p.path.get_ref().clone(),
-                (None, None) => {
-                    return Err(UsageError(config::ConfigError::usage(format!(
-                        "no [policy] in {} and no PATH given",
-                        loaded.file.display()
-                    )))
-                    .into());
-                }
-            };
-            if check {
-                policycmd::check(&path)
-            } else {
-                policycmd::test(&path)
-            }
-        }
+        Command::Policy { command } => policy(&loaded, command),
         Command::Session {
             command: SessionCommand::Show { id, as_of },
         } => sessioncmd::show(&loaded, id, *as_of),
         Command::Session {
             command: SessionCommand::History { id },
         } => sessioncmd::history(&loaded, id),
-        Command::Deliveries { command } => match command {
-            DeliveriesCommand::List {
-                dead,
-                all,
-                limit,
-                json,
-            } => {
-                let filter = match (dead, all) {
-                    (true, _) => verdict_outbox::Filter::Dead,
-                    (false, true) => verdict_outbox::Filter::All,
-                    (false, false) => verdict_outbox::Filter::Undelivered,
-                };
-                deliverycmd::list(&loaded, filter, *limit, *json)
-            }
-            DeliveriesCommand::Retry { id, all_dead } => {
-                deliverycmd::retry(&loaded, *id, *all_dead)
-            }
-            DeliveriesCommand::Enable { sink } => deliverycmd::enable(&loaded, sink),
-        },
+        Command::Deliveries { command } => deliveries(&loaded, command),
         Command::Override {
             id,
             action,
@@ -373,6 +274,116 @@ fn run(cli: &Cli) -> anyhow::Result<ExitCode> {
             actor,
             ticket,
         } => sessioncmd::override_session(&loaded, id, action, reason, actor, ticket.clone()),
+    }
+}
+
+/// The commands that need no config: a policy given by path, the demo (it writes its own),
+/// the simulator (a client). `None` for the others.
+fn run_without_config(command: &Command) -> Option<anyhow::Result<ExitCode>> {
+    match command {
+        Command::Policy {
+            command: PolicyCommand::Check { path: Some(path) },
+        } => Some(policycmd::check(path)),
+        Command::Policy {
+            command: PolicyCommand::Test { path: Some(path) },
+        } => Some(policycmd::test(path)),
+        Command::Demo { sessions } => Some(demo::run(*sessions)),
+        Command::Simulate { .. } => Some(simulate_command(command)),
+        _ => None,
+    }
+}
+
+/// `verdict simulate`.
+fn simulate_command(command: &Command) -> anyhow::Result<ExitCode> {
+    let Command::Simulate {
+        url,
+        secret,
+        sessions,
+        rate,
+        duplicates,
+        reorder,
+        seed,
+        header,
+        concurrency,
+    } = command
+    else {
+        return Ok(ExitCode::from(2));
+    };
+    for (name, p) in [("--duplicates", duplicates), ("--reorder", reorder)] {
+        if !(0.0..=1.0).contains(p) {
+            return Err(UsageError(config::ConfigError::usage(format!(
+                "{name} must be between 0 and 1"
+            )))
+            .into());
+        }
+    }
+    let options = simulate::Options {
+        url: url.clone(),
+        secret: secret.clone(),
+        sessions: *sessions,
+        rate: *rate,
+        duplicates: *duplicates,
+        reorder: *reorder,
+        seed: *seed,
+        header: header.clone(),
+        concurrency: *concurrency,
+        max_retries: 5,
+        backoff: std::time::Duration::from_millis(200),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let ok = runtime.block_on(simulate::run(options))?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+/// `verdict policy check|test|backtest` with the config (the configured policy by default).
+fn policy(loaded: &config::Loaded, command: &PolicyCommand) -> anyhow::Result<ExitCode> {
+    let (path, check) = match command {
+        PolicyCommand::Backtest { policy } => return backtest::run(loaded, policy),
+        PolicyCommand::Check { path } => (path, true),
+        PolicyCommand::Test { path } => (path, false),
+    };
+    let path = match (path, &loaded.config.policy) {
+        (Some(p), _) => p.clone(),
+        (None, Some(p)) => p.path.get_ref().clone(),
+        (None, None) => {
+            return Err(UsageError(config::ConfigError::usage(format!(
+                "no [policy] in {} and no PATH given",
+                loaded.file.display()
+            )))
+            .into());
+        }
+    };
+    if check {
+        policycmd::check(&path)
+    } else {
+        policycmd::test(&path)
+    }
+}
+
+/// `verdict deliveries list|retry|enable`.
+fn deliveries(loaded: &config::Loaded, command: &DeliveriesCommand) -> anyhow::Result<ExitCode> {
+    match command {
+        DeliveriesCommand::List {
+            dead,
+            all,
+            limit,
+            json,
+        } => {
+            let filter = match (dead, all) {
+                (true, _) => verdict_outbox::Filter::Dead,
+                (false, true) => verdict_outbox::Filter::All,
+                (false, false) => verdict_outbox::Filter::Undelivered,
+            };
+            deliverycmd::list(loaded, filter, *limit, *json)
+        }
+        DeliveriesCommand::Retry { id, all_dead } => deliverycmd::retry(loaded, *id, *all_dead),
+        DeliveriesCommand::Enable { sink } => deliverycmd::enable(loaded, sink),
     }
 }
 

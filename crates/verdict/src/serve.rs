@@ -113,21 +113,73 @@ async fn serve(
     tls: Option<std::sync::Arc<verdict_web::tls::CertStore>>,
     metrics_handle: metrics_exporter_prometheus::PrometheusHandle,
 ) -> anyhow::Result<()> {
-    // SIGHUP reloads (the policy and the TLS files listen for it themselves); a handler is
-    // installed first thing, so it never falls back to the default action (terminating
-    // verdict), whatever is configured and however long start-up takes.
-    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing the SIGHUP handler")?;
+    handle_signals()?;
+    // Set once SIGTERM/SIGINT arrives: ends long polls and the dispatcher.
+    let (stop_tx, stop) = tokio::sync::watch::channel(false);
+    let db = &loaded.config.storage.path;
+    // Wakes the delivery dispatcher when a batch committed outbox rows (decisions for sinks).
+    let outbox_wake = std::sync::Arc::new(tokio::sync::Notify::new());
+    let (writer, tail_rx) = open_writer(db, std::sync::Arc::clone(&outbox_wake))?;
+    if let Some(active) = &policy {
+        crate::reload::record_activation(&writer, active).await?;
+    }
+    spawn_recovery(writer.clone(), stop.clone());
+    let state = AppState {
+        writer: writer.clone(),
+        policy_loaded: policy.is_some(),
+    };
+    let (decider, _policy_watcher) = start_decider(policy, &writer, &sinks)?;
+    let decides = decider.is_some();
+    let dispatcher = start_dispatcher(loaded, sinks, outbox_wake, stop.clone())?;
+    let projector = verdict_projections::spawn_runner(
+        db.clone(),
+        writer.subscribe(),
+        Some(tail_rx),
+        tokio::runtime::Handle::current(),
+        decider,
+    )
+    .context("starting the projector")?;
+    let api = verdict_web::api::Api {
+        reads: std::sync::Arc::new(verdict_web::api::ReadPool::new(db.clone())),
+        writer: writer.clone(),
+        tokens: std::sync::Arc::new(tokens),
+        decides,
+        projected: projector.projected.clone(),
+        stop: stop.clone(),
+        throttle: std::sync::Arc::default(),
+    };
+    let scrape = crate::metrics::Scrape {
+        handle: metrics_handle,
+        committed: writer.subscribe(),
+        projected: projector.projected.clone(),
+    };
+    let routes = Routes::new(loaded, sources, &writer, state, api, scrape, tls.is_some());
+    listen_and_serve(loaded, routes, tls, stop_tx, stop).await?;
+    tracing::info!("HTTP stopped; committing queued appends");
+    writer.close().await;
+    // The writer is gone, so the projector's wait ends once it has caught up.
+    let _ = tokio::task::spawn_blocking(move || projector.thread.join()).await;
+    if let Some(d) = dispatcher {
+        let _ = tokio::task::spawn_blocking(move || d.thread.join()).await;
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+/// SIGHUP reloads (the policy and the TLS files listen for it themselves); a handler is
+/// installed first thing, so it never falls back to the default action (terminating verdict),
+/// whatever is configured and however long start-up takes. A file-size limit (RLIMIT_FSIZE)
+/// reached must fail the write (answered 503, retried by the sender), not kill the process:
+/// SIGXFSZ (25 on Linux) is handled, so write() returns EFBIG instead.
+fn handle_signals() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             tracing::info!("SIGHUP: reloading the policy and the TLS certificate, if configured");
         }
     });
-    // A file-size limit (RLIMIT_FSIZE) reached must fail the write (answered 503, retried by
-    // the sender), not kill the process: SIGXFSZ (25 on Linux) is handled, so write() returns
-    // EFBIG instead.
-    let mut xfsz = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::from_raw(25))
-        .context("installing the SIGXFSZ handler")?;
+    let mut xfsz = signal(SignalKind::from_raw(25)).context("installing the SIGXFSZ handler")?;
     tokio::spawn(async move {
         while xfsz.recv().await.is_some() {
             tracing::warn!(
@@ -135,21 +187,26 @@ async fn serve(
             );
         }
     });
-    // Set once SIGTERM/SIGINT arrives: ends long polls and the dispatcher.
-    let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let db = &loaded.config.storage.path;
-    // Wakes the delivery dispatcher when a batch committed outbox rows (decisions for sinks).
-    let outbox_wake = std::sync::Arc::new(tokio::sync::Notify::new());
-    let on_batch_wake = std::sync::Arc::clone(&outbox_wake);
-    // The projector folds what the writer just committed from memory, not read back. At
-    // most 16 batches of at most 8 MiB of bodies wait: beyond, the projector reads the store.
+    Ok(())
+}
+
+/// The log writer, with the metrics of its batches and checkpoints, waking the dispatcher
+/// after a batch that queued deliveries; and the tail the projector folds from (at most 16
+/// batches wait in memory: beyond, the projector reads the store).
+fn open_writer(
+    db: &std::path::Path,
+    outbox_wake: std::sync::Arc<tokio::sync::Notify>,
+) -> anyhow::Result<(
+    LogWriter,
+    std::sync::mpsc::Receiver<Vec<verdict_log::Committed>>,
+)> {
     let (tail, tail_rx) = verdict_log::Tail::channel(16);
     let writer_config = WriterConfig {
         tail: Some(tail),
         on_batch: Some(std::sync::Arc::new(
             move |stats: verdict_log::WriterStats| {
                 if stats.ok && stats.outbox > 0 {
-                    on_batch_wake.notify_one();
+                    outbox_wake.notify_one();
                 }
                 #[allow(clippy::cast_precision_loss)] // batch sizes are small
                 if stats.ok {
@@ -169,154 +226,186 @@ async fn serve(
     };
     let writer = LogWriter::open(db, writer_config)
         .with_context(|| format!("opening the log at {}", db.display()))?;
-    if let Some(active) = &policy {
-        crate::reload::record_activation(&writer, active).await?;
+    Ok((writer, tail_rx))
+}
+
+/// The decider over the active policy (hot-reloaded: the returned watcher must be kept), or
+/// none without a policy.
+fn start_decider(
+    policy: Option<crate::reload::ActivePolicy>,
+    writer: &LogWriter,
+    sinks: &[verdict_outbox::Sink],
+) -> anyhow::Result<(
+    Option<verdict_projections::Decider>,
+    Option<crate::watch::Watcher>,
+)> {
+    let Some(active) = policy else {
+        return Ok((None, None));
+    };
+    let path = active.path.clone();
+    let current = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(active.policy));
+    let watcher = crate::reload::start(path, std::sync::Arc::clone(&current), writer.clone())
+        .context("watching the policy file")?;
+    let decider = verdict_projections::Decider {
+        policy: current,
+        writer: writer.clone(),
+        sinks: sinks.iter().map(|s| s.name.clone()).collect(),
+    };
+    Ok((Some(decider), Some(watcher)))
+}
+
+/// The delivery dispatcher, when sinks are configured.
+fn start_dispatcher(
+    loaded: &Loaded,
+    sinks: Vec<verdict_outbox::Sink>,
+    wake: std::sync::Arc<tokio::sync::Notify>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<Option<verdict_outbox::Dispatcher>> {
+    if sinks.is_empty() {
+        return Ok(None);
     }
-    spawn_recovery(writer.clone(), stop.clone());
-    let policy_loaded = policy.is_some();
-    let max_body = *loaded.config.server.max_body_bytes.get_ref();
-    let ingress = Ingress::new(sources, max_body, writer.clone())
-        .with_body_budget(*loaded.config.server.max_buffered_body_bytes.get_ref())
-        .with_observer(
-        std::sync::Arc::new(|source: &str, outcome: verdict_ingress::Outcome| {
-            use verdict_ingress::Outcome as O;
-            let (name, reason) = match outcome {
-                O::Accepted => ("accepted", ""),
-                O::Duplicate => ("duplicate", ""),
-                O::Ping => ("ping", ""),
-                O::Rejected(reason) => ("rejected", reason),
-                O::Unavailable => ("unavailable", ""),
-                O::UnknownSource => ("unknown_source", ""),
-            };
-            // An unknown source's name comes from the URL: not a label (unbounded).
-            let source = if matches!(outcome, O::UnknownSource) {
-                "-".to_owned()
-            } else {
-                source.to_owned()
-            };
-            metrics::counter!(crate::metrics::WEBHOOKS, "source" => source, "outcome" => name, "reason" => reason)
-                .increment(1);
-        }),
-    );
-    let decider_present = policy.is_some();
-    let mut _watcher = None;
-    let decider = match policy {
-        Some(active) => {
-            let path = active.path.clone();
-            let current = std::sync::Arc::new(arc_swap::ArcSwap::from_pointee(active.policy));
-            _watcher = Some(
-                crate::reload::start(path, std::sync::Arc::clone(&current), writer.clone())
-                    .context("watching the policy file")?,
-            );
-            Some(verdict_projections::Decider {
-                policy: current,
-                writer: writer.clone(),
-                sinks: sinks.iter().map(|s| s.name.clone()).collect(),
-            })
-        }
-        None => None,
-    };
-    let dispatcher = if sinks.is_empty() {
-        None
-    } else {
-        let names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
-        tracing::info!(sinks = ?names, "delivering decisions");
-        let configured = sinks.clone();
-        Some(
-            verdict_outbox::spawn_dispatcher(
-                || verdict_outbox::SqliteOutbox::open(db, &configured),
-                sinks,
-                loaded.config.delivery.settings(),
-                outbox_wake,
-                stop.clone(),
-            )
-            .with_context(|| format!("starting the delivery of decisions from {}", db.display()))?,
-        )
-    };
-    let projector = verdict_projections::spawn_runner(
-        db.clone(),
-        writer.subscribe(),
-        Some(tail_rx),
-        tokio::runtime::Handle::current(),
-        decider,
+    let db = &loaded.config.storage.path;
+    let names: Vec<&str> = sinks.iter().map(|s| s.name.as_str()).collect();
+    tracing::info!(sinks = ?names, "delivering decisions");
+    let configured = sinks.clone();
+    let dispatcher = verdict_outbox::spawn_dispatcher(
+        || verdict_outbox::SqliteOutbox::open(db, &configured),
+        sinks,
+        loaded.config.delivery.settings(),
+        wake,
+        stop,
     )
-    .context("starting the projector")?;
-    let api = verdict_web::api::Api {
-        reads: std::sync::Arc::new(verdict_web::api::ReadPool::new(db.clone())),
-        writer: writer.clone(),
-        tokens: std::sync::Arc::new(tokens),
-        decides: decider_present,
-        projected: projector.projected.clone(),
-        stop: stop.clone(),
-        throttle: std::sync::Arc::default(),
-    };
-    let state = AppState {
-        writer: writer.clone(),
-        policy_loaded,
-    };
-    let health = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .with_state(state);
-    let admin_routes = Router::new()
-        .route(
-            "/metrics",
-            get(crate::metrics::render).with_state(std::sync::Arc::new(crate::metrics::Scrape {
-                handle: metrics_handle,
-                committed: writer.subscribe(),
-                projected: projector.projected.clone(),
-            })),
+    .with_context(|| format!("starting the delivery of decisions from {}", db.display()))?;
+    Ok(Some(dispatcher))
+}
+
+/// The routes, by where they are served: `public` (webhooks and health) on `listen`, `admin`
+/// (`/v1`, `/ui`, `/metrics`) there too or on `admin_listen`, `health` on both.
+struct Routes {
+    public: Router,
+    admin: Router,
+    health: Router,
+    secure: bool,
+}
+
+impl Routes {
+    fn new(
+        loaded: &Loaded,
+        sources: Vec<verdict_ingress::Source>,
+        writer: &LogWriter,
+        state: AppState,
+        api: verdict_web::api::Api,
+        scrape: crate::metrics::Scrape,
+        secure: bool,
+    ) -> Self {
+        let ingress = Ingress::new(
+            sources,
+            *loaded.config.server.max_body_bytes.get_ref(),
+            writer.clone(),
         )
-        .merge(verdict_web::api::router(api.clone()))
-        .merge(verdict_web::ui::router(verdict_web::ui::Ui::new(
-            api,
-            tls.is_some(),
-        )));
-    let public_routes = health.clone().merge(verdict_ingress::router(ingress));
-    let secure = tls.is_some();
-    let finish = |routes: Router| {
+        .with_body_budget(*loaded.config.server.max_buffered_body_bytes.get_ref())
+        .with_observer(std::sync::Arc::new(observe_webhook));
+        let health = Router::new()
+            .route("/healthz", get(|| async { "ok" }))
+            .route("/readyz", get(readyz))
+            .with_state(state);
+        let admin = Router::new()
+            .route(
+                "/metrics",
+                get(crate::metrics::render).with_state(std::sync::Arc::new(scrape)),
+            )
+            .merge(verdict_web::api::router(api.clone()))
+            .merge(verdict_web::ui::router(verdict_web::ui::Ui::new(
+                api, secure,
+            )));
+        let public = health.clone().merge(verdict_ingress::router(ingress));
+        Self {
+            public,
+            admin,
+            health,
+            secure,
+        }
+    }
+
+    /// Request spans on every route, HSTS under TLS.
+    fn finish(&self, routes: Router) -> Router {
         let routes = routes.layer(axum::middleware::from_fn(request_span));
-        if secure {
+        if self.secure {
             routes.layer(axum::middleware::from_fn(hsts))
         } else {
             routes
         }
+    }
+}
+
+/// Counts every webhook delivery by source, outcome and reason.
+fn observe_webhook(source: &str, outcome: verdict_ingress::Outcome) {
+    use verdict_ingress::Outcome as O;
+    let (name, reason) = match outcome {
+        O::Accepted => ("accepted", ""),
+        O::Duplicate => ("duplicate", ""),
+        O::Ping => ("ping", ""),
+        O::Rejected(reason) => ("rejected", reason),
+        O::Unavailable => ("unavailable", ""),
+        O::UnknownSource => ("unknown_source", ""),
     };
-    let limits = verdict_web::http::Limits {
+    // An unknown source's name comes from the URL: not a label (unbounded).
+    let source = if matches!(outcome, O::UnknownSource) {
+        "-".to_owned()
+    } else {
+        source.to_owned()
+    };
+    metrics::counter!(crate::metrics::WEBHOOKS, "source" => source, "outcome" => name, "reason" => reason)
+        .increment(1);
+}
+
+/// The accept loop's limits from `[server]`.
+fn limits(loaded: &Loaded) -> verdict_web::http::Limits {
+    let server = &loaded.config.server;
+    verdict_web::http::Limits {
         header_read_timeout: std::time::Duration::from_secs(
-            *loaded.config.server.header_read_timeout_secs.get_ref(),
+            *server.header_read_timeout_secs.get_ref(),
         ),
-        request_timeout: std::time::Duration::from_secs(
-            *loaded.config.server.request_timeout_secs.get_ref(),
-        ),
-        max_connections: *loaded.config.server.max_connections.get_ref(),
+        request_timeout: std::time::Duration::from_secs(*server.request_timeout_secs.get_ref()),
+        max_connections: *server.max_connections.get_ref(),
         max_streams: MAX_STREAMS,
-    };
+    }
+}
+
+/// Binds `listen` (and `admin_listen`), announces them on stdout, and serves until SIGTERM or
+/// SIGINT, which also sets `stop`.
+async fn listen_and_serve(
+    loaded: &Loaded,
+    routes: Routes,
+    tls: Option<std::sync::Arc<verdict_web::tls::CertStore>>,
+    stop_tx: tokio::sync::watch::Sender<bool>,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<()> {
+    let limits = limits(loaded);
     let acceptor = match &tls {
         Some(store) => Some(tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(
             store.server_config()?,
         ))),
         None => None,
     };
-    let mut _cert_watcher = None;
-    if let Some(store) = &tls {
-        _cert_watcher = Some(
+    let _cert_watcher = match &tls {
+        Some(store) => Some(
             crate::tlswatch::watch(std::sync::Arc::clone(store))
                 .context("watching the TLS files")?,
-        );
-    }
-    let scheme = if secure { "https" } else { "http" };
+        ),
+        None => None,
+    };
+    let scheme = if routes.secure { "https" } else { "http" };
     let addr = loaded.listen();
     let listener = bind(addr).with_context(|| format!("listening on {addr}"))?;
     let local = listener.local_addr()?;
     let admin = match loaded.admin_listen() {
         Some(admin) => {
-            let l = bind(admin).with_context(|| format!("listening on admin_listen {admin}"))?;
-            Some(l)
+            Some(bind(admin).with_context(|| format!("listening on admin_listen {admin}"))?)
         }
         None => None,
     };
-    tracing::info!(addr = %local, scheme, db = %db.display(), "verdict listening");
+    tracing::info!(addr = %local, scheme, db = %loaded.config.storage.path.display(), "verdict listening");
     let signal = shutdown_signal()?;
     tokio::spawn(async move {
         signal.await;
@@ -325,44 +414,31 @@ async fn serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // A line on stdout for scripts and tests that need the port (listen = "...:0").
+    println!("verdict listening on {scheme}://{local}");
     match admin {
         None => {
-            // A line on stdout for scripts and tests that need the port (listen = "...:0").
-            println!("verdict listening on {scheme}://{local}");
-            let app = finish(public_routes.merge(admin_routes));
-            verdict_web::http::serve(listener, acceptor, app, limits, stopped(stop.clone())).await;
+            let app = routes.finish(routes.public.clone().merge(routes.admin.clone()));
+            verdict_web::http::serve(listener, acceptor, app, limits, stopped(stop)).await;
         }
         Some(admin) => {
             let admin_local = admin.local_addr()?;
             tracing::info!(addr = %admin_local, scheme, "admin routes (/v1, /ui, /metrics) listening");
-            println!("verdict listening on {scheme}://{local}");
             println!("verdict admin listening on {scheme}://{admin_local}");
+            let public = routes.finish(routes.public.clone());
+            let admin_app = routes.finish(routes.health.clone().merge(routes.admin.clone()));
             tokio::join!(
                 verdict_web::http::serve(
                     listener,
                     acceptor.clone(),
-                    finish(public_routes),
+                    public,
                     limits,
-                    stopped(stop.clone()),
+                    stopped(stop.clone())
                 ),
-                verdict_web::http::serve(
-                    admin,
-                    acceptor,
-                    finish(health.merge(admin_routes)),
-                    limits,
-                    stopped(stop.clone()),
-                ),
+                verdict_web::http::serve(admin, acceptor, admin_app, limits, stopped(stop)),
             );
         }
     }
-    tracing::info!("HTTP stopped; committing queued appends");
-    writer.close().await;
-    // The writer is gone, so the projector's wait ends once it has caught up.
-    let _ = tokio::task::spawn_blocking(move || projector.thread.join()).await;
-    if let Some(d) = dispatcher {
-        let _ = tokio::task::spawn_blocking(move || d.thread.join()).await;
-    }
-    tracing::info!("stopped cleanly");
     Ok(())
 }
 

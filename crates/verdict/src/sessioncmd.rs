@@ -8,7 +8,6 @@ use verdict_log::EventStore as _;
 use crate::config::Loaded;
 use crate::{UsageError, logcmd};
 use verdict_projections as projections;
-use verdict_web::api;
 
 /// Turns transparent huge pages off for this process (Linux; elsewhere nothing to do). A replay
 /// faults in ~500 MB it has not touched before for a million events, and mimalloc asks for
@@ -152,7 +151,7 @@ pub fn override_session(
     actor: &str,
     ticket: Option<String>,
 ) -> anyhow::Result<ExitCode> {
-    let body = api::validate_override(id, actor, action, reason, ticket)
+    let body = projections::validate_override(id, actor, action, reason, ticket)
         .map_err(|m| UsageError(crate::config::ConfigError::usage(m)))?;
     let mut log = logcmd::open_rw(loaded)?;
     if !projections::session_exists(log.connection(), id)? {

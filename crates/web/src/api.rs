@@ -14,14 +14,15 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
-use verdict_log::{AppendError, EventStore as _, ExportedEntry, LogWriter, SqliteLog};
+use verdict_log::{EventStore as _, ExportedEntry, LogWriter, SqliteLog};
 use verdict_projections as projections;
-use verdict_projector::{Action, OverrideBody};
+use verdict_projector::Action;
 
 use crate::Role;
 use verdict_ingress::json_response;
 
 use crate::error::{Result, WebError};
+use crate::overrides::Refused;
 
 /// A configured token: its holder, role and the SHA-256 of the token (compared in constant
 /// time; the token itself is not kept).
@@ -499,31 +500,6 @@ struct OverrideRequest {
     ticket: Option<String>,
 }
 
-/// Checks an override request; the error is the 400 message.
-pub fn validate_override(
-    session_id: &str,
-    actor: &str,
-    action: &str,
-    reason: &str,
-    ticket: Option<String>,
-) -> Result<OverrideBody, String> {
-    let action = Action::parse(action).ok_or("action must be approve, decline or review")?;
-    let reason = reason.trim();
-    if reason.is_empty() {
-        return Err("reason must not be empty".into());
-    }
-    if reason.len() > 4000 || ticket.as_ref().is_some_and(|t| t.len() > 200) {
-        return Err("reason (4000 bytes) or ticket (200 bytes) too long".into());
-    }
-    Ok(OverrideBody {
-        session_id: session_id.to_owned(),
-        actor: actor.to_owned(),
-        action,
-        reason: reason.to_owned(),
-        ticket: ticket.filter(|t| !t.trim().is_empty()),
-    })
-}
-
 async fn override_session(
     State(api): State<Api>,
     axum::Extension(caller): axum::Extension<Caller>,
@@ -538,29 +514,34 @@ async fn override_session(
     }
     let req: OverrideRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))?;
-    let body = validate_override(&id, &caller.name, &req.action, &req.reason, req.ticket)
-        .map_err(|m| ApiError(StatusCode::BAD_REQUEST, m))?;
-    match known(&api, &id).await? {
-        Known::Yes => {}
-        Known::No => return Err(ApiError(StatusCode::NOT_FOUND, "unknown session".into())),
-        Known::Behind => {
-            return Err(ApiError(
+    let refused = |status: StatusCode, message: &str| Err(ApiError(status, message.into()));
+    let (seq, body) = match crate::overrides::record(
+        &api,
+        &id,
+        &caller.name,
+        &req.action,
+        &req.reason,
+        req.ticket,
+    )
+    .await
+    {
+        Ok(recorded) => recorded,
+        Err(Refused::Invalid(m)) => return Err(ApiError(StatusCode::BAD_REQUEST, m)),
+        Err(Refused::Unknown) => return refused(StatusCode::NOT_FOUND, "unknown session"),
+        Err(Refused::Behind) => {
+            return refused(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the projections are behind the log; retry shortly".into(),
-            ));
+                "the projections are behind the log; retry shortly",
+            );
         }
-    }
-    let event = projections::override_event(&body).map_err(WebError::from)?;
-    let seq = match api.writer.append(event).await {
-        Ok(a) => a.seq(),
-        Err(AppendError::Unavailable(_) | AppendError::Closed) => {
-            return Err(ApiError(
+        Err(Refused::Unavailable) => {
+            return refused(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "the log cannot be written; retry later".into(),
-            ));
+                "the log cannot be written; retry later",
+            );
         }
+        Err(Refused::Failed(e)) => return Err(e.into()),
     };
-    tracing::info!(session = %id, actor = %caller.name, action = body.action.as_str(), seq, "override recorded");
     let decision = if api.decides {
         current_decision_after(&api, &id, seq).await?
     } else {

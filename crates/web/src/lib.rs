@@ -20,6 +20,7 @@ pub mod api;
 mod error;
 pub mod http;
 pub mod metrics;
+pub mod overrides;
 pub mod throttle;
 pub mod tls;
 pub mod ui;

@@ -23,14 +23,15 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
-use verdict_log::{AppendError, EventStore as _, SqliteLog, rfc3339_ms};
+use verdict_log::{EventStore as _, SqliteLog, rfc3339_ms};
 use verdict_projections as projections;
 use verdict_projector::fact::INTERNAL_SOURCE;
 use verdict_projector::{Action, DecisionBody, Fact, Session, VendorKind, read};
 
 use crate::Role;
-use crate::api::{Api, Caller, Known, authenticate, bearer, validate_override};
+use crate::api::{Api, Caller, authenticate, bearer};
 use crate::error::{Result, WebError};
+use crate::overrides::Refused;
 
 /// The session cookie's name.
 pub const COOKIE: &str = "verdict_ui";
@@ -777,116 +778,19 @@ fn timeline(log: &SqliteLog, id: &str, decides: bool) -> Result<Option<(Summary,
             .map(|(d, _)| (d.action.as_str(), d.source.as_str()));
         let decision_before = decision_before.map(|(a, src)| format!("{a} ({src})"));
         let change = s.apply(&r, &fact);
-        let mut facts = Vec::new();
-        let mut changes = Vec::new();
-        let kind = match &fact {
-            Fact::Vendor {
-                kind,
-                reference_id,
-                user_id,
-                status,
-                actor,
-                ..
-            } => {
-                facts.push(match kind {
-                    VendorKind::Finished => "the vendor finished the session".to_owned(),
-                    VendorKind::StatusUpdated => "the vendor's status was changed".to_owned(),
-                });
-                if let Some(st) = status {
-                    facts.push(format!("status {st}"));
-                }
-                if let Some(a) = actor {
-                    facts.push(format!("changed by {a} at the vendor"));
-                }
-                if reference_id.is_some() || user_id.is_some() {
-                    facts.push(format!(
-                        "reference {}, user {}",
-                        dash(reference_id.as_deref()),
-                        dash(user_id.as_deref())
-                    ));
-                }
-                if change.vendor_status {
-                    changes.push(format!(
-                        "vendor status: {} → {}",
-                        dash(status_before.as_deref()),
-                        dash(s.vendor_status.as_deref())
-                    ));
-                } else if status.is_some() && s.vendor_key.is_some_and(|k| k.seq != seq) {
-                    changes.push(format!(
-                        "older than the current vendor event (#{}) in the vendor's order (event time, then terminal status first): kept in the history, changes nothing current",
-                        s.vendor_key.map_or(0, |k| k.seq)
-                    ));
-                } else if status.is_some() {
-                    changes.push("vendor status unchanged".to_owned());
-                }
-                "event"
-            }
-            Fact::Override(o) => {
-                facts.push(format!(
-                    "{} overrode the decision: {}",
-                    o.actor,
-                    o.action.as_str()
-                ));
-                facts.push(format!("reason: {}", o.reason));
-                if let Some(t) = &o.ticket {
-                    facts.push(format!("ticket: {t}"));
-                }
-                "override"
-            }
-            Fact::Decision(d) => {
-                facts.push(format!(
-                    "decided {} (source: {})",
-                    d.action.as_str(),
-                    d.source.as_str()
-                ));
-                if let Some(p) = &d.policy {
-                    facts.push(policy_label(p));
-                }
-                if !d.rules.is_empty() {
-                    facts.push(format!("rules matched: {}", d.rules.join(", ")));
-                }
-                for reason in &d.reasons {
-                    facts.push(format!("reason: {reason}"));
-                }
-                if let Some(a) = &d.actor {
-                    facts.push(format!("by {a}"));
-                }
-                facts.push(format!("caused by entry #{}", d.trigger_seq));
-                if change.decided {
-                    changes.push(format!(
-                        "current decision: {} → {} ({})",
-                        decision_before.unwrap_or_else(|| "none".to_owned()),
-                        d.action.as_str(),
-                        d.source.as_str()
-                    ));
-                }
-                "decision"
-            }
-            Fact::Quarantined { reason, .. } => {
-                facts.push(format!("quarantined: {reason}"));
-                "quarantined"
-            }
-            Fact::Noted { .. } | Fact::Other => "event",
-        };
-        // What the projector does with the entry (the same function it uses).
-        match projections::call_for(&s, seq, change) {
-            Some(projections::Call::Policy) if decides => {
-                changes.push("the newest finished event: the policy decides on it".to_owned());
-            }
-            Some(projections::Call::Policy) => changes.push(
-                "the newest finished event (no policy is loaded, so nothing decides on it)"
-                    .to_owned(),
-            ),
-            Some(projections::Call::Fixed(d)) => changes.push(format!(
-                "calls for a {} decision: {}",
-                d.source.as_str(),
-                d.action.as_str()
-            )),
-            None => {}
-        }
-        if change.overridden {
-            changes.push("becomes the session's last override".to_owned());
-        }
+        let Described {
+            kind,
+            facts,
+            changes,
+        } = describe(
+            &fact,
+            &s,
+            seq,
+            change,
+            decides,
+            status_before.as_deref(),
+            decision_before,
+        );
         if i < shown_from {
             continue; // folded for the state, not shown
         }
@@ -936,6 +840,140 @@ fn timeline(log: &SqliteLog, id: &str, decides: bool) -> Result<Option<(Summary,
         hidden: shown_from,
     };
     Ok(Some((summary, items)))
+}
+
+/// What an entry says and what it changed in its session, in words.
+struct Described {
+    kind: &'static str,
+    facts: Vec<String>,
+    changes: Vec<String>,
+}
+
+/// Describes the entry at `seq` (read as `fact`), which changed `s` by `change`; the vendor
+/// status and the decision before it are given.
+fn describe(
+    fact: &Fact,
+    s: &Session,
+    seq: u64,
+    change: verdict_projector::Change,
+    decides: bool,
+    status_before: Option<&str>,
+    decision_before: Option<String>,
+) -> Described {
+    let mut facts = Vec::new();
+    let mut changes = Vec::new();
+    let kind = match &fact {
+        Fact::Vendor {
+            kind,
+            reference_id,
+            user_id,
+            status,
+            actor,
+            ..
+        } => {
+            facts.push(match kind {
+                VendorKind::Finished => "the vendor finished the session".to_owned(),
+                VendorKind::StatusUpdated => "the vendor's status was changed".to_owned(),
+            });
+            if let Some(st) = status {
+                facts.push(format!("status {st}"));
+            }
+            if let Some(a) = actor {
+                facts.push(format!("changed by {a} at the vendor"));
+            }
+            if reference_id.is_some() || user_id.is_some() {
+                facts.push(format!(
+                    "reference {}, user {}",
+                    dash(reference_id.as_deref()),
+                    dash(user_id.as_deref())
+                ));
+            }
+            if change.vendor_status {
+                changes.push(format!(
+                    "vendor status: {} → {}",
+                    dash(status_before),
+                    dash(s.vendor_status.as_deref())
+                ));
+            } else if status.is_some() && s.vendor_key.is_some_and(|k| k.seq != seq) {
+                changes.push(format!(
+                    "older than the current vendor event (#{}) in the vendor's order (event time, then terminal status first): kept in the history, changes nothing current",
+                    s.vendor_key.map_or(0, |k| k.seq)
+                ));
+            } else if status.is_some() {
+                changes.push("vendor status unchanged".to_owned());
+            }
+            "event"
+        }
+        Fact::Override(o) => {
+            facts.push(format!(
+                "{} overrode the decision: {}",
+                o.actor,
+                o.action.as_str()
+            ));
+            facts.push(format!("reason: {}", o.reason));
+            if let Some(t) = &o.ticket {
+                facts.push(format!("ticket: {t}"));
+            }
+            "override"
+        }
+        Fact::Decision(d) => {
+            facts.push(format!(
+                "decided {} (source: {})",
+                d.action.as_str(),
+                d.source.as_str()
+            ));
+            if let Some(p) = &d.policy {
+                facts.push(policy_label(p));
+            }
+            if !d.rules.is_empty() {
+                facts.push(format!("rules matched: {}", d.rules.join(", ")));
+            }
+            for reason in &d.reasons {
+                facts.push(format!("reason: {reason}"));
+            }
+            if let Some(a) = &d.actor {
+                facts.push(format!("by {a}"));
+            }
+            facts.push(format!("caused by entry #{}", d.trigger_seq));
+            if change.decided {
+                changes.push(format!(
+                    "current decision: {} → {} ({})",
+                    decision_before.unwrap_or_else(|| "none".to_owned()),
+                    d.action.as_str(),
+                    d.source.as_str()
+                ));
+            }
+            "decision"
+        }
+        Fact::Quarantined { reason, .. } => {
+            facts.push(format!("quarantined: {reason}"));
+            "quarantined"
+        }
+        Fact::Noted { .. } | Fact::Other => "event",
+    };
+    // What the projector does with the entry (the same function it uses).
+    match projections::call_for(s, seq, change) {
+        Some(projections::Call::Policy) if decides => {
+            changes.push("the newest finished event: the policy decides on it".to_owned());
+        }
+        Some(projections::Call::Policy) => changes.push(
+            "the newest finished event (no policy is loaded, so nothing decides on it)".to_owned(),
+        ),
+        Some(projections::Call::Fixed(d)) => changes.push(format!(
+            "calls for a {} decision: {}",
+            d.source.as_str(),
+            d.action.as_str()
+        )),
+        None => {}
+    }
+    if change.overridden {
+        changes.push("becomes the session's last override".to_owned());
+    }
+    Described {
+        kind,
+        facts,
+        changes,
+    }
 }
 
 fn payload_view(body: &[u8], repeats: u64, headers_json: &str) -> PayloadView {
@@ -1140,9 +1178,28 @@ async fn override_submit(
         );
     }
     let ticket = (!f.ticket.trim().is_empty()).then(|| f.ticket.trim().to_owned());
-    let body = match validate_override(&id, &caller.caller.name, &f.action, &f.reason, ticket) {
-        Ok(b) => b,
-        Err(message) => {
+    let refused_for_now = |message: &str| {
+        let mut page = error_page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Some(Who::of(&caller)),
+            message.to_owned(),
+        );
+        page.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        page
+    };
+    let recorded = crate::overrides::record(
+        &ui.api,
+        &id,
+        &caller.caller.name,
+        &f.action,
+        &f.reason,
+        ticket,
+    )
+    .await;
+    let seq = match recorded {
+        Ok((seq, _)) => seq,
+        Err(Refused::Invalid(message)) => {
             return render_session(
                 &ui,
                 &caller,
@@ -1157,46 +1214,23 @@ async fn override_submit(
             )
             .await;
         }
-    };
-    match crate::api::known(&ui.api, &id).await {
-        Ok(Known::Yes) => {}
-        Ok(Known::Behind) => {
-            let mut page = error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(Who::of(&caller)),
-                "The projections are behind the log; try again shortly.".to_owned(),
-            );
-            page.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return page;
+        Err(Refused::Behind) => {
+            return refused_for_now("The projections are behind the log; try again shortly.");
         }
-        Ok(Known::No) => {
+        Err(Refused::Unknown) => {
             return error_page(
                 StatusCode::NOT_FOUND,
                 Some(Who::of(&caller)),
                 format!("No session {id:?} is in the log."),
             );
         }
-        Err(e) => return internal(&e),
-    }
-    let event = match projections::override_event(&body) {
-        Ok(e) => e,
-        Err(e) => return internal(&e.into()),
-    };
-    let seq = match ui.api.writer.append(event).await {
-        Ok(a) => a.seq(),
-        Err(AppendError::Unavailable(_) | AppendError::Closed) => {
-            let mut resp = error_page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Some(Who::of(&caller)),
+        Err(Refused::Unavailable) => {
+            return refused_for_now(
                 "The log cannot be written right now; nothing was recorded. Try again shortly.",
             );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return resp;
         }
+        Err(Refused::Failed(e)) => return internal(&e),
     };
-    tracing::info!(session = %id, actor = %caller.caller.name, action = body.action.as_str(), seq, "override recorded (UI)");
     settle(&ui.api, &id, seq).await;
     Redirect::to(&format!("/ui/sessions/{}#seq-{seq}", percent(&id))).into_response()
 }
