@@ -94,8 +94,7 @@ struct Expected {
 const RELOAD_WINDOW: u64 = 10_000;
 
 /// The scan's end of the check's channels: batches of messages go one way, emptied batches
-/// come back for reuse (a `perf` profile showed the folding thread faulting in fresh pages for
-/// each new batch; in alternating runs the difference was within noise).
+/// come back for reuse, so the folding thread does not fault in fresh pages for each batch.
 #[derive(Debug)]
 pub struct Sender {
     full: std::sync::mpsc::SyncSender<Vec<Msg>>,

@@ -10,12 +10,10 @@ use crate::{UsageError, logcmd};
 use verdict_projections as projections;
 
 /// Turns transparent huge pages off for this process (Linux; elsewhere nothing to do). A replay
-/// faults in ~500 MB it has not touched before for a million events, and mimalloc asks for
-/// huge pages, which the kernel then zeroes (and may first compact) 2 MB at a time at the
-/// fault: on the project's VM that made fresh memory ~3x slower to touch. A/B on RAM-disk
-/// copies of one generated log, 14 pairs alternating: 110.0k against 103.4k entries/s on
-/// average (10 of 14 pairs faster), the fold ~5.3 s against ~5.9 s, the write phase unchanged
-/// (docs/benchmarks.md). The server keeps them: it touches its memory once and keeps it.
+/// touches hundreds of megabytes of fresh memory, and huge pages make the kernel zero (and
+/// perhaps compact) 2 MB at each fault, which slowed replay measurably (docs/benchmarks.md,
+/// "`verdict replay` on one million events"). The server keeps them: it touches its memory
+/// once and keeps it.
 fn without_huge_pages() {
     #[cfg(target_os = "linux")]
     if let Err(e) = rustix::thread::disable_transparent_huge_pages(true) {
