@@ -32,6 +32,7 @@ pub mod rederive;
 mod replay;
 mod rows;
 mod runner;
+mod store;
 mod write;
 
 pub use decide::*;
@@ -40,4 +41,5 @@ pub use read::*;
 pub use replay::*;
 pub use rows::*;
 pub use runner::*;
+pub use store::{Batch, ProjectionStore};
 pub use write::*;

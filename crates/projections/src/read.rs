@@ -381,7 +381,7 @@ mod tests {
     use verdict_log::{Committed, Entry, EventStore, NewEvent, SqliteLog, Uuid, rfc3339_ms};
     use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
 
-    use crate::{decide::*, replay::*, rows::*, runner::*, write::*};
+    use crate::{decide::*, replay::*, rows::*, runner::*, store::*, write::*};
     use verdict_projector::{
         Action, Change, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Projection,
         Recorded, Session, fact_session, into_fact_session, read,

@@ -12,7 +12,7 @@ use crate::decide::{Call, call_for};
 use crate::error::{ProjectionError, Result};
 use crate::read::{session_json, stored_digest};
 use crate::rows::{POLICY_ACTIVATED, PROJECTOR, i64_of};
-use crate::write::{
+use crate::store::{
     LINKS_INTO, Links, Quarantined, SAVE_SESSION, decided_action, insert_rows, save_session,
     set_checkpoint, values_sql, with_serialized, write_links, write_quarantined,
 };

@@ -11,7 +11,8 @@ use verdict_log::{Committed, EventStore, SqliteLog};
 use crate::decide::Decider;
 #[allow(unused_imports)]
 use crate::error::{ProjectionError, Result};
-use crate::rows::{BATCH, FLUSH_EVERY, PROJECTOR, checkpoint, recorded};
+use crate::rows::{BATCH, FLUSH_EVERY, recorded};
+use crate::store::ProjectionStore;
 use crate::write::{Unflushed, committed_recorded};
 
 /// The entries the writer handed over ([`verdict_log::Tail`]) and not yet folded.
@@ -100,7 +101,7 @@ pub fn spawn_runner(
                 tracing::warn!(error = %e, "projector: cannot set up its connection");
             }
             let mut stored = loop {
-                match checkpoint(log.connection(), PROJECTOR) {
+                match ProjectionStore::checkpoint(&log) {
                     Ok(cp) => break cp,
                     Err(e) => {
                         tracing::error!(error = %e, "projector cannot read its checkpoint; retrying");
@@ -119,10 +120,10 @@ pub fn spawn_runner(
                         if handed.is_empty() {
                             let entries = log.read_after(from, BATCH)?;
                             let entries = entries.iter().map(recorded);
-                            unflushed.fold(log.connection(), stored, entries, decider.as_ref())?;
+                            unflushed.fold(&log, stored, entries, decider.as_ref())?;
                         } else {
                             let entries = handed.iter().map(committed_recorded);
-                            unflushed.fold(log.connection(), stored, entries, decider.as_ref())?;
+                            unflushed.fold(&log, stored, entries, decider.as_ref())?;
                         }
                     }
                     if !unflushed.is_empty() && (from >= head || unflushed.due()) {
@@ -130,7 +131,7 @@ pub fn spawn_runner(
                         if caught_up && !unflushed.due() {
                             return Ok(false); // wait a little for more before writing
                         }
-                        stored = unflushed.flush(log.connection_mut())?;
+                        stored = unflushed.flush(&mut log)?;
                         progress.send_replace(stored);
                     }
                     Ok(from < head)
@@ -153,7 +154,7 @@ pub fn spawn_runner(
                         if changed.is_err() {
                             // The writer has stopped: write what is folded, then end.
                             if !unflushed.is_empty() {
-                                match unflushed.flush(log.connection_mut()) {
+                                match unflushed.flush(&mut log) {
                                     Ok(cp) => {
                                         progress.send_replace(cp);
                                     }
@@ -168,7 +169,7 @@ pub fn spawn_runner(
                     Err(e) => {
                         tracing::error!(error = %e, "projector batch failed; folding again");
                         unflushed = Unflushed::default();
-                        stored = checkpoint(log.connection(), PROJECTOR).unwrap_or(stored);
+                        stored = ProjectionStore::checkpoint(&log).unwrap_or(stored);
                         std::thread::sleep(backoff); // a plain thread: no timer of the runtime here
                         backoff = (backoff * 2).min(Duration::from_secs(5));
                     }
