@@ -249,59 +249,18 @@ async fn receive<A: Appender>(
             r#"{"error":"unknown source"}"#.to_owned(),
         );
     };
-    let too_large = || {
-        ing.observe(&name, Outcome::Rejected("too_large"));
-        json_response(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            format!(
-                r#"{{"error":"body larger than {} bytes"}}"#,
-                ing.max_body_bytes
-            ),
-        )
-    };
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > ing.max_body_bytes as u64) {
-        return too_large();
-    }
-    let client = client.map(|c| c.0.0.ip());
-    let (bytes, _budget) = match read_body(&ing, body, client, declared).await {
+    let read = if declared.is_some_and(|len| len > ing.max_body_bytes as u64) {
+        Err(BodyError::TooLarge)
+    } else {
+        read_body(&ing, body, client.map(|c| c.0.0.ip()), declared).await
+    };
+    let (bytes, _budget) = match read {
         Ok(read) => read,
-        Err(BodyError::TooLarge) => return too_large(),
-        Err(BodyError::Busy) => {
-            ing.observe(&name, Outcome::Rejected("busy"));
-            warn_sometimes(&LAST_BUSY_WARNING, || {
-                tracing::warn!(source = %name, "deliveries refused (503): the budget of body bytes in flight is spent; see verdict_webhooks_total with reason busy");
-            });
-            let mut resp = json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                r#"{"error":"too many request bodies in flight; retry later"}"#.to_owned(),
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            return resp;
-        }
-        Err(BodyError::TimedOut) => {
-            ing.observe(&name, Outcome::Rejected("timeout"));
-            tracing::debug!(source = %name, "request body did not arrive in time");
-            let mut resp = json_response(
-                StatusCode::REQUEST_TIMEOUT,
-                r#"{"error":"the request did not arrive in time"}"#.to_owned(),
-            );
-            resp.headers_mut()
-                .insert(header::CONNECTION, HeaderValue::from_static("close"));
-            return resp;
-        }
-        Err(BodyError::Unreadable(e)) => {
-            tracing::debug!(source = %name, error = %e, "could not read request body");
-            ing.observe(&name, Outcome::Rejected("unreadable_body"));
-            return json_response(
-                StatusCode::BAD_REQUEST,
-                r#"{"error":"could not read body"}"#.to_owned(),
-            );
-        }
+        Err(e) => return body_refused(&ing, &name, e),
     };
     let envelope = Envelope::read(&bytes);
     if envelope.is_ping() && source.verifier.scheme().accepts_ping() {
@@ -310,47 +269,103 @@ async fn receive<A: Appender>(
     }
     let verified = match source.verifier.verify(&headers, &bytes, now_secs()) {
         Ok(v) => v,
-        Err(rejection) => {
-            ing.observe(&name, Outcome::Rejected(rejection.reason()));
-            tracing::warn!(source = %name, reason = rejection.reason(), error = %rejection, "delivery rejected");
-            let status = match rejection {
-                Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
-                _ => StatusCode::UNAUTHORIZED,
-            };
-            return json_response(
-                status,
-                serde_json::json!({ "error": rejection.to_string() }).to_string(),
-            );
-        }
+        Err(rejection) => return rejected(&ing, &name, &rejection),
     };
     let event = new_event(&source.name, envelope, verified, bytes);
-    match ing.appender.append(event).await {
+    stored(&ing, &name, ing.appender.append(event).await)
+}
+
+/// The answer to a body that was not read: 413, 503 (the budget), 408 or 400.
+fn body_refused<A: Appender>(ing: &Ingress<A>, name: &str, e: BodyError) -> Response {
+    match e {
+        BodyError::TooLarge => {
+            ing.observe(name, Outcome::Rejected("too_large"));
+            json_response(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!(
+                    r#"{{"error":"body larger than {} bytes"}}"#,
+                    ing.max_body_bytes
+                ),
+            )
+        }
+        BodyError::Busy => {
+            ing.observe(name, Outcome::Rejected("busy"));
+            warn_sometimes(&LAST_BUSY_WARNING, || {
+                tracing::warn!(source = %name, "deliveries refused (503): the budget of body bytes in flight is spent; see verdict_webhooks_total with reason busy");
+            });
+            retry_later(r#"{"error":"too many request bodies in flight; retry later"}"#)
+        }
+        BodyError::TimedOut => {
+            ing.observe(name, Outcome::Rejected("timeout"));
+            tracing::debug!(source = %name, "request body did not arrive in time");
+            let mut resp = json_response(
+                StatusCode::REQUEST_TIMEOUT,
+                r#"{"error":"the request did not arrive in time"}"#.to_owned(),
+            );
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+        BodyError::Unreadable(e) => {
+            tracing::debug!(source = %name, error = %e, "could not read request body");
+            ing.observe(name, Outcome::Rejected("unreadable_body"));
+            json_response(
+                StatusCode::BAD_REQUEST,
+                r#"{"error":"could not read body"}"#.to_owned(),
+            )
+        }
+    }
+}
+
+/// The answer to a delivery whose signature (or request) was refused: 401, or 400.
+fn rejected<A: Appender>(ing: &Ingress<A>, name: &str, rejection: &Rejection) -> Response {
+    ing.observe(name, Outcome::Rejected(rejection.reason()));
+    tracing::warn!(source = %name, reason = rejection.reason(), error = %rejection, "delivery rejected");
+    let status = match rejection {
+        Rejection::BadRequest(_) => StatusCode::BAD_REQUEST,
+        _ => StatusCode::UNAUTHORIZED,
+    };
+    json_response(
+        status,
+        serde_json::json!({ "error": rejection.to_string() }).to_string(),
+    )
+}
+
+/// The answer once the log has the delivery (or could not take it: 503).
+fn stored<A: Appender>(
+    ing: &Ingress<A>,
+    name: &str,
+    appended: Result<Appended, AppendError>,
+) -> Response {
+    match appended {
         Ok(Appended::New { seq, .. }) => {
-            ing.observe(&name, Outcome::Accepted);
+            ing.observe(name, Outcome::Accepted);
             json_response(
                 StatusCode::OK,
                 format!(r#"{{"status":"accepted","seq":{seq}}}"#),
             )
         }
         Ok(Appended::Duplicate { seq }) => {
-            ing.observe(&name, Outcome::Duplicate);
+            ing.observe(name, Outcome::Duplicate);
             json_response(
                 StatusCode::OK,
                 format!(r#"{{"status":"duplicate","seq":{seq}}}"#),
             )
         }
         Err(e) => {
-            ing.observe(&name, Outcome::Unavailable);
+            ing.observe(name, Outcome::Unavailable);
             tracing::error!(source = %name, error = %e, "delivery not stored");
-            let mut resp = json_response(
-                StatusCode::SERVICE_UNAVAILABLE,
-                r#"{"error":"the log cannot be written; retry later"}"#.to_owned(),
-            );
-            resp.headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-            resp
+            retry_later(r#"{"error":"the log cannot be written; retry later"}"#)
         }
     }
+}
+
+/// A 503 with `Retry-After: 1`.
+fn retry_later(body: &str) -> Response {
+    let mut resp = json_response(StatusCode::SERVICE_UNAVAILABLE, body.to_owned());
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp
 }
 
 /// Why a body was not read.
