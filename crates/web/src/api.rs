@@ -1,9 +1,6 @@
 //! The `/v1` HTTP API: sessions, their history, overrides and the event feed, behind bearer
 //! tokens with roles.
 
-use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
-
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
@@ -12,9 +9,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use serde::Deserialize;
-use sha2::{Digest as _, Sha256};
-use subtle::ConstantTimeEq as _;
-use verdict_log::{EventStore as _, ExportedEntry, LogWriter, SqliteLog};
+use verdict_log::{EventStore as _, ExportedEntry, SqliteLog};
 use verdict_projections as projections;
 use verdict_projector::Action;
 
@@ -24,162 +19,10 @@ use verdict_ingress::json_response;
 use crate::error::{Result, WebError};
 use crate::overrides::Refused;
 
-/// A configured token: its holder, role and the SHA-256 of the token (compared in constant
-/// time; the token itself is not kept).
-#[derive(Debug, Clone)]
-pub struct Token {
-    name: String,
-    role: Role,
-    digest: [u8; 32],
-}
-
-impl Token {
-    /// From the config's (name, role, token).
-    pub fn new(name: String, role: Role, token: &str) -> Self {
-        Self {
-            name,
-            role,
-            digest: Sha256::digest(token.as_bytes()).into(),
-        }
-    }
-}
-
-/// Who is calling.
-#[derive(Debug, Clone)]
-pub struct Caller {
-    /// The token's name (recorded as the actor of overrides).
-    pub name: String,
-    /// Its role.
-    pub role: Role,
-}
-
-/// Finds the token holder in constant time (every token is compared).
-pub fn authenticate(tokens: &[Token], presented: &str) -> Option<Caller> {
-    let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    let mut found = None;
-    for t in tokens {
-        if bool::from(t.digest.ct_eq(&digest)) {
-            found = Some(Caller {
-                name: t.name.clone(),
-                role: t.role,
-            });
-        }
-    }
-    found
-}
-
-/// Read-only connections for request handlers, used on the blocking pool.
-#[derive(Debug)]
-pub struct ReadPool {
-    path: PathBuf,
-    idle: Mutex<Vec<SqliteLog>>,
-}
-
-impl ReadPool {
-    /// A pool over the log at `path`.
-    pub fn new(path: PathBuf) -> Self {
-        Self {
-            path,
-            idle: Mutex::new(Vec::new()),
-        }
-    }
-
-    /// Runs `f` with a connection on the blocking pool.
-    pub async fn run<T: Send + 'static>(
-        self: &Arc<Self>,
-        f: impl FnOnce(&SqliteLog) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let pool = Arc::clone(self);
-        tokio::task::spawn_blocking(move || {
-            let conn = match pool.idle.lock().ok().and_then(|mut v| v.pop()) {
-                Some(c) => c,
-                None => SqliteLog::open_read_only(&pool.path)?,
-            };
-            let out = f(&conn);
-            if let Ok(mut v) = pool.idle.lock()
-                && v.len() < 8
-            {
-                v.push(conn);
-            }
-            out
-        })
-        .await?
-    }
-}
-
-/// What the API handlers share.
-#[derive(Debug, Clone)]
-pub struct Api {
-    /// Reads.
-    pub reads: Arc<ReadPool>,
-    /// Appends (overrides).
-    pub writer: LogWriter,
-    /// Who may call.
-    pub tokens: Arc<Vec<Token>>,
-    /// Whether the projector makes decisions (a policy is loaded).
-    pub decides: bool,
-    /// The projector's progress (newest seq folded).
-    pub projected: tokio::sync::watch::Receiver<u64>,
-    /// Becomes true at shutdown (ends long polls).
-    pub stop: tokio::sync::watch::Receiver<bool>,
-    /// Failed authentications per client address (shared with the pages).
-    pub throttle: Arc<crate::throttle::AuthThrottle>,
-}
-
-/// How long an override waits for the projector: to catch up with everything acknowledged
-/// before it (so a session delivered a moment ago is found), and to fold the override (so the
-/// answer carries the decision it led to). Both return as soon as the projector is there,
-/// normally within milliseconds; only a badly overloaded server waits this long.
-pub const SETTLE: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Waits (until `deadline` at the latest) for the projector to have folded `seq`. False if it
-/// did not get there in time.
-pub async fn projected_to(api: &Api, seq: u64, deadline: tokio::time::Instant) -> bool {
-    let mut projected = api.projected.clone();
-    tokio::time::timeout_at(deadline, projected.wait_for(|p| *p >= seq))
-        .await
-        .is_ok_and(|r| r.is_ok()) // the guard is dropped here: it must not live across an await
-}
-
-/// [`SETTLE`] from now.
-pub fn settle_deadline() -> tokio::time::Instant {
-    tokio::time::Instant::now() + SETTLE
-}
-
-/// Whether a session is known, for an override (see [`known`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Known {
-    /// In the projections.
-    Yes,
-    /// Not there, with the projections caught up with everything acknowledged before.
-    No,
-    /// Not there, and the projector did not catch up within [`SETTLE`].
-    Behind,
-}
-
-/// Looks a session up in the projections; if it is not there, looks again once the projector
-/// has caught up with everything acknowledged before this call (at most [`SETTLE`]), so an
-/// override sent right after the delivery's 200 finds its session. Known sessions never wait.
-pub async fn known(api: &Api, id: &str) -> Result<Known> {
-    let exists = || {
-        let lookup = id.to_owned();
-        api.reads
-            .run(move |log| Ok(projections::session_exists(log.connection(), &lookup)?))
-    };
-    if exists().await? {
-        return Ok(Known::Yes);
-    }
-    // Everything the writer had committed when asked.
-    let head = *api.writer.subscribe().borrow();
-    let current = projected_to(api, head, settle_deadline()).await;
-    Ok(if exists().await? {
-        Known::Yes
-    } else if current {
-        Known::No
-    } else {
-        Known::Behind
-    })
-}
+pub use crate::context::{
+    Api, Caller, ReadPool, SETTLE, Token, authenticate, bearer, client_ip, projected_to,
+    settle_deadline,
+};
 
 /// The session's decision once the projector has folded `seq` (an override just recorded),
 /// waiting at most [`SETTLE`] for the projector's progress to reach it.
@@ -282,13 +125,6 @@ async fn no_store(req: Request, next: Next) -> Response {
     resp
 }
 
-/// The client's IP address, when the request came through verdict's accept loop.
-pub fn client_ip(req: &Request) -> Option<std::net::IpAddr> {
-    req.extensions()
-        .get::<crate::http::ClientAddr>()
-        .map(|c| c.0.ip())
-}
-
 /// 429 for a client address throttled after too many failed authentications.
 pub fn throttled(wait: std::time::Duration) -> Response {
     let mut resp = ApiError(
@@ -301,18 +137,6 @@ pub fn throttled(wait: std::time::Duration) -> Response {
         resp.headers_mut().insert(header::RETRY_AFTER, v);
     }
     resp
-}
-
-/// The token of an `Authorization: Bearer <token>` header, if there is one.
-pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
-    headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
 }
 
 async fn auth(State(api): State<Api>, mut req: Request, next: Next) -> Response {

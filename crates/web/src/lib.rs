@@ -17,6 +17,7 @@
 //! ```
 
 pub mod api;
+mod context;
 mod error;
 pub mod http;
 pub mod metrics;

@@ -11,7 +11,8 @@ use verdict_projector::OverrideBody;
 pub use verdict_projections::validate_override;
 
 use crate::WebError;
-use crate::api::{Api, Known, known};
+pub use crate::context::Known;
+use crate::context::{Api, known_session};
 
 /// Why an override was not recorded; each caller answers it its own way.
 #[derive(Debug)]
@@ -44,7 +45,7 @@ pub async fn record(
     ticket: Option<String>,
 ) -> Result<(u64, OverrideBody), Refused> {
     let body = validate_override(id, actor, action, reason, ticket).map_err(Refused::Invalid)?;
-    match known(api, id).await? {
+    match known_session(api, id).await? {
         Known::Yes => {}
         Known::No => return Err(Refused::Unknown),
         Known::Behind => return Err(Refused::Behind),
