@@ -52,7 +52,7 @@ pub use error::OutboxError;
 pub use sink::{Settings, Sink, SinkUrl, redact_url};
 pub use state::State;
 pub use store::{
-    Attempted, Candidate, Filter, OutboxStore, Pick, Row, SqliteOutbox, disabled, enable, list,
-    retry_dead, retry_one,
+    Attempted, Candidate, Filter, OutboxAdmin, OutboxStore, Pick, Row, SqliteOutbox, disabled,
+    enable, list, retry_dead, retry_one,
 };
 pub use wire::{WireDecision, stored_decision_json};

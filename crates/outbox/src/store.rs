@@ -333,6 +333,43 @@ fn record(
     Ok(())
 }
 
+/// What `verdict deliveries` does to the outbox: list, queue again, re-enable a sink. Behind
+/// this trait so that another store can serve them; [`SqliteLog`] implements it.
+pub trait OutboxAdmin {
+    /// Deliveries, newest first (at most `limit`).
+    fn deliveries(&self, filter: Filter, limit: usize) -> Result<Vec<Row>, OutboxError>;
+    /// The disabled sinks: (sink, when, why).
+    fn disabled_sinks(&self) -> Result<Vec<(String, String, String)>, OutboxError>;
+    /// Queues one delivery again (see [`retry_one`]).
+    fn retry(&self, id: i64) -> Result<bool, OutboxError>;
+    /// Queues every dead delivery again (see [`retry_dead`]): (queued, superseded).
+    fn retry_all_dead(&mut self) -> Result<(usize, usize), OutboxError>;
+    /// Enables a sink disabled by a 410; whether it was disabled.
+    fn enable_sink(&self, sink: &str) -> Result<bool, OutboxError>;
+}
+
+impl OutboxAdmin for SqliteLog {
+    fn deliveries(&self, filter: Filter, limit: usize) -> Result<Vec<Row>, OutboxError> {
+        list(self.connection(), filter, limit)
+    }
+
+    fn disabled_sinks(&self) -> Result<Vec<(String, String, String)>, OutboxError> {
+        disabled(self.connection())
+    }
+
+    fn retry(&self, id: i64) -> Result<bool, OutboxError> {
+        retry_one(self.connection(), id)
+    }
+
+    fn retry_all_dead(&mut self) -> Result<(usize, usize), OutboxError> {
+        retry_dead(self.connection_mut())
+    }
+
+    fn enable_sink(&self, sink: &str) -> Result<bool, OutboxError> {
+        enable(self.connection(), sink)
+    }
+}
+
 /// One row of `verdict deliveries list`.
 #[derive(Debug, Serialize)]
 pub struct Row {

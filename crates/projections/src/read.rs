@@ -13,8 +13,83 @@ use verdict_projector::{Fact, OverrideBody, Session, read};
 #[allow(unused_imports)]
 use crate::error::{ProjectionError, Result};
 use crate::rows::{
-    SELECT_SESSION, StoredSession, i64_of, recorded, session_row, session_row_for_digest,
+    SELECT_SESSION, StoredSession, i64_of, load_session, recorded, session_row,
+    session_row_for_digest,
 };
+
+/// The reads the API, the analyst's pages and the CLI make of the projections (and of the log,
+/// for histories): behind this trait so that another store can serve them. [`SqliteLog`]
+/// implements it over its connection.
+pub trait SessionQueries {
+    /// A session's current state.
+    fn session(&self, id: &str) -> Result<Option<Session>>;
+    /// A session's state folded up to `as_of` (a seq).
+    fn session_as_of(&self, id: &str, as_of: u64) -> Result<Option<Session>>;
+    /// Whether the log holds any entry of the session.
+    fn session_exists(&self, id: &str) -> Result<bool>;
+    /// Whether the entry at `seq` belongs to the session.
+    fn entry_of(&self, id: &str, seq: u64) -> Result<bool>;
+    /// The seqs of the session's entries up to `upto`, in order.
+    fn entry_seqs(&self, id: &str, upto: u64) -> Result<Vec<u64>>;
+    /// A page of the session's history as JSON (see [`history_json`]).
+    fn history(&self, id: &str, page: HistoryPage) -> Result<Option<String>>;
+    /// A page of sessions in id order, filtered, and the next page's cursor.
+    fn sessions(
+        &self,
+        vendor_status: Option<&str>,
+        action: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Session>, Option<String>)>;
+    /// Why each quarantined entry in `after < seq <= upto` could not be used.
+    fn quarantined(&self, after: u64, upto: u64) -> Result<HashMap<u64, String>>;
+    /// Every session with a finished event, in the order of that event (the backtest).
+    fn finished(&self) -> Result<Vec<(u64, StoredSession)>>;
+}
+
+impl SessionQueries for SqliteLog {
+    fn session(&self, id: &str) -> Result<Option<Session>> {
+        load_session(self.connection(), id)
+    }
+
+    fn session_as_of(&self, id: &str, as_of: u64) -> Result<Option<Session>> {
+        session_as_of(self, id, as_of)
+    }
+
+    fn session_exists(&self, id: &str) -> Result<bool> {
+        session_exists(self.connection(), id)
+    }
+
+    fn entry_of(&self, id: &str, seq: u64) -> Result<bool> {
+        entry_of(self.connection(), id, seq)
+    }
+
+    fn entry_seqs(&self, id: &str, upto: u64) -> Result<Vec<u64>> {
+        entry_seqs(self.connection(), id, upto)
+    }
+
+    fn history(&self, id: &str, page: HistoryPage) -> Result<Option<String>> {
+        history_json(self, id, page)
+    }
+
+    fn sessions(
+        &self,
+        vendor_status: Option<&str>,
+        action: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<(Vec<Session>, Option<String>)> {
+        list_sessions(self.connection(), vendor_status, action, after, limit)
+    }
+
+    fn quarantined(&self, after: u64, upto: u64) -> Result<HashMap<u64, String>> {
+        quarantined_between(self.connection(), after, upto)
+    }
+
+    fn finished(&self) -> Result<Vec<(u64, StoredSession)>> {
+        finished_sessions(self.connection())
+    }
+}
 
 /// The digest of the stored (incrementally built) projections.
 pub fn stored_digest(conn: &Connection) -> Result<String> {

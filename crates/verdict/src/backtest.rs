@@ -21,6 +21,7 @@ use verdict_projector::{Action, Session};
 use crate::config::Loaded;
 use crate::{logcmd, policycmd};
 use verdict_projections as projections;
+use verdict_projections::SessionQueries as _;
 
 /// One session's outcome.
 #[derive(Debug, Clone, Copy)]
@@ -45,7 +46,7 @@ pub fn run(loaded: &Loaded, candidate: &Path) -> anyhow::Result<ExitCode> {
     let recorded = recorded_policy_decisions(&log)?;
     // Every session with a finished event, in the order of that event (the states are parsed
     // by the workers).
-    let sessions = projections::finished_sessions(log.connection())?;
+    let sessions = log.finished()?;
     let outcomes = evaluate(&loaded.config.storage.path, &cand, &recorded, &sessions)?;
     report(&cand, &outcomes, started.elapsed().as_secs_f64())?;
     Ok(ExitCode::SUCCESS)

@@ -8,13 +8,13 @@ use std::process::ExitCode;
 
 use crate::config::Loaded;
 use crate::{UsageError, logcmd};
-use verdict_outbox::Filter;
+use verdict_outbox::{Filter, OutboxAdmin as _};
 
 /// Prints deliveries, newest first: a table, or one JSON object a line.
 pub fn list(loaded: &Loaded, filter: Filter, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
     let log = logcmd::open(loaded)?;
-    let rows = verdict_outbox::list(log.connection(), filter, limit)?;
-    let disabled = verdict_outbox::disabled(log.connection())?;
+    let rows = log.deliveries(filter, limit)?;
+    let disabled = log.disabled_sinks()?;
     let mut out = std::io::stdout().lock();
     if json {
         for r in &rows {
@@ -68,14 +68,14 @@ pub fn retry(loaded: &Loaded, id: Option<i64>, all_dead: bool) -> anyhow::Result
     };
     let mut out = std::io::stdout().lock();
     if let Some(id) = id {
-        if !verdict_outbox::retry_one(log.connection(), id)? {
+        if !log.retry(id)? {
             writeln!(out, "no delivery {id}")?;
             return Ok(ExitCode::from(1));
         }
         writeln!(out, "delivery {id} queued again")?;
     } else {
         let mut log = log;
-        let (queued, superseded) = verdict_outbox::retry_dead(log.connection_mut())?;
+        let (queued, superseded) = log.retry_all_dead()?;
         writeln!(out, "{queued} dead deliveries queued again")?;
         if superseded > 0 {
             writeln!(
@@ -91,7 +91,7 @@ pub fn retry(loaded: &Loaded, id: Option<i64>, all_dead: bool) -> anyhow::Result
 pub fn enable(loaded: &Loaded, sink: &str) -> anyhow::Result<ExitCode> {
     let log = logcmd::open_rw(loaded)?;
     let mut out = std::io::stdout().lock();
-    if verdict_outbox::enable(log.connection(), sink)? {
+    if log.enable_sink(sink)? {
         writeln!(out, "sink {sink} enabled")?;
     } else {
         writeln!(out, "sink {sink} was not disabled")?;

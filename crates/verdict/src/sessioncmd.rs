@@ -8,6 +8,7 @@ use verdict_log::EventStore as _;
 use crate::config::Loaded;
 use crate::{UsageError, logcmd};
 use verdict_projections as projections;
+use verdict_projections::SessionQueries as _;
 
 /// Turns transparent huge pages off for this process (Linux; elsewhere nothing to do). A replay
 /// touches hundreds of megabytes of fresh memory, and huge pages make the kernel zero (and
@@ -25,7 +26,7 @@ fn without_huge_pages() {
 pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
     without_huge_pages();
     let mut log = logcmd::open_rw(loaded)?;
-    let before = projections::checkpoint(log.connection(), projections::PROJECTOR)?;
+    let before = projections::ProjectionStore::checkpoint(&log)?;
     let head = log.head()?.map_or(0, |h| h.seq);
     let bar = indicatif::ProgressBar::with_draw_target(
         Some(head),
@@ -106,8 +107,8 @@ pub fn replay(loaded: &Loaded) -> anyhow::Result<ExitCode> {
 pub fn show(loaded: &Loaded, id: &str, as_of: Option<u64>) -> anyhow::Result<ExitCode> {
     let log = logcmd::open(loaded)?;
     let found = match as_of {
-        Some(seq) => projections::session_as_of(&log, id, seq)?,
-        None => projections::load_session(log.connection(), id)?,
+        Some(seq) => log.session_as_of(id, seq)?,
+        None => log.session(id)?,
     };
     match found {
         Some(s) => {
@@ -125,7 +126,7 @@ pub fn show(loaded: &Loaded, id: &str, as_of: Option<u64>) -> anyhow::Result<Exi
 /// Prints a session's history JSON; exit 1 for an unknown session.
 pub fn history(loaded: &Loaded, id: &str) -> anyhow::Result<ExitCode> {
     let log = logcmd::open(loaded)?;
-    match projections::history_json(&log, id, projections::HistoryPage::ALL)? {
+    match log.history(id, projections::HistoryPage::ALL)? {
         Some(body) => {
             writeln!(std::io::stdout().lock(), "{body}")?;
             Ok(ExitCode::SUCCESS)
@@ -152,7 +153,7 @@ pub fn override_session(
     let body = projections::validate_override(id, actor, action, reason, ticket)
         .map_err(|m| UsageError(crate::config::ConfigError::usage(m)))?;
     let mut log = logcmd::open_rw(loaded)?;
-    if !projections::session_exists(log.connection(), id)? {
+    if !log.session_exists(id)? {
         return unknown(id);
     }
     let event = projections::override_event(&body)?;

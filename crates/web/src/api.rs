@@ -11,6 +11,7 @@ use axum::routing::{get, post};
 use serde::Deserialize;
 use verdict_log::{EventStore as _, ExportedEntry, SqliteLog};
 use verdict_projections as projections;
+use verdict_projections::SessionQueries as _;
 use verdict_projector::Action;
 
 use crate::Role;
@@ -35,10 +36,7 @@ async fn current_decision_after(
         return Ok(None);
     }
     let lookup = id.to_owned();
-    let session = api
-        .reads
-        .run(move |log| Ok(projections::load_session(log.connection(), &lookup)?))
-        .await?;
+    let session = api.reads.run(move |log| Ok(log.session(&lookup)?)).await?;
     Ok(session.map(|s| projections::session_json(&s)["decision"].clone()))
 }
 
@@ -182,8 +180,8 @@ async fn show(
     let found = api
         .reads
         .run(move |log| match q.as_of {
-            Some(seq) => Ok(projections::session_as_of(log, &id, seq)?),
-            None => Ok(projections::load_session(log.connection(), &id)?),
+            Some(seq) => Ok(log.session_as_of(&id, seq)?),
+            None => Ok(log.session(&id)?),
         })
         .await?;
     match found {
@@ -214,7 +212,7 @@ async fn history(
     };
     match api
         .reads
-        .run(move |log| Ok(projections::history_json(log, &id, page)?))
+        .run(move |log| Ok(log.history(&id, page)?))
         .await?
     {
         Some(body) => Ok(json_response(StatusCode::OK, body)),
@@ -243,8 +241,7 @@ async fn list(State(api): State<Api>, Query(q): Query<ListQuery>) -> Result<Resp
     let (sessions, next) = api
         .reads
         .run(move |log| {
-            Ok(projections::list_sessions(
-                log.connection(),
+            Ok(log.sessions(
                 q.vendor_status.as_deref(),
                 q.action.as_deref(),
                 q.after.as_deref(),
@@ -290,8 +287,7 @@ async fn events(State(api): State<Api>, Query(q): Query<PageQuery>) -> Result<Re
                 let Some(last) = chunk.last().map(|e| e.seq) else {
                     break;
                 };
-                let mut quarantined =
-                    projections::quarantined_between(log.connection(), next, last)?;
+                let mut quarantined = log.quarantined(next, last)?;
                 for e in &chunk {
                     if lines.len() >= limit || bytes >= MAX_EVENTS_PAGE_BYTES {
                         break;

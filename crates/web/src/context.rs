@@ -10,7 +10,7 @@ use axum::http::header;
 use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use verdict_log::{LogWriter, SqliteLog};
-use verdict_projections as projections;
+use verdict_projections::SessionQueries as _;
 
 use crate::Role;
 use crate::error::Result;
@@ -154,8 +154,7 @@ pub enum Known {
 pub async fn known_session(api: &Api, id: &str) -> Result<Known> {
     let exists = || {
         let lookup = id.to_owned();
-        api.reads
-            .run(move |log| Ok(projections::session_exists(log.connection(), &lookup)?))
+        api.reads.run(move |log| Ok(log.session_exists(&lookup)?))
     };
     if exists().await? {
         return Ok(Known::Yes);

@@ -25,6 +25,7 @@ use sha2::{Digest as _, Sha256};
 use subtle::ConstantTimeEq as _;
 use verdict_log::{EventStore as _, SqliteLog, rfc3339_ms};
 use verdict_projections as projections;
+use verdict_projections::SessionQueries as _;
 use verdict_projector::fact::INTERNAL_SOURCE;
 use verdict_projector::{Action, DecisionBody, Fact, Session, VendorKind, read};
 
@@ -603,13 +604,7 @@ async fn sessions_page(
         .api
         .reads
         .run(move |log| {
-            Ok(projections::list_sessions(
-                log.connection(),
-                status.as_deref(),
-                action.as_deref(),
-                after.as_deref(),
-                50,
-            )?)
+            Ok(log.sessions(status.as_deref(), action.as_deref(), after.as_deref(), 50)?)
         })
         .await;
     let (sessions, next) = match listed {
@@ -760,7 +755,7 @@ struct SessionPage {
 
 /// Folds the session's entries in seq order, noting what each one said and changed.
 fn timeline(log: &SqliteLog, id: &str, decides: bool) -> Result<Option<(Summary, Vec<Item>)>> {
-    let seqs = projections::entry_seqs(log.connection(), id, u64::MAX >> 1)?;
+    let seqs = log.entry_seqs(id, u64::MAX >> 1)?;
     if seqs.is_empty() {
         return Ok(None);
     }
@@ -1098,7 +1093,7 @@ async fn entry_page(
         .api
         .reads
         .run(move |log| {
-            if !projections::entry_of(log.connection(), &lookup, seq)? {
+            if !log.entry_of(&lookup, seq)? {
                 return Ok(None);
             }
             let Some(e) = log.get(seq)? else {
@@ -1247,7 +1242,7 @@ async fn settle(api: &Api, id: &str, seq: u64) {
         let lookup = id.to_owned();
         let decision_seq = api
             .reads
-            .run(move |log| Ok(projections::load_session(log.connection(), &lookup)?))
+            .run(move |log| Ok(log.session(&lookup)?))
             .await
             .ok()
             .flatten()
