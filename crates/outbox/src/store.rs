@@ -383,8 +383,9 @@ pub struct Row {
     pub session_id: String,
     /// The decision id (webhook-id).
     pub decision_id: String,
-    /// Where it stands.
-    pub state: State,
+    /// Where it stands, as stored (`pending`, `delivered`, `dead` or `superseded`; a state this
+    /// version does not know is listed as it is).
+    pub state: String,
     /// Attempts made.
     pub attempts: u32,
     /// RFC 3339 (pending only).
@@ -423,13 +424,6 @@ pub fn list(conn: &Connection, filter: Filter, limit: usize) -> Result<Vec<Row>,
     let rows = stmt
         .query_map([i64::try_from(limit).unwrap_or(i64::MAX)], |r| {
             let state: String = r.get(5)?;
-            let state = State::parse(&state).ok_or_else(|| {
-                rusqlite::Error::FromSqlConversionFailure(
-                    5,
-                    rusqlite::types::Type::Text,
-                    format!("unknown delivery state {state:?}").into(),
-                )
-            })?;
             let next: i64 = r.get(7)?;
             Ok(Row {
                 id: r.get(0)?,
@@ -437,7 +431,8 @@ pub fn list(conn: &Connection, filter: Filter, limit: usize) -> Result<Vec<Row>,
                 seq: u64_of(r.get(2)?),
                 session_id: r.get(3)?,
                 decision_id: r.get(4)?,
-                next_attempt_at: (state == State::Pending).then(|| rfc3339_ms(next)),
+                next_attempt_at: (State::parse(&state) == Some(State::Pending))
+                    .then(|| rfc3339_ms(next)),
                 state,
                 attempts: u32_of(r.get(6)?),
                 last_status: r

@@ -7,8 +7,7 @@ use verdict_projector::{
     Action, Change, DecisionBody, DecisionSource, PolicyRef, Recorded, Session,
 };
 
-#[allow(unused_imports)]
-use crate::error::{ProjectionError, Result};
+use crate::error::Result;
 use crate::read::session_json;
 
 /// Decides while the projector folds: the active policy and where decision events go.

@@ -20,6 +20,14 @@ pub enum ProjectionError {
         /// Why.
         source: serde_json::Error,
     },
+    /// A session could not be serialised for storing.
+    #[error("serializing session {session}: {source}")]
+    Serialize {
+        /// The session.
+        session: String,
+        /// Why.
+        source: serde_json::Error,
+    },
     /// A JSON document could not be written.
     #[error("JSON: {0}")]
     Json(#[from] serde_json::Error),

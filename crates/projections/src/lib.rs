@@ -13,12 +13,13 @@
 //!   and its checkpoint in one transaction.
 //! - [`rebuild`]: `verdict replay`, every projection folded again from the log; only the rows
 //!   that differ are written; [`rederive`] checks every recorded decision meanwhile.
-//! - [`load_session`], [`list_sessions`], [`history_json`], [`session_json`]...: the reads the
-//!   API, the pages and the CLI share.
+//! - [`SessionQueries`]: the reads the API, the pages and the CLI share (a session, its history,
+//!   the listing...), with [`session_json`] the one JSON shape of a session.
 //!
 //! ```no_run
 //! # fn demo(log: &verdict_log::SqliteLog) -> Result<(), verdict_projections::ProjectionError> {
-//! if let Some(session) = verdict_projections::load_session(log.connection(), "sess-1")? {
+//! use verdict_projections::SessionQueries as _;
+//! if let Some(session) = log.session("sess-1")? {
 //!     println!("{}", verdict_projections::session_json(&session));
 //! }
 //! # Ok(()) }
@@ -35,11 +36,13 @@ mod runner;
 mod store;
 mod write;
 
-pub use decide::*;
+pub use decide::{Call, Decider, Derived, call_for, decision_event, policy_decision};
 pub use error::{ProjectionError, Result};
-pub use read::*;
-pub use replay::*;
-pub use rows::*;
-pub use runner::*;
+pub use read::{
+    HistoryEntry, HistoryPage, SessionQueries, override_event, session_json, stored_digest,
+    validate_override,
+};
+pub use replay::{Rebuilt, Written, rebuild};
+pub use rows::{POLICY_ACTIVATED, PROJECTOR, StoredSession, recorded};
+pub use runner::{Runner, spawn_runner};
 pub use store::{Batch, ProjectionStore};
-pub use write::*;

@@ -10,8 +10,7 @@ use verdict_projector::fact::{ANALYST_OVERRIDE, INTERNAL_SOURCE};
 
 use verdict_projector::{Fact, OverrideBody, Session, read};
 
-#[allow(unused_imports)]
-use crate::error::{ProjectionError, Result};
+use crate::error::Result;
 use crate::rows::{
     SELECT_SESSION, StoredSession, i64_of, load_session, recorded, session_row,
     session_row_for_digest,
@@ -114,7 +113,7 @@ pub fn stored_digest(conn: &Connection) -> Result<String> {
 }
 
 /// A session folded from its entries up to `as_of` (inclusive).
-pub fn session_as_of(log: &SqliteLog, id: &str, as_of: u64) -> Result<Option<Session>> {
+pub(crate) fn session_as_of(log: &SqliteLog, id: &str, as_of: u64) -> Result<Option<Session>> {
     let seqs = entry_seqs(log.connection(), id, as_of)?;
     if seqs.is_empty() {
         return Ok(None);
@@ -149,7 +148,7 @@ pub(crate) fn entry_seqs_after(
     Ok(seqs)
 }
 
-pub fn entry_seqs(conn: &Connection, id: &str, upto: u64) -> Result<Vec<u64>> {
+pub(crate) fn entry_seqs(conn: &Connection, id: &str, upto: u64) -> Result<Vec<u64>> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq FROM session_entries WHERE session_id = ?1 AND seq <= ?2 ORDER BY seq",
     )?;
@@ -232,7 +231,7 @@ impl HistoryPage {
 /// `{"session_id", "entries": [...], "next"}` as JSON text (payloads byte-exact), or `None` for
 /// an unknown session. `next` is the cursor of the following page (the last entry's seq), null
 /// at the end.
-pub fn history_json(log: &SqliteLog, id: &str, page: HistoryPage) -> Result<Option<String>> {
+pub(crate) fn history_json(log: &SqliteLog, id: &str, page: HistoryPage) -> Result<Option<String>> {
     let mut seqs = entry_seqs_after(
         log.connection(),
         id,
@@ -318,7 +317,7 @@ pub(crate) fn list_sql(vendor_status: bool, action: bool) -> String {
 }
 
 /// A page of sessions in id order, and the cursor of the next page.
-pub fn list_sessions(
+pub(crate) fn list_sessions(
     conn: &Connection,
     vendor_status: Option<&str>,
     action: Option<&str>,
@@ -362,7 +361,7 @@ pub fn override_event(body: &OverrideBody) -> Result<NewEvent> {
 }
 
 /// The quarantine reasons of entries with `after < seq <= upto`.
-pub fn quarantined_between(
+pub(crate) fn quarantined_between(
     conn: &Connection,
     after: u64,
     upto: u64,
@@ -406,7 +405,7 @@ pub fn validate_override(
 
 /// Every session with a finished event, as (that event's seq, the stored row), in the order
 /// of that event: what `verdict policy backtest` evaluates.
-pub fn finished_sessions(conn: &Connection) -> Result<Vec<(u64, StoredSession)>> {
+pub(crate) fn finished_sessions(conn: &Connection) -> Result<Vec<(u64, StoredSession)>> {
     let mut stmt = conn.prepare(
         // The finished event's seq: the third item of its order key (an object's `seq` in rows
         // written before order keys were stored as arrays).
@@ -425,14 +424,14 @@ pub fn finished_sessions(conn: &Connection) -> Result<Vec<(u64, StoredSession)>>
 }
 
 /// Whether the entry at `seq` belongs to session `id`.
-pub fn entry_of(conn: &Connection, id: &str, seq: u64) -> Result<bool> {
+pub(crate) fn entry_of(conn: &Connection, id: &str, seq: u64) -> Result<bool> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM session_entries WHERE session_id = ?1 AND seq = ?2")?
         .exists(params![id, i64_of(seq)])?)
 }
 
 /// Whether the log holds any entry of this session.
-pub fn session_exists(conn: &Connection, id: &str) -> Result<bool> {
+pub(crate) fn session_exists(conn: &Connection, id: &str) -> Result<bool> {
     Ok(conn
         .prepare_cached("SELECT 1 FROM session_entries WHERE session_id = ?1 LIMIT 1")?
         .query_row([id], |_| Ok(()))
@@ -443,6 +442,8 @@ pub fn session_exists(conn: &Connection, id: &str) -> Result<bool> {
 #[cfg(test)]
 mod tests {
     #![allow(unused_imports)]
+
+    use crate::error::ProjectionError;
 
     use std::collections::{HashMap, VecDeque};
     use std::path::PathBuf;

@@ -8,7 +8,6 @@ use verdict_projector::fact::INTERNAL_SOURCE;
 use verdict_projector::{Fact, Projection, Recorded, Session, into_fact_session, read};
 
 use crate::decide::{Call, call_for};
-#[allow(unused_imports)]
 use crate::error::{ProjectionError, Result};
 use crate::read::{session_json, stored_digest};
 use crate::rows::{POLICY_ACTIVATED, PROJECTOR, i64_of};

@@ -7,7 +7,6 @@ use verdict_log::Entry;
 
 use verdict_projector::{Recorded, Session};
 
-#[allow(unused_imports)]
 use crate::error::{ProjectionError, Result};
 
 /// The type of the entry that records a policy's text when it becomes active.
@@ -33,7 +32,7 @@ pub fn recorded(e: &Entry) -> Recorded<'_> {
 }
 
 /// How far a stage has read the log.
-pub fn checkpoint(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
+pub(crate) fn checkpoint(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
     let seq: Option<i64> = conn
         .query_row("SELECT seq FROM checkpoints WHERE name = ?1", [name], |r| {
             r.get(0)
@@ -43,7 +42,7 @@ pub fn checkpoint(conn: &Connection, name: &str) -> rusqlite::Result<u64> {
 }
 
 /// One session's stored state.
-pub fn load_session(conn: &Connection, id: &str) -> Result<Option<Session>> {
+pub(crate) fn load_session(conn: &Connection, id: &str) -> Result<Option<Session>> {
     conn.prepare_cached(&format!("{SELECT_SESSION} WHERE session_id = ?1"))?
         .query_row([id], session_row)
         .optional()?
@@ -52,7 +51,7 @@ pub fn load_session(conn: &Connection, id: &str) -> Result<Option<Session>> {
 }
 
 /// Selects what [`session_row`] reads.
-pub const SELECT_SESSION: &str =
+pub(crate) const SELECT_SESSION: &str =
     "SELECT session_id, vendor_status, updated_at, state FROM sessions";
 
 /// A session row as stored: the columns the state JSON leaves out, and the JSON.
@@ -66,7 +65,7 @@ pub struct StoredSession {
 
 /// Reads a row selected by [`SELECT_SESSION`] (its first four columns). A column edited to a
 /// value of another type behind verdict's back is an error (`verdict replay` repairs it).
-pub fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
+pub(crate) fn session_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<StoredSession> {
     Ok(StoredSession {
         id: r.get(0)?,
         vendor_status: r.get(1)?,

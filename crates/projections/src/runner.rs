@@ -9,8 +9,7 @@ use tokio::sync::watch;
 use verdict_log::{Committed, EventStore, SqliteLog};
 
 use crate::decide::Decider;
-#[allow(unused_imports)]
-use crate::error::{ProjectionError, Result};
+use crate::error::Result;
 use crate::rows::{BATCH, FLUSH_EVERY, recorded};
 use crate::store::ProjectionStore;
 use crate::write::{Unflushed, committed_recorded};

@@ -194,7 +194,7 @@ pub(crate) fn with_serialized<'a, T>(
             .flat_map(|(chunk, texts)| chunk.iter().copied().zip(texts))
             .map(|(s, json)| {
                 json.map(|j| (s, j))
-                    .map_err(|source| ProjectionError::State {
+                    .map_err(|source| ProjectionError::Serialize {
                         session: s.session_id.clone(),
                         source,
                     })

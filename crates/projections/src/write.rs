@@ -10,7 +10,6 @@ use verdict_projector::{
 };
 
 use crate::decide::{Decider, decide, decision_event};
-#[allow(unused_imports)]
 use crate::error::{ProjectionError, Result};
 use crate::rows::{BATCH, FLUSH_EVERY};
 use crate::store::{Batch, Links, ProjectionStore, Quarantined};
@@ -21,7 +20,7 @@ use crate::store::{Batch, Links, ProjectionStore, Quarantined};
 /// transaction, the checkpoint included) every [`FLUSH_EVERY`] or [`BATCH`] entries; decisions
 /// do not wait for that write (they are appended, with their outbox rows, as they are made).
 #[derive(Debug, Default)]
-pub struct Unflushed {
+pub(crate) struct Unflushed {
     pub(crate) touched: HashMap<String, Session>,
     pub(crate) links: Links,
     pub(crate) quarantined: Quarantined,
@@ -38,13 +37,13 @@ pub struct Unflushed {
 
 impl Unflushed {
     /// Whether nothing is waiting to be written.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.entries == 0
     }
 
     /// Folds `entries` (in seq order; those at or below `checkpoint` and the newest folded are
     /// skipped) and submits the decisions they call for.
-    pub fn fold<'a>(
+    pub(crate) fn fold<'a>(
         &mut self,
         store: &impl ProjectionStore,
         checkpoint: u64,
@@ -109,7 +108,7 @@ impl Unflushed {
     /// then writes everything and the checkpoint in one transaction. Returns the checkpoint.
     /// On an error nothing is written: the caller drops this and folds again from the stored
     /// checkpoint (decisions are deduplicated by their trigger).
-    pub fn flush(&mut self, store: &mut impl ProjectionStore) -> Result<u64> {
+    pub(crate) fn flush(&mut self, store: &mut impl ProjectionStore) -> Result<u64> {
         let mut seqs: HashMap<String, u64> = HashMap::new();
         for (pending, ids) in self.appends.drain(..) {
             let appended = pending.wait_blocking().map_err(ProjectionError::Append)?;

@@ -126,21 +126,19 @@ fn report(cand: &verdict_rules::Policy, outcomes: &[Outcome], secs: f64) -> anyh
     let mut changes: BTreeMap<(&str, &str), u64> = BTreeMap::new();
     let (mut changed, mut overridden, mut agree_rec, mut agree_cand) = (0u64, 0u64, 0u64, 0u64);
     for o in outcomes {
-        {
-            if o.recorded != Some(o.candidate) {
-                changed += 1;
-                *changes
-                    .entry((
-                        o.recorded.map_or("none", Action::as_str),
-                        o.candidate.as_str(),
-                    ))
-                    .or_default() += 1;
-            }
-            if let Some(a) = o.analyst {
-                overridden += 1;
-                agree_rec += u64::from(Some(a) == o.recorded);
-                agree_cand += u64::from(a == o.candidate);
-            }
+        if o.recorded != Some(o.candidate) {
+            changed += 1;
+            *changes
+                .entry((
+                    o.recorded.map_or("none", Action::as_str),
+                    o.candidate.as_str(),
+                ))
+                .or_default() += 1;
+        }
+        if let Some(a) = o.analyst {
+            overridden += 1;
+            agree_rec += u64::from(Some(a) == o.recorded);
+            agree_cand += u64::from(a == o.candidate);
         }
     }
     let pct = |n: u64, of: u64| {

@@ -414,15 +414,18 @@ async fn listen_and_serve(
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    let admin_local = admin
+        .as_ref()
+        .map(tokio::net::TcpListener::local_addr)
+        .transpose()?;
     // A line on stdout for scripts and tests that need the port (listen = "...:0").
     println!("verdict listening on {scheme}://{local}");
-    match admin {
+    match admin.zip(admin_local) {
         None => {
             let app = routes.finish(routes.public.clone().merge(routes.admin.clone()));
             verdict_web::http::serve(listener, acceptor, app, limits, stopped(stop)).await;
         }
-        Some(admin) => {
-            let admin_local = admin.local_addr()?;
+        Some((admin, admin_local)) => {
             tracing::info!(addr = %admin_local, scheme, "admin routes (/v1, /ui, /metrics) listening");
             println!("verdict admin listening on {scheme}://{admin_local}");
             let public = routes.finish(routes.public.clone());

@@ -337,6 +337,7 @@ async fn override_session(
     let refused = |status: StatusCode, message: &str| Err(ApiError(status, message.into()));
     let (seq, body) = match crate::overrides::record(
         &api,
+        crate::overrides::Via::Api,
         &id,
         &caller.name,
         &req.action,

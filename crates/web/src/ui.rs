@@ -1185,6 +1185,7 @@ async fn override_submit(
     };
     let recorded = crate::overrides::record(
         &ui.api,
+        crate::overrides::Via::Page,
         &id,
         &caller.caller.name,
         &f.action,
