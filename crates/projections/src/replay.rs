@@ -131,7 +131,7 @@ pub fn rebuild(
 
 /// Writes [`rebuild`]'s projections in one transaction (through a rollback journal when this
 /// process has the file to itself) and returns what [`write_rebuilt`] did.
-pub(crate) fn write_projections(
+fn write_projections(
     log: &mut SqliteLog,
     p: &Projection,
     mut links: SortedLinks<'_>,
@@ -195,7 +195,7 @@ pub(crate) fn write_projections(
 
 /// The rebuilt links, sorted by (session, seq) on a thread of their own (a million take about
 /// half a second) while [`rebuild`] writes the sessions; [`SortedLinks::get`] waits for them.
-pub(crate) enum SortedLinks<'scope> {
+enum SortedLinks<'scope> {
     Sorting(std::thread::ScopedJoinHandle<'scope, Links>),
     Sorted(Links),
     /// The sorting thread panicked.
@@ -203,7 +203,7 @@ pub(crate) enum SortedLinks<'scope> {
 }
 
 impl<'scope> SortedLinks<'scope> {
-    pub(crate) fn spawn<'env>(
+    fn spawn<'env>(
         scope: &'scope std::thread::Scope<'scope, 'env>,
         mut links: Links,
     ) -> std::io::Result<Self> {
@@ -217,7 +217,7 @@ impl<'scope> SortedLinks<'scope> {
     }
 
     /// The sorted links (waiting for the sort, the first time).
-    pub(crate) fn get(&mut self) -> Result<&Links> {
+    fn get(&mut self) -> Result<&Links> {
         if let Self::Sorting(_) = self
             && let Self::Sorting(handle) = std::mem::replace(self, Self::Lost)
         {
@@ -234,14 +234,14 @@ impl<'scope> SortedLinks<'scope> {
 /// transaction is atomic there without an fsync at its commit (a power cut right after replay
 /// leaves the previous projections and checkpoint, which `serve` folds forward). The log's own
 /// appends stay `FULL` ([`SqliteLog::use_wal`] sets it back).
-pub(crate) fn through_wal(log: &SqliteLog) -> rusqlite::Result<()> {
+fn through_wal(log: &SqliteLog) -> rusqlite::Result<()> {
     log.connection()
         .pragma_update(None, "synchronous", "NORMAL")
 }
 
 /// Whether an error is SQLite's "busy" or "locked" (another connection held the lock past the
 /// busy handler's limit).
-pub(crate) fn is_busy(e: &ProjectionError) -> bool {
+fn is_busy(e: &ProjectionError) -> bool {
     match e {
         ProjectionError::Sql(e) => verdict_log::is_busy(e),
         ProjectionError::Log(verdict_log::StoreError::Sqlite(e)) => verdict_log::is_busy(e),
@@ -252,7 +252,7 @@ pub(crate) fn is_busy(e: &ProjectionError) -> bool {
 /// Writes the rebuilt sessions and links over the stored ones (only the rows that differ, or
 /// the tables whole), and returns the stored digest when it differed. The quarantine table and
 /// the checkpoint are the caller's.
-pub(crate) fn write_rebuilt(
+fn write_rebuilt(
     tx: &Connection,
     p: &Projection,
     links: &mut SortedLinks<'_>,
@@ -318,15 +318,15 @@ pub struct Written {
 
 /// Above this share of changed rows (after [`DIFF_PROBE`] rows), clearing the tables and
 /// writing them whole is cheaper than changing rows one by one.
-pub(crate) const DIFF_MAX_SHARE: usize = 4;
-pub(crate) const DIFF_PROBE: usize = 10_000;
+const DIFF_MAX_SHARE: usize = 4;
+const DIFF_PROBE: usize = 10_000;
 
-pub(crate) fn too_many(changes: usize, seen: usize) -> bool {
+fn too_many(changes: usize, seen: usize) -> bool {
     seen >= DIFF_PROBE && changes * DIFF_MAX_SHARE > seen
 }
 
 /// A session row to change.
-pub(crate) enum SessionChange<'a> {
+enum SessionChange<'a> {
     Save(&'a Session, String),
     Delete(String),
 }
@@ -334,10 +334,7 @@ pub(crate) enum SessionChange<'a> {
 /// The session rows that differ from `p` (stored rows and the new ones both in id order,
 /// merged), or `None` when so many differ that the table is better written whole. Each new
 /// row is compared column by column with the stored one, its JSON as text.
-pub(crate) fn diff_sessions<'a>(
-    tx: &Connection,
-    p: &'a Projection,
-) -> Result<Option<Vec<SessionChange<'a>>>> {
+fn diff_sessions<'a>(tx: &Connection, p: &'a Projection) -> Result<Option<Vec<SessionChange<'a>>>> {
     let mut stmt = tx.prepare(
         "SELECT session_id, vendor_status, action, updated_at, state FROM sessions \
          ORDER BY session_id",
@@ -404,11 +401,7 @@ pub(crate) fn diff_sessions<'a>(
 
 /// Whether a stored row holds exactly what `s` (serialized as `json`) would be written as (a
 /// value of another type than written differs).
-pub(crate) fn stored_as(
-    row: &rusqlite::Row<'_>,
-    s: &Session,
-    json: &str,
-) -> rusqlite::Result<bool> {
+fn stored_as(row: &rusqlite::Row<'_>, s: &Session, json: &str) -> rusqlite::Result<bool> {
     Ok(
         row.get_ref(1)?.as_str_or_null().ok() == Some(s.vendor_status.as_deref())
             && row.get_ref(2)?.as_str_or_null().ok() == Some(decided_action(s))
@@ -417,7 +410,7 @@ pub(crate) fn stored_as(
     )
 }
 
-pub(crate) fn apply_session_changes(tx: &Connection, changes: &[SessionChange<'_>]) -> Result<()> {
+fn apply_session_changes(tx: &Connection, changes: &[SessionChange<'_>]) -> Result<()> {
     // Deletes first: a key is never both deleted and saved, but if it were, the saved row wins.
     let mut delete = tx.prepare_cached("DELETE FROM sessions WHERE session_id = ?1")?;
     for c in changes {
@@ -435,14 +428,14 @@ pub(crate) fn apply_session_changes(tx: &Connection, changes: &[SessionChange<'_
 }
 
 /// A link to change: insert `links[i]`, or delete a stored one.
-pub(crate) enum LinkChange {
+enum LinkChange {
     Insert(usize),
     Delete(String, i64),
 }
 
 /// The links that differ from the sorted `links` (merged with the stored ones, in key order),
 /// or `None` when so many differ that the table is better written whole.
-pub(crate) fn diff_links(tx: &Connection, links: &Links) -> Result<Option<Vec<LinkChange>>> {
+fn diff_links(tx: &Connection, links: &Links) -> Result<Option<Vec<LinkChange>>> {
     let mut stmt =
         tx.prepare("SELECT session_id, seq FROM session_entries ORDER BY session_id, seq")?;
     let mut stored = stmt.query([])?;
@@ -486,11 +479,7 @@ pub(crate) fn diff_links(tx: &Connection, links: &Links) -> Result<Option<Vec<Li
     Ok(Some(changes))
 }
 
-pub(crate) fn apply_link_changes(
-    tx: &Connection,
-    links: &Links,
-    changes: &[LinkChange],
-) -> Result<()> {
+fn apply_link_changes(tx: &Connection, links: &Links, changes: &[LinkChange]) -> Result<()> {
     let mut insert = tx.prepare_cached(&values_sql(LINKS_INTO, 2, 1))?;
     let mut delete =
         tx.prepare_cached("DELETE FROM session_entries WHERE session_id = ?1 AND seq = ?2")?;
@@ -510,11 +499,7 @@ pub(crate) fn apply_link_changes(
 }
 
 /// Clears the session tables and writes them whole (indexes built again after the rows).
-pub(crate) fn rewrite_all(
-    tx: &Connection,
-    p: &Projection,
-    links: &mut SortedLinks<'_>,
-) -> Result<()> {
+fn rewrite_all(tx: &Connection, p: &Projection, links: &mut SortedLinks<'_>) -> Result<()> {
     let mut step = std::time::Instant::now();
     let mut took = |what: &str| {
         tracing::debug!(secs = step.elapsed().as_secs_f64(), "replay: {what}");
@@ -550,21 +535,21 @@ pub(crate) fn rewrite_all(
 }
 
 /// Entries read ahead per batch by [`scan_in_parallel`].
-pub(crate) const SCAN_BATCH: usize = 512;
+const SCAN_BATCH: usize = 512;
 
 /// An entry read by the scanning thread, its body decoded.
 #[derive(Debug, Default)]
-pub(crate) struct ScannedEntry {
-    pub(crate) seq: u64,
-    pub(crate) source: String,
-    pub(crate) event_type: String,
-    pub(crate) recorded_at: i64,
-    pub(crate) vendor_time: Option<i64>,
-    pub(crate) body: Vec<u8>,
+struct ScannedEntry {
+    seq: u64,
+    source: String,
+    event_type: String,
+    recorded_at: i64,
+    vendor_time: Option<i64>,
+    body: Vec<u8>,
 }
 
 impl ScannedEntry {
-    pub(crate) fn recorded(&self) -> Recorded<'_> {
+    fn recorded(&self) -> Recorded<'_> {
         Recorded {
             seq: self.seq,
             source: &self.source,
@@ -583,7 +568,7 @@ impl ScannedEntry {
 /// it for a batch while the folding thread has a backlog, and leaves it to the folding thread
 /// otherwise (reading alone is faster than folding, parsing both ways would leave one core
 /// idle). Batches are handed back for reuse, so their buffers are allocated once.
-pub(crate) fn scan_in_parallel<T: Send>(
+fn scan_in_parallel<T: Send>(
     log: &SqliteLog,
     prepare: impl Fn(&Recorded<'_>) -> T + Sync,
     mut f: impl FnMut(Recorded<'_>, T),
@@ -680,4 +665,285 @@ pub(crate) fn scan_in_parallel<T: Send>(
             .join()
             .map_err(|_| ProjectionError::Thread("scanning"))?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(unused_imports)]
+
+    use std::collections::{HashMap, VecDeque};
+    use std::path::PathBuf;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use rusqlite::{Connection, OptionalExtension, params};
+    use verdict_log::{Committed, Entry, EventStore, NewEvent, SqliteLog};
+    use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
+    use verdict_projector::{
+        Action, Change, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Projection,
+        Recorded, Session, fact_session, into_fact_session, read,
+    };
+
+    use crate::error::ProjectionError;
+    use crate::{decide::*, read::*, rows::*, store::*, write::*};
+
+    use super::*;
+
+    #[test]
+    fn busy_and_locked_are_told_from_other_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.db");
+        let mut holder = rusqlite::Connection::open(&path).unwrap();
+        holder.execute_batch("CREATE TABLE t (x)").unwrap();
+        let tx = holder.transaction().unwrap();
+        tx.execute("INSERT INTO t VALUES (1)", []).unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.busy_timeout(Duration::ZERO).unwrap();
+        let busy = other
+            .execute("INSERT INTO t VALUES (2)", [])
+            .map_err(ProjectionError::from)
+            .unwrap_err();
+        assert!(is_busy(&busy), "{busy}");
+        let other_error = other
+            .execute("INSERT INTO nowhere VALUES (2)", [])
+            .map_err(ProjectionError::from)
+            .unwrap_err();
+        assert!(!is_busy(&other_error), "{other_error}");
+        drop(tx);
+    }
+
+    #[test]
+    fn links_are_sorted_on_the_side_and_waited_for_once() {
+        let unsorted: Links = [("b", 3), ("a", 9), ("b", 1), ("a", 2), ("c", 5)]
+            .into_iter()
+            .map(|(id, seq)| (id.to_owned(), seq))
+            .collect();
+        let mut expected = unsorted.clone();
+        expected.sort_unstable();
+        std::thread::scope(|scope| {
+            let mut links = SortedLinks::spawn(scope, unsorted).unwrap();
+            assert_eq!(links.get().unwrap(), &expected);
+            // The second call has them already.
+            assert!(matches!(links, SortedLinks::Sorted(_)));
+            assert_eq!(links.get().unwrap(), &expected);
+        });
+        let mut lost = SortedLinks::Lost;
+        assert!(lost.get().is_err());
+    }
+
+    mod write_rebuilt {
+        use std::collections::BTreeMap;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+        use super::*;
+
+        fn session(id: &str, (status, updated_at, count): (Option<&str>, i64, u32)) -> Session {
+            let mut s = Session::new(id);
+            s.vendor_status = status.map(str::to_owned);
+            s.updated_at = updated_at;
+            s.event_count = count;
+            s
+        }
+
+        type Fields = (Option<&'static str>, i64, u32);
+
+        fn fields() -> impl Strategy<Value = Fields> {
+            (
+                prop::option::of(prop::sample::select(vec!["APPROVED", "REVIEW"])),
+                0i64..3,
+                0u32..3,
+            )
+        }
+
+        /// A stored session row: id, vendor status, action, updated_at, state.
+        type Row = (String, Option<String>, Option<String>, i64, String);
+
+        fn rows(conn: &Connection) -> Vec<Row> {
+            let mut stmt = conn
+                .prepare("SELECT session_id, vendor_status, action, updated_at, state FROM sessions ORDER BY session_id")
+                .unwrap();
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        }
+
+        fn links(conn: &Connection) -> Vec<(String, u64)> {
+            let mut stmt = conn
+                .prepare("SELECT session_id, seq FROM session_entries ORDER BY session_id, seq")
+                .unwrap();
+            stmt.query_map([], |r| {
+                Ok((r.get(0)?, u64::try_from(r.get::<_, i64>(1)?).unwrap_or(0)))
+            })
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+
+            /// Whatever was stored, writing only what differs leaves the tables exactly as the
+            /// rebuilt projection, and the stored digest is reported unless nothing differed.
+            #[test]
+            fn leaves_what_a_full_rewrite_would(
+                stored in prop::collection::btree_map("[a-d]{1,2}", fields(), 0..12),
+                rebuilt in prop::collection::btree_map("[a-d]{1,2}", fields(), 0..12),
+                stored_links in prop::collection::btree_set(("[a-d]{1,2}", 1u64..6), 0..16),
+                rebuilt_links in prop::collection::btree_set(("[a-d]{1,2}", 1u64..6), 0..16),
+            ) {
+                let dir = tempfile::tempdir().unwrap();
+                let mut log = SqliteLog::open(dir.path().join("p.db")).unwrap();
+                let stored: BTreeMap<String, Session> =
+                    stored.iter().map(|(id, f)| (id.clone(), session(id, *f))).collect();
+                {
+                    let tx = log.connection_mut().transaction().unwrap();
+                    save_sessions(&tx, stored.values()).unwrap();
+                    let stored_links: Links = stored_links.iter().cloned().collect();
+                    write_links(&tx, &stored_links).unwrap();
+                    tx.commit().unwrap();
+                }
+                let mut p = Projection::default();
+                for (id, f) in &rebuilt {
+                    p.insert(session(id, *f));
+                }
+                let new_links: Links = rebuilt_links.iter().cloned().collect();
+                let tx = log.connection_mut().transaction().unwrap();
+                let (previous, _) =
+                    write_rebuilt(&tx, &p, &mut SortedLinks::Sorted(new_links)).unwrap();
+                tx.commit().unwrap();
+
+                let expected: Vec<_> = p
+                    .sessions()
+                    .map(|s| {
+                        (s.session_id.clone(), s.vendor_status.clone(), None, s.updated_at,
+                         serde_json::to_string(s).unwrap())
+                    })
+                    .collect();
+                prop_assert_eq!(rows(log.connection()), expected);
+                prop_assert_eq!(links(log.connection()), rebuilt_links.into_iter().collect::<Vec<_>>());
+                let stored_digest = verdict_projector::digest(stored.values(), 0);
+                match previous {
+                    None => prop_assert_eq!(stored_digest, p.digest()),
+                    Some(d) => prop_assert_eq!(d, stored_digest),
+                }
+            }
+        }
+
+        /// Rows written by the previous version (the columns' values repeated in the JSON, order
+        /// keys as objects) read by their columns: the stored digest is the columns' one, and
+        /// each such row is written again in the current shape.
+        #[test]
+        fn rows_of_the_previous_shape_are_read_by_their_columns_and_rewritten() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = SqliteLog::open(dir.path().join("p.db")).unwrap();
+            let mut p = Projection::default();
+            for (id, status) in [("a", "APPROVED"), ("b", "REVIEW")] {
+                let mut s = session(id, (Some(status), 5, 1));
+                s.finished = Some(verdict_projector::OrderKey {
+                    vendor_time: 1_772_410_260_000,
+                    terminal: true,
+                    seq: 3,
+                });
+                p.insert(s);
+            }
+            // "b"'s JSON says APPROVED, its column REVIEW: the column is what counts.
+            log.connection()
+                .execute_batch(
+                    r#"INSERT INTO sessions (session_id, vendor_status, action, updated_at, state) VALUES
+                     ('a', 'APPROVED', NULL, 5, '{"session_id":"a","vendor_status":"APPROVED","finished":{"vendor_time":1772410260000,"terminal":1,"seq":3},"event_count":1,"quarantined":0,"updated_at":5,"last_seq":0}'),
+                     ('b', 'REVIEW', NULL, 5, '{"session_id":"b","vendor_status":"APPROVED","finished":{"vendor_time":1772410260000,"terminal":1,"seq":3},"event_count":1,"quarantined":0,"updated_at":5,"last_seq":0}');"#,
+                )
+                .unwrap();
+            assert_eq!(stored_digest(log.connection()).unwrap(), p.digest());
+            assert_eq!(
+                load_session(log.connection(), "b").unwrap().as_ref(),
+                p.session("b")
+            );
+            let tx = log.connection_mut().transaction().unwrap();
+            let (previous, written) =
+                write_rebuilt(&tx, &p, &mut SortedLinks::Sorted(Links::new())).unwrap();
+            tx.commit().unwrap();
+            assert_eq!(written.sessions, 2);
+            assert_eq!(previous.as_deref(), Some(p.digest().as_str()));
+            let expected: Vec<Row> = p
+                .sessions()
+                .map(|s| {
+                    (
+                        s.session_id.clone(),
+                        s.vendor_status.clone(),
+                        None,
+                        s.updated_at,
+                        serde_json::to_string(s).unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(rows(log.connection()), expected);
+        }
+
+        /// Written whole, many rows per statement (and the rest one by one), the tables hold
+        /// exactly the rebuilt sessions and links.
+        #[test]
+        fn a_whole_rewrite_writes_every_row() {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = SqliteLog::open(dir.path().join("p.db")).unwrap();
+            let statuses = [Some("APPROVED"), None, Some("REVIEW")];
+            let mut p = Projection::default();
+            // Not multiples of the rows per statement: some rows go through the single-row path.
+            let actions = [Action::Approve, Action::Decline, Action::Review];
+            for i in 0..(3 * ROWS_PER_INSERT + 7) {
+                let f = (statuses[i % 3], i64::try_from(i).unwrap(), (i % 5) as u32);
+                let mut s = session(&format!("s-{i:04}"), f);
+                if i % 4 != 0 {
+                    // A decision: its action is the row's `action` column.
+                    s.decision = Some(Box::new((
+                        DecisionBody {
+                            decision_id: format!("d-{i}"),
+                            session_id: s.session_id.clone(),
+                            reference_id: None,
+                            user_id: None,
+                            action: actions[i % 3],
+                            source: DecisionSource::Policy,
+                            rules: Vec::new(),
+                            reasons: Vec::new(),
+                            policy: None,
+                            actor: None,
+                            decided_at: "2026-11-26T00:00:00.000Z".into(),
+                            trigger_seq: 1,
+                        },
+                        i as u64 + 1,
+                    )));
+                }
+                p.insert(s);
+            }
+            let new_links: Links = (0..(5 * ROWS_PER_INSERT + 3))
+                .map(|i| (format!("s-{:04}", i % 150), i as u64 + 1))
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let tx = log.connection_mut().transaction().unwrap();
+            let (_, written) =
+                write_rebuilt(&tx, &p, &mut SortedLinks::Sorted(new_links.clone())).unwrap();
+            tx.commit().unwrap();
+            assert!(written.rewritten);
+            let expected: Vec<Row> = p
+                .sessions()
+                .map(|s| {
+                    (
+                        s.session_id.clone(),
+                        s.vendor_status.clone(),
+                        decided_action(s).map(str::to_owned),
+                        s.updated_at,
+                        serde_json::to_string(s).unwrap(),
+                    )
+                })
+                .collect();
+            assert_eq!(rows(log.connection()), expected);
+            assert_eq!(links(log.connection()), new_links);
+        }
+    }
 }

@@ -15,16 +15,16 @@ use crate::store::ProjectionStore;
 use crate::write::{Unflushed, committed_recorded};
 
 /// The entries the writer handed over ([`verdict_log::Tail`]) and not yet folded.
-pub(crate) struct Handed {
-    pub(crate) rx: Option<mpsc::Receiver<Vec<Committed>>>,
-    pub(crate) held: VecDeque<Committed>,
+struct Handed {
+    rx: Option<mpsc::Receiver<Vec<Committed>>>,
+    held: VecDeque<Committed>,
 }
 
 impl Handed {
     /// The entries right after `from` (at most [`BATCH`], seqs following on from `from + 1`),
     /// if the writer handed them over; empty when it did not (they were appended by another
     /// process, or dropped while the projector lagged): the caller reads the store instead.
-    pub(crate) fn take_after(&mut self, from: u64) -> Vec<Committed> {
+    fn take_after(&mut self, from: u64) -> Vec<Committed> {
         loop {
             // Entries folded already (read from the store meanwhile) are dropped first, so
             // they never take the room of the ones wanted.
@@ -176,4 +176,104 @@ pub fn spawn_runner(
             }
         })?;
     Ok(Runner { thread, projected })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(unused_imports)]
+
+    use std::collections::{HashMap, VecDeque};
+    use std::path::PathBuf;
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    use rusqlite::{Connection, OptionalExtension, params};
+    use verdict_log::{Committed, Entry, EventStore, NewEvent, SqliteLog};
+    use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
+    use verdict_projector::{
+        Action, Change, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Projection,
+        Recorded, Session, fact_session, into_fact_session, read,
+    };
+
+    use crate::error::ProjectionError;
+    use crate::{decide::*, read::*, rows::*, store::*, write::*};
+
+    use super::*;
+
+    fn committed(seq: u64) -> Committed {
+        Committed {
+            seq,
+            source: "seon".into(),
+            event_type: "idv:session_finished".into(),
+            recorded_at: 0,
+            vendor_time: None,
+            body: Default::default(),
+        }
+    }
+
+    fn seqs(v: &[Committed]) -> Vec<u64> {
+        v.iter().map(|c| c.seq).collect()
+    }
+
+    #[test]
+    fn handed_over_entries_are_used_only_where_they_follow_on() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut handed = Handed {
+            rx: Some(rx),
+            held: VecDeque::new(),
+        };
+        tx.send(vec![committed(3), committed(4)]).unwrap();
+        tx.send(vec![committed(5)]).unwrap();
+        // Already folded entries are dropped; the run after `from` is taken.
+        assert_eq!(seqs(&handed.take_after(3)), [4, 5]);
+        // Entry 6 came from another process (not handed over): 7 and 8 wait until the store
+        // has been read past 6.
+        tx.send(vec![committed(7), committed(8)]).unwrap();
+        assert!(handed.take_after(5).is_empty());
+        assert_eq!(seqs(&handed.take_after(6)), [7, 8]);
+        // Reading the store past what is held drops it.
+        tx.send(vec![committed(9), committed(10)]).unwrap();
+        assert!(handed.take_after(10).is_empty());
+        assert!(handed.held.is_empty());
+        // No channel: always the store.
+        let mut none = Handed {
+            rx: None,
+            held: VecDeque::new(),
+        };
+        assert!(none.take_after(0).is_empty());
+    }
+
+    #[test]
+    fn entries_read_from_the_store_meanwhile_do_not_block_the_hand_over() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut handed = Handed {
+            rx: Some(rx),
+            held: VecDeque::new(),
+        };
+        let batch = u64::try_from(BATCH).unwrap();
+        // A full batch that does not follow on (1-4 came from elsewhere): the store is read.
+        tx.send((5..5 + batch).map(committed).collect()).unwrap();
+        assert!(handed.take_after(0).is_empty());
+        // The store was read past all of it; the next batch follows on.
+        tx.send(vec![committed(5 + batch), committed(6 + batch)])
+            .unwrap();
+        assert_eq!(seqs(&handed.take_after(4 + batch)), [5 + batch, 6 + batch]);
+    }
+
+    #[test]
+    fn handed_over_entries_are_taken_at_most_a_batch_at_a_time() {
+        let (tx, rx) = mpsc::sync_channel(8);
+        let mut handed = Handed {
+            rx: Some(rx),
+            held: VecDeque::new(),
+        };
+        let n = u64::try_from(BATCH).unwrap() + 10;
+        tx.send((1..=n).map(committed).collect()).unwrap();
+        let first = handed.take_after(0);
+        assert_eq!(first.len(), BATCH);
+        assert_eq!(
+            seqs(&handed.take_after(first.len() as u64)),
+            (first.len() as u64 + 1..=n).collect::<Vec<_>>()
+        );
+    }
 }
