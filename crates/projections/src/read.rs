@@ -441,25 +441,13 @@ pub(crate) fn session_exists(conn: &Connection, id: &str) -> Result<bool> {
 
 #[cfg(test)]
 mod tests {
-    #![allow(unused_imports)]
 
-    use std::collections::{HashMap, VecDeque};
-    use std::path::PathBuf;
-    use std::sync::mpsc;
-    use std::time::Duration;
+    use rusqlite::params;
+    use verdict_log::SqliteLog;
+    use verdict_projector::Session;
+    use verdict_projector::fact::{DECISION, INTERNAL_SOURCE};
 
-    use rusqlite::{Connection, OptionalExtension, params};
-    use verdict_log::{Committed, Entry, EventStore, NewEvent, SqliteLog};
-    use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
-    use verdict_projector::{
-        Action, Change, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Projection,
-        Recorded, Session, fact_session, into_fact_session, read,
-    };
-
-    use crate::error::ProjectionError;
-    use crate::{decide::*, read::*, rows::*, store::*, write::*};
-
-    use super::*;
+    use crate::{read::*, store::*};
 
     /// The log reads decisions by the literal type it names; the projector writes this one.
     #[test]

@@ -180,23 +180,14 @@ pub fn spawn_runner(
 
 #[cfg(test)]
 mod tests {
-    #![allow(unused_imports)]
 
-    use std::collections::{HashMap, VecDeque};
-    use std::path::PathBuf;
+    use std::collections::VecDeque;
+
     use std::sync::mpsc;
-    use std::time::Duration;
 
-    use rusqlite::{Connection, OptionalExtension, params};
-    use verdict_log::{Committed, Entry, EventStore, NewEvent, SqliteLog};
-    use verdict_projector::fact::{ANALYST_OVERRIDE, DECISION, INTERNAL_SOURCE};
-    use verdict_projector::{
-        Action, Change, DecisionBody, DecisionSource, Fact, OverrideBody, PolicyRef, Projection,
-        Recorded, Session, fact_session, into_fact_session, read,
-    };
+    use verdict_log::Committed;
 
-    use crate::error::ProjectionError;
-    use crate::{decide::*, read::*, rows::*, store::*, write::*};
+    use crate::rows::*;
 
     use super::*;
 
