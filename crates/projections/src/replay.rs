@@ -672,7 +672,6 @@ mod tests {
 
     use std::time::Duration;
 
-
     use verdict_projector::{Action, DecisionBody, DecisionSource};
 
     use crate::error::ProjectionError;
