@@ -139,9 +139,8 @@ fn write_projections(
     started: std::time::Instant,
 ) -> Result<(Option<String>, Written)> {
     // 64 MiB: the rows go in key order, so what is written stays written (a bigger cache only
-    // holds more dirty pages until the commit, in memory the process must fault in first: on
-    // a VM, a 256 MiB cache made the commit ~1 s longer), and the index builds' sorter, whose
-    // in-memory limit is this size, sorts a million sessions' keys (~40 MB) without a file.
+    // holds more dirty pages until the commit: docs/benchmarks.md), and the index builds'
+    // sorter, whose in-memory limit is this size, sorts a million sessions' keys without a file.
     log.connection()
         .pragma_update(None, "cache_size", -65_536)?;
     // The rebuilt tables (~500 MB for a million sessions) are written once, into the database
