@@ -15,7 +15,7 @@
 #
 # The patched build goes to target/ladder (its own target directory: a full build, several
 # minutes, once); the checkout's own build is not touched. The patch was made against
-# crates/log/src/writer.rs and crates/verdict/src/projections.rs as of 69499f4; when those
+# crates/log/src/writer.rs and crates/projections/src/runner.rs (remade 2026-12-08); when those
 # change, `patch` stops here and the patch needs refreshing (see its switches in the diff).
 set -euo pipefail
 cycles=${1:-3}
