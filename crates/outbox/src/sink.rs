@@ -36,11 +36,6 @@ pub struct Settings {
 pub struct SinkUrl(String);
 
 impl SinkUrl {
-    /// A URL as configured.
-    pub fn new(url: impl Into<String>) -> Self {
-        Self(url.into())
-    }
-
     /// The URL to send to.
     pub fn expose(&self) -> &str {
         &self.0

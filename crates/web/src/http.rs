@@ -341,14 +341,18 @@ impl Registry {
         let Ok(mut map) = self.conns.lock() else {
             return false;
         };
-        let mut waiting: Vec<(u64, u64)> = map
-            .values()
-            .filter(|c| c.serving.load(Ordering::Acquire) == 0)
-            .map(|c| (c.waiting_since.load(Ordering::Relaxed), c.id))
-            .collect();
-        waiting.sort_unstable();
-        for (_, id) in waiting {
-            let Some(c) = map.get(&id) else { continue };
+        // The oldest waiting connection; tried again only if a request completed on it in the
+        // meantime (rare), so this is one pass over the map, with no allocation, per accept at
+        // the cap.
+        loop {
+            let Some(c) = map
+                .values()
+                .filter(|c| c.serving.load(Ordering::Acquire) == 0)
+                .min_by_key(|c| (c.waiting_since.load(Ordering::Relaxed), c.id))
+                .map(Arc::clone)
+            else {
+                return false;
+            };
             // Only if no request completed meanwhile; from here on none can (see `SHED`).
             if c.serving
                 .compare_exchange(0, SHED, Ordering::AcqRel, Ordering::Acquire)
@@ -356,11 +360,10 @@ impl Registry {
             {
                 // `notify_one` stores a permit: the task sees it even if it is not waiting yet.
                 c.shed.notify_one();
-                map.remove(&id);
+                map.remove(&c.id);
                 return true;
             }
         }
-        false
     }
 }
 
